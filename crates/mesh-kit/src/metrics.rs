@@ -1,0 +1,124 @@
+//! Prometheus metrics with the official `prometheus-client`: RED metrics per
+//! route for every service, and the `/metrics` endpoint in OpenMetrics text so
+//! latency histograms can carry trace-id exemplars.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use opentelemetry::trace::TraceContextExt;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::exemplar::HistogramWithExemplars;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+/// Every mlmesh metric name starts with this.
+pub const PREFIX: &str = "mlmesh";
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Latency buckets from 100µs to 10s: in-process inference sits at the low
+/// end, a faulted or timed-out upstream at the high end.
+pub const LATENCY_BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: String,
+    pub method: String,
+    pub status: u16,
+}
+
+/// Links a latency observation to its trace in Jaeger.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TraceExemplar {
+    pub trace_id: String,
+}
+
+type DurationFamily = Family<RouteLabels, HistogramWithExemplars<TraceExemplar>>;
+
+/// RED metrics: `mlmesh_http_requests_total` and
+/// `mlmesh_http_request_duration_seconds`, by route template, method, status.
+#[derive(Clone)]
+pub struct HttpMetrics {
+    requests: Family<RouteLabels, Counter>,
+    duration: DurationFamily,
+}
+
+impl HttpMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let requests = Family::default();
+        let duration = DurationFamily::new_with_constructor(|| {
+            HistogramWithExemplars::new(LATENCY_BUCKETS.iter().copied())
+        });
+        registry.register(
+            "http_requests",
+            "HTTP requests served, by route template",
+            requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency inside the service, by route template",
+            duration.clone(),
+        );
+        Self { requests, duration }
+    }
+
+    /// Middleware recording one request. Runs inside the request span so the
+    /// exemplar can name the span's trace.
+    pub async fn track(State(metrics): State<Self>, req: Request, next: Next) -> Response {
+        let route = req
+            .extensions()
+            .get::<MatchedPath>()
+            .map_or("unmatched", MatchedPath::as_str)
+            .to_owned();
+        let method = req.method().as_str().to_owned();
+        let start = Instant::now();
+        let res = next.run(req).await;
+        let labels = RouteLabels {
+            route,
+            method,
+            status: res.status().as_u16(),
+        };
+        metrics.requests.get_or_create(&labels).inc();
+        metrics.duration.get_or_create(&labels).observe(
+            start.elapsed().as_secs_f64(),
+            current_trace_exemplar(),
+            None,
+        );
+        res
+    }
+}
+
+/// The sampled trace of the current span, if any, as an exemplar label set.
+pub fn current_trace_exemplar() -> Option<TraceExemplar> {
+    let cx = tracing::Span::current().context();
+    let span = cx.span();
+    let sc = span.span_context();
+    (sc.is_valid() && sc.is_sampled()).then(|| TraceExemplar {
+        trace_id: sc.trace_id().to_string(),
+    })
+}
+
+/// `GET /metrics`.
+pub async fn serve_metrics(State(registry): State<Arc<Registry>>) -> Response {
+    let mut body = String::with_capacity(16 * 1024);
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut body, &registry) {
+        return crate::ApiError::internal(format!("encoding metrics: {e}")).into_response();
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(OPENMETRICS_CONTENT_TYPE),
+        )],
+        body,
+    )
+        .into_response()
+}

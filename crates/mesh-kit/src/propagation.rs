@@ -1,0 +1,209 @@
+//! Trace-context and header propagation across hops.
+//!
+//! Istio's sidecars speak W3C `traceparent` (opentelemetry provider) or B3
+//! (zipkin provider), so we extract either and inject both. When a request
+//! carries both, W3C wins: it is the standard, and it is what the sidecar
+//! rewrites under Istio's default OpenTelemetry provider.
+//!
+//! The Rust SDK ignores `OTEL_PROPAGATORS`, so the propagator is built here in
+//! code and used directly (not through the global, which is a no-op until
+//! someone sets it).
+
+use std::convert::Infallible;
+use std::sync::LazyLock;
+
+use axum::extract::FromRequestParts;
+use axum::http::HeaderMap;
+use axum::http::request::Parts;
+use opentelemetry::Context;
+use opentelemetry::propagation::{TextMapCompositePropagator, TextMapPropagator};
+use opentelemetry_http::{HeaderExtractor, HeaderInjector};
+use opentelemetry_propagator_b3::{B3Encoding, Propagator as B3Propagator};
+use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+/// Correlates the hops of one request in Envoy's access logs and ours.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// The simulated customer; frontends set it, the mesh may route on it.
+pub const USER_ID_HEADER: &str = "x-user-id";
+/// Istio course labs force a user into the candidate with `x-user-group: beta`.
+pub const USER_GROUP_HEADER: &str = "x-user-group";
+/// The experiment cohort chosen by the frontend; VirtualServices route on it.
+pub const COHORT_HEADER: &str = "x-mlmesh-cohort";
+
+/// Headers copied verbatim from every inbound request to every outbound call.
+/// Trace headers are not listed: they are re-injected for the new child span.
+pub const FORWARDED_HEADERS: &[&str] = &[
+    REQUEST_ID_HEADER,
+    USER_ID_HEADER,
+    USER_GROUP_HEADER,
+    COHORT_HEADER,
+];
+
+static PROPAGATOR: LazyLock<TextMapCompositePropagator> = LazyLock::new(new_propagator);
+
+/// A fresh composite W3C + B3 + baggage propagator (for installing globally).
+pub fn new_propagator() -> TextMapCompositePropagator {
+    // Extraction folds left to right, each valid context replacing the last,
+    // so W3C (last) wins over B3. B3's extractor reads single `b3` and multi
+    // `x-b3-*` whatever encoding it injects with.
+    TextMapCompositePropagator::new(vec![
+        Box::new(B3Propagator::with_encoding(B3Encoding::MultipleHeader)),
+        Box::new(TraceContextPropagator::new()),
+        Box::new(BaggagePropagator::new()),
+    ])
+}
+
+/// The composite W3C + B3 + baggage propagator.
+pub fn propagator() -> &'static TextMapCompositePropagator {
+    &PROPAGATOR
+}
+
+/// The remote parent carried by `headers`, if any (otherwise an empty context).
+pub fn extract_context(headers: &HeaderMap) -> Context {
+    propagator().extract(&HeaderExtractor(headers))
+}
+
+/// Writes `cx` as `traceparent`/`tracestate`, `x-b3-*` and `baggage` headers.
+pub fn inject_context(cx: &Context, headers: &mut HeaderMap) {
+    propagator().inject_context(cx, &mut HeaderInjector(headers));
+}
+
+/// The inbound headers that must travel on to every outbound call.
+#[derive(Debug, Clone, Default)]
+pub struct Forwarded(HeaderMap);
+
+impl Forwarded {
+    pub fn from_headers(inbound: &HeaderMap) -> Self {
+        let mut kept = HeaderMap::new();
+        for name in FORWARDED_HEADERS {
+            for value in inbound.get_all(*name) {
+                kept.append(*name, value.clone());
+            }
+        }
+        Self(kept)
+    }
+
+    pub fn headers(&self) -> &HeaderMap {
+        &self.0
+    }
+
+    /// Headers for an outbound call made inside the current tracing span
+    /// (normally the caller's client span): forwarded headers plus the span's
+    /// trace context, so the callee's server span becomes its child.
+    pub fn outbound_headers(&self) -> HeaderMap {
+        let mut headers = self.0.clone();
+        inject_context(&tracing::Span::current().context(), &mut headers);
+        headers
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Forwarded {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self::from_headers(&parts.headers))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::trace::TraceContextExt;
+
+    use super::*;
+
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const SPAN: &str = "00f067aa0ba902b7";
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    fn trace_id(cx: &Context) -> String {
+        cx.span().span_context().trace_id().to_string()
+    }
+
+    #[test]
+    fn extracts_w3c() {
+        let cx = extract_context(&headers(&[(
+            "traceparent",
+            &format!("00-{TRACE}-{SPAN}-01"),
+        )]));
+        assert_eq!(trace_id(&cx), TRACE);
+        assert!(cx.span().span_context().is_sampled());
+    }
+
+    #[test]
+    fn extracts_b3_multi_and_single() {
+        let multi = headers(&[
+            ("x-b3-traceid", TRACE),
+            ("x-b3-spanid", SPAN),
+            ("x-b3-sampled", "1"),
+        ]);
+        assert_eq!(trace_id(&extract_context(&multi)), TRACE);
+        let single = headers(&[("b3", &format!("{TRACE}-{SPAN}-1"))]);
+        assert_eq!(trace_id(&extract_context(&single)), TRACE);
+    }
+
+    #[test]
+    fn w3c_wins_when_both_present() {
+        let other = "0af7651916cd43dd8448eb211c80319c";
+        let both = headers(&[
+            ("traceparent", &format!("00-{TRACE}-{SPAN}-01")),
+            ("x-b3-traceid", other),
+            ("x-b3-spanid", SPAN),
+            ("x-b3-sampled", "1"),
+        ]);
+        assert_eq!(trace_id(&extract_context(&both)), TRACE);
+    }
+
+    #[test]
+    fn no_headers_means_no_parent() {
+        assert!(
+            !extract_context(&HeaderMap::new())
+                .span()
+                .span_context()
+                .is_valid()
+        );
+    }
+
+    #[test]
+    fn injects_w3c_and_b3_multi() {
+        let cx = extract_context(&headers(&[(
+            "traceparent",
+            &format!("00-{TRACE}-{SPAN}-01"),
+        )]));
+        let mut out = HeaderMap::new();
+        inject_context(&cx, &mut out);
+        assert_eq!(out["traceparent"], format!("00-{TRACE}-{SPAN}-01").as_str());
+        assert_eq!(out["x-b3-traceid"], TRACE);
+        assert_eq!(out["x-b3-spanid"], SPAN);
+        assert_eq!(out["x-b3-sampled"], "1");
+        assert!(
+            out.get("b3").is_none(),
+            "single-header B3 is extracted, not injected"
+        );
+    }
+
+    #[test]
+    fn forwards_exactly_the_listed_headers() {
+        let inbound = headers(&[
+            ("x-request-id", "req-1"),
+            ("x-user-id", "42"),
+            ("x-user-group", "beta"),
+            ("x-mlmesh-cohort", "candidate"),
+            ("authorization", "Bearer secret"),
+            ("x-b3-traceid", TRACE),
+        ]);
+        let fwd = Forwarded::from_headers(&inbound);
+        assert_eq!(fwd.headers().len(), 4);
+        for name in FORWARDED_HEADERS {
+            assert_eq!(fwd.headers()[*name], inbound[*name]);
+        }
+        assert!(fwd.headers().get("authorization").is_none());
+    }
+}

@@ -1,0 +1,258 @@
+//! Bootstrap and graceful shutdown.
+//!
+//! Shutdown order matters under a mesh: on SIGTERM readiness fails first, then
+//! the service keeps serving for the drain delay while Kubernetes and Envoy take
+//! it out of rotation, then the listener closes and in-flight requests get up
+//! to the shutdown timeout to finish.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request};
+use axum::http::{HeaderName, HeaderValue};
+use axum::middleware;
+use axum::response::Response;
+use axum::routing::get;
+use axum::serve::ListenerExt;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
+use tracing::{Level, Span, field};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::config::ServerArgs;
+use crate::error;
+use crate::health::Health;
+use crate::metrics::{self, HttpMetrics};
+use crate::propagation::{REQUEST_ID_HEADER, extract_context};
+
+/// One service being assembled: its flags, health, and metrics registry.
+pub struct Service {
+    name: &'static str,
+    args: ServerArgs,
+    health: Health,
+    registry: Registry,
+    response_headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Service {
+    pub fn new(name: &'static str, args: ServerArgs) -> Self {
+        Self {
+            name,
+            args,
+            health: Health::new(),
+            registry: Registry::with_prefix(metrics::PREFIX),
+            response_headers: Vec::new(),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    pub fn args(&self) -> &ServerArgs {
+        &self.args
+    }
+
+    /// The service flips this to ready once it can serve.
+    pub fn health(&self) -> Health {
+        self.health.clone()
+    }
+
+    /// Where the service registers its own metrics before [`Self::router`].
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
+    /// A header stamped on every response, errors and probes included
+    /// (e.g. `x-model-version`).
+    pub fn with_response_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.response_headers.push((name, value));
+        self
+    }
+
+    /// The complete app. `business` routes get tracing, RED metrics and fault
+    /// knobs; `probes` (the service's own health endpoints) and the built-in
+    /// `/healthz`, `/readyz`, `/metrics` get none of them, so probes and
+    /// scrapes neither fail under injected faults nor flood traces.
+    pub fn router(mut self, business: Router, probes: Router) -> Router {
+        let http_metrics = HttpMetrics::register(&mut self.registry);
+        let registry = Arc::new(self.registry);
+
+        let mut business = business;
+        let faults = self.args.faults.clone();
+        if faults.is_active() {
+            tracing::warn!(?faults, "fault injection is ON");
+            business = business.layer(middleware::from_fn(move |req, next| {
+                faults.clone().apply(req, next)
+            }));
+        }
+        let business = business
+            .layer(middleware::from_fn_with_state(
+                http_metrics,
+                HttpMetrics::track,
+            ))
+            .layer(
+                TraceLayer::new_for_http()
+                    .make_span_with(make_span)
+                    .on_response(record_response)
+                    .on_failure(DefaultOnFailure::new().level(Level::WARN)),
+            );
+
+        let health = self.health.clone();
+        let ready = self.health.clone();
+        let ops = Router::new()
+            .route("/healthz", get(move || async move { health.live().await }))
+            .route("/readyz", get(move || async move { ready.ready().await }))
+            .route("/metrics", get(metrics::serve_metrics).with_state(registry));
+
+        let mut app = business
+            .merge(ops)
+            .merge(probes)
+            .fallback(error::not_found)
+            .method_not_allowed_fallback(error::method_not_allowed);
+        for (name, value) in self.response_headers {
+            app = app.layer(SetResponseHeaderLayer::overriding(name, value));
+        }
+        let request_id = HeaderName::from_static(REQUEST_ID_HEADER);
+        // Outermost, so the id exists before the span records it and is echoed on every answer.
+        app.layer(PropagateRequestIdLayer::new(request_id.clone()))
+            .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+    }
+
+    /// Binds `--listen` and serves until SIGTERM/SIGINT, then drains.
+    pub async fn serve(self, business: Router, probes: Router) -> std::io::Result<()> {
+        let listener = TcpListener::bind(self.args.listen).await?;
+        tracing::info!(service = self.name, addr = %listener.local_addr()?, "listening");
+        let health = self.health.clone();
+        let timing = ShutdownTiming::from(&self.args);
+        serve_on(
+            listener,
+            self.router(business, probes),
+            health,
+            timing,
+            shutdown_signal(),
+        )
+        .await
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ShutdownTiming {
+    pub drain_delay: Duration,
+    pub shutdown_timeout: Duration,
+}
+
+impl From<&ServerArgs> for ShutdownTiming {
+    fn from(a: &ServerArgs) -> Self {
+        Self {
+            drain_delay: a.drain_delay,
+            shutdown_timeout: a.shutdown_timeout,
+        }
+    }
+}
+
+/// Serves `app` on `listener` until `signal` resolves, then drains (see module docs).
+pub async fn serve_on(
+    listener: TcpListener,
+    app: Router,
+    health: Health,
+    timing: ShutdownTiming,
+    signal: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (closed_tx, mut closed_rx) = tokio::sync::watch::channel(false);
+    let drain = async move {
+        signal.await;
+        health.begin_drain();
+        tracing::info!(drain_delay = ?timing.drain_delay, "shutdown requested: readiness off, still serving while the mesh drains");
+        tokio::time::sleep(timing.drain_delay).await;
+        tracing::info!("closing the listener; waiting for in-flight requests");
+        let _ = closed_tx.send(true);
+    };
+    let deadline = async move {
+        let _ = closed_rx.wait_for(|closed| *closed).await;
+        tokio::time::sleep(timing.shutdown_timeout).await;
+    };
+    // Nagle + delayed ACKs would add ~40ms to small keep-alive responses.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let server = axum::serve(listener, app).with_graceful_shutdown(drain);
+    tokio::select! {
+        res = server.into_future() => res,
+        () = deadline => {
+            tracing::warn!(timeout = ?timing.shutdown_timeout, "in-flight requests outlived the shutdown timeout; exiting anyway");
+            Ok(())
+        }
+    }
+}
+
+/// Resolves on SIGTERM (Kubernetes, docker stop) or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+/// The server span: named by route template (low cardinality), parented on
+/// whatever W3C or B3 context the caller sent.
+fn make_span(req: &Request) -> Span {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str);
+    let method = req.method().as_str();
+    let request_id = req
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let span = tracing::info_span!(
+        "request",
+        otel.name = format!("{method} {route}"),
+        otel.kind = "server",
+        otel.status_code = field::Empty,
+        http.request.method = method,
+        http.route = route,
+        url.path = req.uri().path(),
+        http.response.status_code = field::Empty,
+        request_id,
+    );
+    let parent = extract_context(req.headers());
+    if let Err(e) = span.set_parent(parent) {
+        tracing::debug!(error = ?e, "span parent not set");
+    }
+    span
+}
+
+fn record_response(res: &Response, _latency: Duration, span: &Span) {
+    span.record("http.response.status_code", res.status().as_u16());
+    if res.status().is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
+}

@@ -1,0 +1,118 @@
+//! Logs and traces. Spans always get real OpenTelemetry contexts (so trace
+//! context propagates through a service even when it exports nothing); they
+//! are exported over OTLP only when `OTEL_EXPORTER_OTLP_ENDPOINT` (or the
+//! traces-specific variant) is set. The SDK reads `OTEL_SERVICE_NAME`,
+//! `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER[_ARG]` and
+//! `OTEL_EXPORTER_OTLP_PROTOCOL` itself.
+
+use std::time::Duration;
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+use crate::config::LogFormat;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("building the OTLP span exporter: {0}")]
+    Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
+    #[error("installing the tracing subscriber: {0}")]
+    Subscriber(#[from] tracing_subscriber::util::TryInitError),
+}
+
+/// Keeps the tracer provider alive; call [`Telemetry::shutdown`] to flush.
+pub struct Telemetry {
+    provider: SdkTracerProvider,
+    exporting: bool,
+}
+
+fn otlp_endpoint_configured() -> bool {
+    let set = |k: &str| std::env::var(k).is_ok_and(|v| !v.trim().is_empty());
+    let disabled = std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
+    !disabled && (set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+}
+
+/// The tracer provider: batch OTLP export when an endpoint is configured,
+/// otherwise spans are created and dropped.
+pub fn tracer_provider(
+    default_service_name: &str,
+) -> Result<(SdkTracerProvider, bool), TelemetryError> {
+    let mut resource = Resource::builder();
+    // The env wins when set; otherwise name the service after its subcommand.
+    if std::env::var("OTEL_SERVICE_NAME").is_err() {
+        resource = resource.with_service_name(default_service_name.to_owned());
+    }
+    let mut builder = SdkTracerProvider::builder().with_resource(resource.build());
+    let exporting = otlp_endpoint_configured();
+    if exporting {
+        builder = builder.with_batch_exporter(opentelemetry_otlp::SpanExporter::builder().build()?);
+    }
+    Ok((builder.build(), exporting))
+}
+
+impl Telemetry {
+    /// Installs the global subscriber: stderr logs filtered by `RUST_LOG`
+    /// (default `info`) and an OpenTelemetry layer for request spans.
+    pub fn init(default_service_name: &str, format: LogFormat) -> Result<Self, TelemetryError> {
+        let (provider, exporting) = tracer_provider(default_service_name)?;
+        let tracer = provider.tracer("mlmesh");
+        opentelemetry::global::set_tracer_provider(provider.clone());
+        opentelemetry::global::set_text_map_propagator(crate::propagation::new_propagator());
+
+        let log_filter =
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+        let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+        let fmt = match format {
+            LogFormat::Text => fmt.boxed(),
+            LogFormat::Json => fmt.json().flatten_event(true).boxed(),
+        };
+        // Its own filter: quieting logs with RUST_LOG must not drop request spans,
+        // and the exporter's own HTTP client must not trace itself.
+        let otel_filter = EnvFilter::new(
+            "info,h2=off,hyper=off,hyper_util=off,reqwest=off,tower=off,opentelemetry=off",
+        );
+        tracing_subscriber::registry()
+            .with(fmt.with_filter(log_filter))
+            .with(
+                tracing_opentelemetry::layer()
+                    .with_tracer(tracer)
+                    .with_filter(otel_filter),
+            )
+            .try_init()?;
+        if exporting {
+            tracing::info!("exporting traces over OTLP");
+        }
+        Ok(Self {
+            provider,
+            exporting,
+        })
+    }
+
+    pub fn is_exporting(&self) -> bool {
+        self.exporting
+    }
+
+    /// Flushes buffered spans; bounded so a dead collector cannot hang shutdown.
+    pub fn shutdown(self) {
+        if let Err(e) = self.provider.shutdown_with_timeout(Duration::from_secs(5)) {
+            tracing::warn!(error = %e, "flushing traces at shutdown");
+        }
+    }
+}
+
+/// For test binaries: installs the subscriber once (no exporter unless the
+/// environment configures one), so spans get real trace contexts and
+/// exemplars can be checked. Later calls are no-ops.
+pub fn init_for_tests() {
+    static ONCE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    ONCE.get_or_init(|| {
+        // Leaked on purpose: the provider must outlive every test in the binary.
+        if let Ok(t) = Telemetry::init("mlmesh-test", LogFormat::Text) {
+            std::mem::forget(t);
+        }
+    });
+}

@@ -1,0 +1,349 @@
+//! Dynamic micro-batching.
+//!
+//! Requests go into one bounded queue; a fixed pool of OS threads (never the
+//! async runtime's workers) each take the first waiting request, gather more
+//! until the batch is full or `max_delay` has passed (zero: take whatever is
+//! already queued), and run them as one model call. A full queue is refused at
+//! once so the handler can shed load with 429; a request whose deadline passed
+//! while it waited is answered without running it.
+
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use tokio::sync::oneshot;
+
+use crate::engine::{Engine, EngineError, Session};
+use crate::metrics::InferenceMetrics;
+
+#[derive(Debug, Clone, Copy)]
+pub struct BatchConfig {
+    /// Most rows in one model run; also the most rows one request may carry.
+    pub max_batch_rows: usize,
+    /// How long the first request of a batch may wait for company.
+    pub max_delay: Duration,
+    /// Requests that may wait for a worker before new ones are refused.
+    pub queue_capacity: usize,
+    pub workers: usize,
+}
+
+/// Post-processing that silently degrades predictions, for experiments that
+/// must catch a regression that still answers 200 (see FAULT_SCORE_*).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ScoreFault {
+    /// Added to the logit.
+    pub shift: f32,
+    /// Standard deviation of Gaussian noise added to the logit.
+    pub noise: f32,
+}
+
+impl ScoreFault {
+    pub fn is_active(&self) -> bool {
+        self.shift != 0.0 || self.noise != 0.0
+    }
+
+    /// Rewrites the `logit` and `probability` columns consistently.
+    fn apply(&self, logit: &mut [f32], probability: &mut [f32]) {
+        for (l, p) in logit.iter_mut().zip(probability.iter_mut()) {
+            *l += self.shift + self.noise * standard_normal();
+            *p = 1.0 / (1.0 + (-*l).exp());
+        }
+    }
+}
+
+fn standard_normal() -> f32 {
+    // Box-Muller; 1 - u keeps the log argument in (0, 1].
+    let u = 1.0 - fastrand::f32();
+    let v = fastrand::f32();
+    (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * v).cos()
+}
+
+/// One request's rows and where to send its answer.
+struct Job {
+    input: Vec<f32>,
+    rows: usize,
+    deadline: Option<Instant>,
+    enqueued: Instant,
+    reply: oneshot::Sender<Result<Vec<Vec<f32>>, InferError>>,
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum InferError {
+    #[error("the inference queue is full")]
+    QueueFull,
+    #[error("the request's deadline passed while it was queued")]
+    DeadlineExceeded,
+    #[error("the inference workers have stopped")]
+    Stopped,
+    #[error("{0}")]
+    Engine(String),
+}
+
+#[derive(Clone)]
+pub struct Batcher {
+    tx: Sender<Job>,
+    metrics: InferenceMetrics,
+}
+
+/// Column indices of the outputs the score fault rewrites.
+#[derive(Debug, Clone, Copy)]
+struct ScoreColumns {
+    logit: usize,
+    probability: usize,
+}
+
+impl Batcher {
+    /// Starts the workers, each with its own engine session.
+    pub fn start(
+        engine: Arc<Engine>,
+        cfg: BatchConfig,
+        fault: ScoreFault,
+        metrics: InferenceMetrics,
+    ) -> Result<Self, EngineError> {
+        let spec = engine.spec();
+        let score_cols = match (spec.output_index("logit"), spec.output_index("probability")) {
+            (Some(logit), Some(probability)) => Some(ScoreColumns { logit, probability }),
+            _ => None,
+        };
+        if fault.is_active() && score_cols.is_none() {
+            tracing::warn!(
+                "FAULT_SCORE_* is set but the model has no logit/probability outputs; ignoring it"
+            );
+        }
+        let score_fault = score_cols
+            .filter(|_| fault.is_active())
+            .map(|cols| (fault, cols));
+
+        let (tx, rx) = crossbeam_channel::bounded::<Job>(cfg.queue_capacity);
+        for i in 0..cfg.workers.max(1) {
+            let mut session = engine.session()?;
+            // Warm both the single-row and the full-batch paths before going ready.
+            for rows in [1, cfg.max_batch_rows] {
+                session.run(&vec![0.0; rows * spec.n_features], rows)?;
+            }
+            let worker = Worker {
+                session,
+                rx: rx.clone(),
+                cfg,
+                score_fault,
+                metrics: metrics.clone(),
+                carry: None,
+            };
+            thread::Builder::new()
+                .name(format!("infer-{i}"))
+                .spawn(move || worker.run())
+                .map_err(|e| EngineError::Run(format!("spawning inference worker: {e}")))?;
+        }
+        Ok(Self { tx, metrics })
+    }
+
+    /// Queues `rows` rows (row-major in `input`) and waits for their outputs.
+    pub async fn infer(
+        &self,
+        input: Vec<f32>,
+        rows: usize,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<Vec<f32>>, InferError> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            input,
+            rows,
+            deadline,
+            enqueued: Instant::now(),
+            reply,
+        };
+        match self.tx.try_send(job) {
+            Ok(()) => {
+                self.metrics.queue_depth.set(self.tx.len() as i64);
+            }
+            Err(TrySendError::Full(_)) => return Err(InferError::QueueFull),
+            Err(TrySendError::Disconnected(_)) => return Err(InferError::Stopped),
+        }
+        answer.await.unwrap_or(Err(InferError::Stopped))
+    }
+}
+
+struct Worker {
+    session: Session,
+    rx: Receiver<Job>,
+    cfg: BatchConfig,
+    score_fault: Option<(ScoreFault, ScoreColumns)>,
+    metrics: InferenceMetrics,
+    /// A job taken from the queue that did not fit the last batch.
+    carry: Option<Job>,
+}
+
+impl Worker {
+    fn run(mut self) {
+        while let Some(batch) = self.next_batch() {
+            self.metrics.queue_depth.set(self.rx.len() as i64);
+            self.run_batch(batch);
+        }
+    }
+
+    /// Blocks for the first job, then gathers more. `None` when the queue is closed.
+    fn next_batch(&mut self) -> Option<Vec<Job>> {
+        let first = match self.carry.take() {
+            Some(job) => job,
+            None => self.rx.recv().ok()?,
+        };
+        let mut rows = first.rows;
+        let mut batch = vec![first];
+        let gather_until = Instant::now() + self.cfg.max_delay;
+        while rows < self.cfg.max_batch_rows {
+            let next = if self.cfg.max_delay.is_zero() {
+                match self.rx.try_recv() {
+                    Ok(job) => job,
+                    Err(_) => break,
+                }
+            } else {
+                match self.rx.recv_deadline(gather_until) {
+                    Ok(job) => job,
+                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+                }
+            };
+            if rows + next.rows > self.cfg.max_batch_rows {
+                self.carry = Some(next);
+                break;
+            }
+            rows += next.rows;
+            batch.push(next);
+        }
+        Some(batch)
+    }
+
+    fn run_batch(&mut self, batch: Vec<Job>) {
+        let now = Instant::now();
+        let mut live = Vec::with_capacity(batch.len());
+        for job in batch {
+            if job.reply.is_closed() {
+                continue; // the caller gave up; don't spend compute on it
+            }
+            if job.deadline.is_some_and(|d| d <= now) {
+                let _ = job.reply.send(Err(InferError::DeadlineExceeded));
+                continue;
+            }
+            self.metrics
+                .queue_wait
+                .observe(now.duration_since(job.enqueued).as_secs_f64());
+            live.push(job);
+        }
+        if live.is_empty() {
+            return;
+        }
+        let rows: usize = live.iter().map(|j| j.rows).sum();
+        let started = Instant::now();
+        let result = if live.len() == 1 {
+            self.session.run(&live[0].input, rows)
+        } else {
+            let input: Vec<f32> = live.iter().flat_map(|j| j.input.iter().copied()).collect();
+            self.session.run(&input, rows)
+        };
+        self.metrics
+            .compute
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics.batch_rows.observe(rows as f64);
+
+        let mut outputs = match result {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!(error = %e, rows, "model run failed");
+                for job in live {
+                    let _ = job.reply.send(Err(InferError::Engine(e.to_string())));
+                }
+                return;
+            }
+        };
+        if let Some((fault, cols)) = self.score_fault
+            && let Ok([logit, prob]) = outputs.get_disjoint_mut([cols.logit, cols.probability])
+        {
+            fault.apply(logit, prob);
+        }
+        // Each output is [rows, width]; hand every job its own row range.
+        let widths: Vec<usize> = outputs.iter().map(|o| o.len() / rows.max(1)).collect();
+        let mut row = 0;
+        for job in live {
+            let mine: Vec<Vec<f32>> = outputs
+                .iter()
+                .zip(&widths)
+                .map(|(o, w)| o[row * w..(row + job.rows) * w].to_vec())
+                .collect();
+            row += job.rows;
+            let _ = job.reply.send(Ok(mine));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prometheus_client::registry::Registry;
+
+    use super::*;
+
+    /// A batcher whose queue nobody drains, to observe the bound exactly.
+    fn stalled(capacity: usize) -> (Batcher, Receiver<Job>) {
+        let metrics = InferenceMetrics::register(&mut Registry::default(), "m", "v1");
+        let (tx, rx) = crossbeam_channel::bounded(capacity);
+        (Batcher { tx, metrics }, rx)
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_at_once() {
+        let (batcher, rx) = stalled(2);
+        let waiting: Vec<_> = (0..2)
+            .map(|_| {
+                let b = batcher.clone();
+                tokio::spawn(async move { b.infer(vec![0.0], 1, None).await })
+            })
+            .collect();
+        while rx.len() < 2 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            batcher.infer(vec![0.0], 1, None).await,
+            Err(InferError::QueueFull)
+        );
+        assert_eq!(batcher.metrics.queue_depth.get(), 2);
+
+        // A job dropped unanswered (a worker died) answers Stopped rather than hanging.
+        drop(rx.recv().unwrap());
+        drop(rx.recv().unwrap());
+        for w in waiting {
+            assert_eq!(w.await.unwrap(), Err(InferError::Stopped));
+        }
+        drop(rx);
+        assert_eq!(
+            batcher.infer(vec![0.0], 1, None).await,
+            Err(InferError::Stopped)
+        );
+    }
+
+    #[test]
+    fn score_fault_keeps_probability_consistent_with_logit() {
+        let mut logit = vec![-2.0_f32, 0.0, 3.0];
+        let mut prob = vec![0.0_f32; 3];
+        ScoreFault {
+            shift: 1.5,
+            noise: 0.0,
+        }
+        .apply(&mut logit, &mut prob);
+        assert_eq!(logit, vec![-0.5, 1.5, 4.5]);
+        for (l, p) in logit.iter().zip(&prob) {
+            assert!((p - 1.0 / (1.0 + (-l).exp())).abs() < 1e-6);
+        }
+        let mut noisy = vec![0.0_f32; 1000];
+        let mut p = vec![0.0_f32; 1000];
+        ScoreFault {
+            shift: 0.0,
+            noise: 1.0,
+        }
+        .apply(&mut noisy, &mut p);
+        let mean = noisy.iter().sum::<f32>() / 1000.0;
+        let var = noisy.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / 1000.0;
+        assert!(
+            mean.abs() < 0.2 && (0.7..1.3).contains(&var),
+            "noise mean {mean} var {var}"
+        );
+    }
+}

@@ -1,0 +1,101 @@
+//! `mlmesh model-inference` flags; each has an env-var twin.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// ONNX model file to serve (input FP32 [batch, features]).
+    #[arg(long, env = "MODEL_PATH")]
+    pub model_path: PathBuf,
+
+    /// Name the model is served under: /v2/models/{name}.
+    #[arg(long, env = "MODEL_NAME", default_value = "propensity", value_parser = parse_path_segment)]
+    pub model_name: String,
+
+    /// Version the model is served as (v1, v2, ...): /v2/models/{name}/versions/{version},
+    /// the `x-model-version` response header and the `version` metric label.
+    #[arg(long, env = "MODEL_VERSION", default_value = "v1", value_parser = parse_path_segment)]
+    pub model_version: String,
+
+    /// Most rows in one model run, and in one request.
+    #[arg(long, env = "MAX_BATCH_SIZE", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub max_batch_size: u32,
+
+    /// How long a request may wait for others to share its model run. 0 batches
+    /// whatever is already queued and never waits.
+    #[arg(long, env = "MAX_QUEUE_DELAY", default_value = "0ms", value_parser = humantime::parse_duration)]
+    pub max_queue_delay: Duration,
+
+    /// Requests that may wait for a worker; beyond it requests are shed with 429.
+    #[arg(long, env = "QUEUE_CAPACITY", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub queue_capacity: u32,
+
+    /// Inference threads, each with its own model session [default: number of CPUs].
+    #[arg(long, env = "INFERENCE_WORKERS", value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub workers: Option<u32>,
+
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 1 << 20)]
+    pub max_body_bytes: usize,
+
+    /// Fault knob: added to every logit (probabilities follow), e.g. 1.5 makes
+    /// the model over-confident while still answering 200.
+    #[arg(long, env = "FAULT_SCORE_SHIFT", default_value_t = 0.0, allow_negative_numbers = true, value_parser = parse_finite)]
+    pub fault_score_shift: f32,
+
+    /// Fault knob: standard deviation of Gaussian noise added to every logit,
+    /// which degrades ranking quality (AUC) while still answering 200.
+    #[arg(long, env = "FAULT_SCORE_NOISE", default_value_t = 0.0, value_parser = parse_non_negative)]
+    pub fault_score_noise: f32,
+}
+
+impl ModelArgs {
+    /// Defaults for a model file, as the CLI would give them.
+    pub fn for_model(path: impl Into<PathBuf>, version: &str) -> Self {
+        Self {
+            model_path: path.into(),
+            model_name: "propensity".into(),
+            model_version: version.into(),
+            max_batch_size: 64,
+            max_queue_delay: Duration::ZERO,
+            queue_capacity: 1024,
+            workers: None,
+            max_body_bytes: 1 << 20,
+            fault_score_shift: 0.0,
+            fault_score_noise: 0.0,
+        }
+    }
+}
+
+fn parse_path_segment(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "`{s}` must be non-empty and use only letters, digits, '-', '_', '.'"
+        ))
+    }
+}
+
+fn parse_finite(s: &str) -> Result<f32, String> {
+    match s.trim().parse::<f32>() {
+        Ok(v) if v.is_finite() => Ok(v),
+        _ => Err(format!("`{s}` is not a finite number")),
+    }
+}
+
+fn parse_non_negative(s: &str) -> Result<f32, String> {
+    parse_finite(s).and_then(|v| {
+        if v >= 0.0 {
+            Ok(v)
+        } else {
+            Err(format!("`{s}` must not be negative"))
+        }
+    })
+}

@@ -1,0 +1,246 @@
+//! Inference metrics, all labelled by `model` and `version` so one dashboard
+//! compares v1 and v2 side by side. Handles are resolved once at startup:
+//! the label sets are fixed per process and the hot path should not hash them.
+
+use std::fmt::Write as _;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use mesh_kit::metrics::LATENCY_BUCKETS;
+
+/// Whether a request is a mirrored copy (Envoy appends `-shadow` to the Host
+/// of mirrored requests); shadow answers are discarded by Envoy, so they must
+/// be told apart from live ones when comparing versions.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum Traffic {
+    Live,
+    Shadow,
+}
+
+impl Traffic {
+    /// From a Host/authority value: `model-inference-shadow:8080` (current
+    /// Envoy) or `model-inference:8080-shadow` (older Envoy).
+    pub fn from_host(host: Option<&str>) -> Self {
+        let Some(host) = host else { return Self::Live };
+        let name = host.split(':').next().unwrap_or(host);
+        if name.ends_with("-shadow") || host.ends_with("-shadow") {
+            Self::Shadow
+        } else {
+            Self::Live
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    /// Rejected as a bad request (4xx other than 429).
+    Invalid,
+    /// Shed with 429: the queue was full.
+    Rejected,
+    /// Its deadline passed while queued (504).
+    Expired,
+    Error,
+}
+
+impl Traffic {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Live => "live",
+            Self::Shadow => "shadow",
+        }
+    }
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Invalid => "invalid",
+            Self::Rejected => "rejected",
+            Self::Expired => "expired",
+            Self::Error => "error",
+        }
+    }
+}
+
+// Derived label values would be the CamelCase variant names; labels are lower-case.
+impl EncodeLabelValue for Traffic {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.as_str())
+    }
+}
+
+impl EncodeLabelValue for Outcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.as_str())
+    }
+}
+
+const OUTCOMES: [Outcome; 5] = [
+    Outcome::Ok,
+    Outcome::Invalid,
+    Outcome::Rejected,
+    Outcome::Expired,
+    Outcome::Error,
+];
+const TRAFFIC: [Traffic; 2] = [Traffic::Live, Traffic::Shadow];
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelLabels {
+    model: String,
+    version: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TrafficLabels {
+    model: String,
+    version: String,
+    traffic: Traffic,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    model: String,
+    version: String,
+    traffic: Traffic,
+    outcome: Outcome,
+}
+
+#[derive(Clone)]
+pub struct InferenceMetrics {
+    requests: Vec<Counter>,
+    scores: Vec<Histogram>,
+    pub queue_wait: Histogram,
+    pub compute: Histogram,
+    pub batch_rows: Histogram,
+    pub queue_depth: Gauge,
+}
+
+fn slot(traffic: Traffic, outcome: Outcome) -> usize {
+    traffic as usize * OUTCOMES.len() + outcome as usize
+}
+
+impl InferenceMetrics {
+    pub fn register(registry: &mut Registry, model: &str, version: &str) -> Self {
+        let ml = ModelLabels {
+            model: model.to_owned(),
+            version: version.to_owned(),
+        };
+        let requests_f = Family::<RequestLabels, Counter>::default();
+        let scores_f = Family::<TrafficLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new((1..=20).map(|i| f64::from(i) / 20.0))
+        });
+        let latency = || Histogram::new(LATENCY_BUCKETS.iter().copied());
+        let queue_wait_f = Family::<ModelLabels, Histogram>::new_with_constructor(latency);
+        let compute_f = Family::<ModelLabels, Histogram>::new_with_constructor(latency);
+        let batch_f = Family::<ModelLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+            ])
+        });
+        let depth_f = Family::<ModelLabels, Gauge>::default();
+
+        registry.register(
+            "inference_requests",
+            "Inference requests by traffic (live or shadow) and outcome",
+            requests_f.clone(),
+        );
+        registry.register(
+            "prediction_score",
+            "Predicted purchase probability, per row",
+            scores_f.clone(),
+        );
+        registry.register(
+            "inference_queue_wait_seconds",
+            "Time a request waited for a batch slot",
+            queue_wait_f.clone(),
+        );
+        registry.register(
+            "inference_compute_seconds",
+            "Model run time per batch",
+            compute_f.clone(),
+        );
+        registry.register(
+            "inference_batch_rows",
+            "Rows per model run (micro-batch size)",
+            batch_f.clone(),
+        );
+        registry.register(
+            "inference_queue_depth",
+            "Requests waiting for a worker",
+            depth_f.clone(),
+        );
+
+        let mut requests = Vec::new();
+        let mut scores = Vec::new();
+        for traffic in TRAFFIC {
+            for outcome in OUTCOMES {
+                let l = RequestLabels {
+                    model: ml.model.clone(),
+                    version: ml.version.clone(),
+                    traffic,
+                    outcome,
+                };
+                requests.push(requests_f.get_or_create(&l).clone());
+            }
+            let l = TrafficLabels {
+                model: ml.model.clone(),
+                version: ml.version.clone(),
+                traffic,
+            };
+            scores.push(scores_f.get_or_create(&l).clone());
+        }
+        Self {
+            requests,
+            scores,
+            queue_wait: queue_wait_f.get_or_create(&ml).clone(),
+            compute: compute_f.get_or_create(&ml).clone(),
+            batch_rows: batch_f.get_or_create(&ml).clone(),
+            queue_depth: depth_f.get_or_create(&ml).clone(),
+        }
+    }
+
+    pub fn request(&self, traffic: Traffic, outcome: Outcome) {
+        self.requests[slot(traffic, outcome)].inc();
+    }
+
+    pub fn scores(&self, traffic: Traffic, scores: impl IntoIterator<Item = f32>) {
+        let h = &self.scores[traffic as usize];
+        for s in scores {
+            h.observe(f64::from(s));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shadow_host_detection() {
+        assert_eq!(Traffic::from_host(None), Traffic::Live);
+        assert_eq!(
+            Traffic::from_host(Some("model-inference:8080")),
+            Traffic::Live
+        );
+        assert_eq!(
+            Traffic::from_host(Some("model-inference-shadow:8080")),
+            Traffic::Shadow
+        );
+        assert_eq!(
+            Traffic::from_host(Some("model-inference:8080-shadow")),
+            Traffic::Shadow
+        );
+        assert_eq!(
+            Traffic::from_host(Some("model-inference.mlmesh.svc.cluster.local-shadow")),
+            Traffic::Shadow
+        );
+        assert_eq!(Traffic::from_host(Some("shadowfax:80")), Traffic::Live);
+    }
+}

@@ -1,0 +1,345 @@
+//! HTTP routes of the Open Inference Protocol over one loaded model.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use mesh_kit::{ApiError, Health, ServerArgs, Service};
+
+use crate::batcher::{BatchConfig, Batcher, InferError, ScoreFault};
+use crate::config::ModelArgs;
+use crate::engine::{Engine, EngineError, ModelSpec};
+use crate::metrics::{InferenceMetrics, Outcome, Traffic};
+use crate::oip::{
+    self, FP32, InferRequest, InferResponse, ModelMetadata, OutputTensor, ServerMetadata,
+    TensorMetadata,
+};
+
+/// Stamped on every response so callers (and loadtests) see which version answered.
+pub const MODEL_VERSION_HEADER: &str = "x-model-version";
+/// Envoy's remaining route timeout for this request, in milliseconds.
+pub const DEADLINE_HEADER: &str = "x-envoy-expected-rq-timeout-ms";
+
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+struct Inner {
+    spec: ModelSpec,
+    name: String,
+    version: String,
+    max_rows: usize,
+    max_body_bytes: usize,
+    batcher: Batcher,
+    metrics: InferenceMetrics,
+    health: Health,
+}
+
+impl AppState {
+    /// Loads, optimizes and warms the model and starts the workers; the
+    /// service turns ready only after this succeeds.
+    pub fn load(args: &ModelArgs, svc: &mut Service) -> Result<Self, EngineError> {
+        let engine = Arc::new(Engine::load(&args.model_path)?);
+        let metrics =
+            InferenceMetrics::register(svc.registry_mut(), &args.model_name, &args.model_version);
+        let workers = args.workers.map_or_else(
+            || std::thread::available_parallelism().map_or(1, |n| n.get()),
+            |w| w as usize,
+        );
+        let cfg = BatchConfig {
+            max_batch_rows: args.max_batch_size as usize,
+            max_delay: args.max_queue_delay,
+            queue_capacity: args.queue_capacity as usize,
+            workers,
+        };
+        let fault = ScoreFault {
+            shift: args.fault_score_shift,
+            noise: args.fault_score_noise,
+        };
+        if fault.is_active() {
+            tracing::warn!(?fault, "score degradation fault is ON");
+        }
+        let batcher = Batcher::start(Arc::clone(&engine), cfg, fault, metrics.clone())?;
+        tracing::info!(
+            model = %args.model_path.display(), name = %args.model_name, version = %args.model_version,
+            features = engine.spec().n_features, workers, max_batch = cfg.max_batch_rows,
+            "model loaded and warmed"
+        );
+        let health = svc.health();
+        health.set_ready(true);
+        Ok(Self(Arc::new(Inner {
+            spec: engine.spec().clone(),
+            name: args.model_name.clone(),
+            version: args.model_version.clone(),
+            max_rows: cfg.max_batch_rows,
+            max_body_bytes: args.max_body_bytes,
+            batcher,
+            metrics,
+            health,
+        })))
+    }
+
+    pub fn spec(&self) -> &ModelSpec {
+        &self.0.spec
+    }
+
+    /// 404 unless the path names this model (and, if given, this version).
+    fn check_model(&self, p: &ModelPath) -> Result<(), ApiError> {
+        if p.name != self.0.name {
+            return Err(ApiError::not_found(format!(
+                "model '{}' not found; this server has '{}'",
+                p.name, self.0.name
+            )));
+        }
+        match &p.version {
+            Some(v) if *v != self.0.version => Err(ApiError::not_found(format!(
+                "version '{v}' of model '{}' not found; this server has '{}'",
+                p.name, self.0.version
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    async fn infer(
+        &self,
+        p: &ModelPath,
+        headers: &HeaderMap,
+        body: Result<Bytes, BytesRejection>,
+        traffic: Traffic,
+    ) -> Result<Response, ApiError> {
+        self.check_model(p)?;
+        check_json_content_type(headers)?;
+        let body = body?;
+        let req: InferRequest = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("invalid inference request: {e}")))?;
+        let v = oip::validate(req, &self.0.spec, self.0.max_rows)?;
+        let deadline = headers
+            .get(DEADLINE_HEADER)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .map(|ms| Instant::now() + Duration::from_millis(ms));
+        let mut columns = self
+            .0
+            .batcher
+            .infer(v.input, v.rows, deadline)
+            .await
+            .map_err(|e| match e {
+                InferError::QueueFull => {
+                    ApiError::overloaded("inference queue is full; retry shortly", 1)
+                }
+                InferError::DeadlineExceeded => {
+                    ApiError::new(StatusCode::GATEWAY_TIMEOUT, e.to_string())
+                }
+                InferError::Stopped => {
+                    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+                }
+                InferError::Engine(msg) => ApiError::internal(msg),
+            })?;
+        if let Some(ix) = self.0.spec.output_index("probability") {
+            self.0.metrics.scores(traffic, columns[ix].iter().copied());
+        }
+        let outputs = v
+            .outputs
+            .iter()
+            .map(|&ix| {
+                let (name, width) = &self.0.spec.outputs[ix];
+                OutputTensor {
+                    name,
+                    datatype: FP32,
+                    shape: [v.rows, *width],
+                    data: std::mem::take(&mut columns[ix]),
+                }
+            })
+            .collect();
+        let res = InferResponse {
+            model_name: &self.0.name,
+            model_version: &self.0.version,
+            id: v.id,
+            outputs,
+        };
+        Ok(Json(res).into_response())
+    }
+
+    fn model_metadata(&self) -> ModelMetadata<'_> {
+        let spec = &self.0.spec;
+        let mut parameters = Map::new();
+        if !spec.feature_names.is_empty() {
+            parameters.insert(
+                "feature_names".into(),
+                Value::String(spec.feature_names.join(",")),
+            );
+        }
+        ModelMetadata {
+            name: &self.0.name,
+            versions: [&self.0.version],
+            platform: "tract_onnx",
+            inputs: vec![TensorMetadata {
+                name: &spec.input_name,
+                datatype: FP32,
+                shape: [-1, spec.n_features as i64],
+            }],
+            outputs: spec
+                .outputs
+                .iter()
+                .map(|(name, width)| TensorMetadata {
+                    name,
+                    datatype: FP32,
+                    shape: [-1, *width as i64],
+                })
+                .collect(),
+            parameters,
+        }
+    }
+
+    /// The `x-model-version` header for [`Service::with_response_header`].
+    pub fn version_header(&self) -> (HeaderName, HeaderValue) {
+        let value = HeaderValue::from_str(&self.0.version)
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        (HeaderName::from_static(MODEL_VERSION_HEADER), value)
+    }
+}
+
+fn check_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let mime = value
+        .to_str()
+        .unwrap_or_default()
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    if mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json")) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "content-type must be application/json, got '{mime}' (with curl, add -H 'content-type: application/json')"
+            ),
+        ))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ModelPath {
+    name: String,
+    version: Option<String>,
+}
+
+fn outcome_of(status: StatusCode) -> Outcome {
+    match status {
+        StatusCode::TOO_MANY_REQUESTS => Outcome::Rejected,
+        StatusCode::GATEWAY_TIMEOUT => Outcome::Expired,
+        s if s.is_client_error() => Outcome::Invalid,
+        s if s.is_success() => Outcome::Ok,
+        _ => Outcome::Error,
+    }
+}
+
+async fn infer(
+    State(s): State<AppState>,
+    Path(p): Path<ModelPath>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let traffic = Traffic::from_host(headers.get(header::HOST).and_then(|h| h.to_str().ok()));
+    let res = s
+        .infer(&p, &headers, body, traffic)
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
+    s.0.metrics.request(traffic, outcome_of(res.status()));
+    res
+}
+
+async fn model_metadata(
+    State(s): State<AppState>,
+    Path(p): Path<ModelPath>,
+) -> Result<Response, ApiError> {
+    s.check_model(&p)?;
+    Ok(Json(s.model_metadata()).into_response())
+}
+
+async fn server_metadata() -> Json<ServerMetadata> {
+    Json(ServerMetadata {
+        name: "mlmesh-model-inference",
+        version: env!("CARGO_PKG_VERSION"),
+        extensions: [],
+    })
+}
+
+async fn model_ready(
+    State(s): State<AppState>,
+    Path(p): Path<ModelPath>,
+) -> Result<Response, ApiError> {
+    s.check_model(&p)?;
+    Ok(ready_response(&s.0.health))
+}
+
+fn ready_response(health: &Health) -> Response {
+    let ready = health.is_ready();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(json!({ "ready": ready }))).into_response()
+}
+
+/// Business routes: metadata and inference.
+pub fn router(state: AppState) -> Router {
+    let max_body = state.0.max_body_bytes;
+    Router::new()
+        .route("/v2", get(server_metadata))
+        .route("/v2/models/{name}", get(model_metadata))
+        .route("/v2/models/{name}/versions/{version}", get(model_metadata))
+        .route("/v2/models/{name}/infer", post(infer))
+        .route("/v2/models/{name}/versions/{version}/infer", post(infer))
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+/// OIP health endpoints: probes, so no tracing, RED metrics or faults.
+pub fn probes(state: AppState) -> Router {
+    let live = || async { Json(json!({ "live": true })) };
+    Router::new()
+        .route("/v2/health/live", get(live))
+        .route(
+            "/v2/health/ready",
+            get(|State(s): State<AppState>| async move { ready_response(&s.0.health) }),
+        )
+        .route("/v2/models/{name}/ready", get(model_ready))
+        .route(
+            "/v2/models/{name}/versions/{version}/ready",
+            get(model_ready),
+        )
+        .with_state(state)
+}
+
+/// Everything the binary and the tests need: the assembled service and its routes.
+pub fn build(model: &ModelArgs, server: ServerArgs) -> Result<(Service, AppState), EngineError> {
+    let mut svc = Service::new("model-inference", server);
+    let state = AppState::load(model, &mut svc)?;
+    let (name, value) = state.version_header();
+    Ok((svc.with_response_header(name, value), state))
+}
+
+/// The complete app, for `oneshot` tests and embedding.
+pub fn app(model: &ModelArgs, server: ServerArgs) -> Result<(axum::Router, AppState), EngineError> {
+    let (svc, state) = build(model, server)?;
+    Ok((
+        svc.router(router(state.clone()), probes(state.clone())),
+        state,
+    ))
+}

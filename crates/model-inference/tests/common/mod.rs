@@ -1,0 +1,174 @@
+//! Test helpers: model paths, the committed reference outputs, and an app
+//! spawned on an ephemeral port with a shutdown trigger the test controls.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use mesh_kit::server::{ShutdownTiming, serve_on};
+use mesh_kit::{Health, ServerArgs};
+use model_inference::ModelArgs;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const N_FEATURES: usize = 85;
+
+pub fn models_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models")
+}
+
+pub fn model_path(version: &str) -> PathBuf {
+    models_dir().join(format!("propensity-{version}.onnx"))
+}
+
+pub fn model_args(version: &str) -> ModelArgs {
+    ModelArgs::for_model(model_path(version), version)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Reference {
+    pub user_ids: Vec<String>,
+    pub inputs: Vec<Vec<f32>>,
+    pub outputs: std::collections::HashMap<String, RefOutputs>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RefOutputs {
+    pub logit: Vec<f64>,
+    pub probability: Vec<f64>,
+}
+
+pub fn reference() -> Reference {
+    let text = std::fs::read_to_string(models_dir().join("reference_outputs.json"))
+        .expect("reference outputs");
+    serde_json::from_str(&text).expect("parse reference outputs")
+}
+
+/// An OIP infer body for `rows` (flat data).
+pub fn infer_body(rows: &[Vec<f32>]) -> Value {
+    let data: Vec<f32> = rows.iter().flatten().copied().collect();
+    json!({"inputs": [{"name": "features", "shape": [rows.len(), N_FEATURES], "datatype": "FP32", "data": data}]})
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    pub health: Health,
+    stop: Option<oneshot::Sender<()>>,
+    pub server: JoinHandle<std::io::Result<()>>,
+}
+
+impl TestApp {
+    pub async fn spawn(model: ModelArgs, server: ServerArgs) -> Self {
+        mesh_kit::telemetry::init_for_tests();
+        let timing = ShutdownTiming::from(&server);
+        let (svc, state) = model_inference::build(&model, server).expect("model loads");
+        let health = svc.health();
+        let app = svc.router(
+            model_inference::router(state.clone()),
+            model_inference::probes(state),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let signal = async move {
+            let _ = stopped.await;
+        };
+        let server = tokio::spawn(serve_on(listener, app, health.clone(), timing, signal));
+        Self {
+            addr,
+            client: reqwest::Client::new(),
+            health,
+            stop: Some(stop),
+            server,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn infer_url(&self) -> String {
+        self.url("/v2/models/propensity/infer")
+    }
+
+    /// Stands in for SIGTERM.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    pub async fn metrics_text(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
+/// One parsed sample: its labels and what it carries.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub labels: std::collections::HashMap<String, String>,
+    /// Counter or gauge value; histogram count.
+    pub value: f64,
+    /// Histogram exemplars' `trace_id`s.
+    pub exemplar_trace_ids: Vec<String>,
+}
+
+/// Parses the exposition strictly as OpenMetrics (fails the test if it isn't)
+/// and returns the samples of `family`.
+pub fn samples(text: &str, family: &str) -> Vec<Sample> {
+    use openmetrics_parser::{OpenMetricsValue, openmetrics::parse_openmetrics};
+    let parsed = parse_openmetrics(text)
+        .unwrap_or_else(|e| panic!("/metrics is not valid OpenMetrics: {e:?}"));
+    let fam = parsed
+        .families
+        .get(family)
+        .unwrap_or_else(|| panic!("metric family {family} missing"));
+    fam.iter_samples()
+        .map(|s| {
+            let labels = s
+                .get_labelset()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let (value, exemplar_trace_ids) = match &s.value {
+                OpenMetricsValue::Counter(c) => (c.value.as_f64(), vec![]),
+                OpenMetricsValue::Gauge(g) => (g.as_f64(), vec![]),
+                OpenMetricsValue::Histogram(h) => (
+                    h.count.unwrap_or_default() as f64,
+                    h.buckets
+                        .iter()
+                        .filter_map(|b| b.exemplar.as_ref()?.labels.get("trace_id").cloned())
+                        .collect(),
+                ),
+                other => panic!("unexpected sample type {other:?}"),
+            };
+            Sample {
+                labels,
+                value,
+                exemplar_trace_ids,
+            }
+        })
+        .collect()
+}
+
+/// The sample of `family` whose labels include all of `want`.
+pub fn sample(text: &str, family: &str, want: &[(&str, &str)]) -> Sample {
+    samples(text, family)
+        .into_iter()
+        .find(|s| {
+            want.iter()
+                .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .unwrap_or_else(|| panic!("no {family} sample with labels {want:?}"))
+}
