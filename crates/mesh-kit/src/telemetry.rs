@@ -58,13 +58,21 @@ impl Telemetry {
     /// Installs the global subscriber: stderr logs filtered by `RUST_LOG`
     /// (default `info`) and an OpenTelemetry layer for request spans.
     pub fn init(default_service_name: &str, format: LogFormat) -> Result<Self, TelemetryError> {
+        Self::init_with_filter(default_service_name, format, "info")
+    }
+
+    fn init_with_filter(
+        default_service_name: &str,
+        format: LogFormat,
+        default_filter: &str,
+    ) -> Result<Self, TelemetryError> {
         let (provider, exporting) = tracer_provider(default_service_name)?;
         let tracer = provider.tracer("mlmesh");
         opentelemetry::global::set_tracer_provider(provider.clone());
         opentelemetry::global::set_text_map_propagator(crate::propagation::new_propagator());
 
         let log_filter =
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
         let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
         let fmt = match format {
             LogFormat::Text => fmt.boxed(),
@@ -111,7 +119,7 @@ pub fn init_for_tests() {
     static ONCE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
     ONCE.get_or_init(|| {
         // Leaked on purpose: the provider must outlive every test in the binary.
-        if let Ok(t) = Telemetry::init("mlmesh-test", LogFormat::Text) {
+        if let Ok(t) = Telemetry::init_with_filter("mlmesh-test", LogFormat::Text, "error") {
             std::mem::forget(t);
         }
     });

@@ -200,6 +200,9 @@ async fn outputs_filter_and_versioned_infer_path() {
     assert_eq!(names, ["probability", "logit"]);
 }
 
+/// (what, method, path, content-type, body, expected status)
+type Case<'a> = (&'a str, &'a str, &'a str, Option<&'a str>, String, u16);
+
 fn row_data(rows: usize) -> Vec<f32> {
     vec![1.0; rows * N_FEATURES]
 }
@@ -227,8 +230,7 @@ async fn bad_requests_get_clear_4xx_json_errors_and_the_service_stays_healthy() 
     };
     let huge_body = format!("{{\"inputs\": [], \"pad\": \"{}\"}}", "x".repeat(2 << 20));
 
-    // (what, method, path, content-type, body, status)
-    let cases: Vec<(&str, &str, &str, Option<&str>, String, u16)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "invalid JSON",
             "POST",

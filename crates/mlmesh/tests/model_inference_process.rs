@@ -1,0 +1,170 @@
+//! The real binary as users and Kubernetes run it: flags and env, a real
+//! SIGTERM, and a model that fails to load.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+fn models() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models")
+}
+
+/// Starts `mlmesh model-inference` on an ephemeral port; returns the child and its address.
+fn start(extra_env: &[(&str, &str)]) -> (Child, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mlmesh"));
+    cmd.args(["model-inference", "--listen", "127.0.0.1:0"])
+        .env("MODEL_PATH", models().join("propensity-v2.onnx"))
+        .env("MODEL_VERSION", "v2")
+        .env("LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null());
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn mlmesh");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<Value>(&line)
+                && v["message"] == "listening"
+            {
+                let _ = tx.send(v["addr"].as_str().unwrap().to_owned());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("mlmesh logs its address");
+    (child, addr)
+}
+
+fn sigterm(child: &Child) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -TERM");
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "mlmesh did not exit within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn body() -> Value {
+    json!({"inputs": [{"name": "features", "shape": [1, 85], "datatype": "FP32", "data": vec![1.0; 85]}]})
+}
+
+#[tokio::test]
+async fn sigterm_fails_readiness_then_drains_in_flight_requests() {
+    let (mut child, addr) = start(&[("DRAIN_DELAY", "700ms"), ("FAULT_DELAY", "1500ms")]);
+    let client = reqwest::Client::new();
+    let url = |p: &str| format!("http://{addr}{p}");
+    assert_eq!(
+        client.get(url("/readyz")).send().await.unwrap().status(),
+        200
+    );
+
+    let in_flight = tokio::spawn(
+        client
+            .post(url("/v2/models/propensity/infer"))
+            .json(&body())
+            .send(),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sigterm(&child);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+
+    let ready = client.get(url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503, "readiness flips first");
+    assert_eq!(ready.json::<Value>().await.unwrap()["status"], "draining");
+    // Still serving during the drain delay: the mesh may not have caught up yet.
+    assert_eq!(
+        client
+            .get(url("/v2/models/propensity"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    let res = in_flight
+        .await
+        .unwrap()
+        .expect("in-flight request completes");
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["x-model-version"], "v2");
+
+    let status =
+        tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(10)))
+            .await
+            .unwrap();
+    assert!(status.success(), "clean exit after drain: {status:?}");
+}
+
+#[test]
+fn a_model_that_fails_to_load_exits_non_zero_naming_file_and_reason() {
+    let out = Command::new(env!("CARGO_BIN_EXE_mlmesh"))
+        .args(["model-inference", "--listen", "127.0.0.1:0", "--model-path"])
+        .arg(models().join("customers.csv"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("customers.csv") && stderr.contains("cannot load model"),
+        "{stderr}"
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_mlmesh"))
+        .args(["model-inference", "--model-path", "/nonexistent/model.onnx"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("/nonexistent/model.onnx") && stderr.contains("no such file"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bad_flag_values_are_refused_with_the_reason() {
+    for (env, value) in [
+        ("FAULT_ERROR_RATE", "1.5"),
+        ("MAX_BATCH_SIZE", "0"),
+        ("FAULT_SCORE_NOISE", "-1"),
+        ("DRAIN_DELAY", "soon"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_mlmesh"))
+            .args(["model-inference", "--model-path"])
+            .arg(models().join("propensity-v1.onnx"))
+            .env(env, value)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{env}={value} must be a usage error"
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(value), "{env}: {stderr}");
+    }
+}

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace. Needs only a Rust toolchain today; it checks
+# for anything else it needs and says exactly how to get it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+need() { # need <command> <how to install>
+    command -v "$1" >/dev/null 2>&1 || missing+=("$1 — $2")
+}
+need cargo "install Rust from https://rustup.rs"
+
+if ((${#missing[@]})); then
+    echo "scripts/test.sh: missing prerequisites:" >&2
+    printf '  - %s\n' "${missing[@]}" >&2
+    exit 1
+fi
+
+# Debug builds with dependencies at opt-level 2 (see Cargo.toml): tract is
+# unusably slow at opt-level 0 and takes ~9 minutes at release settings.
+cargo test --workspace --locked "$@"
