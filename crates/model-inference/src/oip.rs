@@ -84,7 +84,7 @@ impl Nested<'_> {
             Ok(())
         } else {
             Err(E::custom(format_args!(
-                "tensor data must be finite FP32 numbers, got {v}"
+                "tensor data must be finite FP32 numbers, got {v:e}"
             )))
         }
     }
