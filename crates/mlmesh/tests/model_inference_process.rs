@@ -1,11 +1,13 @@
 //! The real binary as users and Kubernetes run it: flags and env, a real
-//! SIGTERM, and a model that fails to load.
+//! SIGTERM, a model that fails to load, and spans received over real OTLP.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use serde_json::{Value, json};
 
 fn models() -> PathBuf {
@@ -167,4 +169,95 @@ fn bad_flag_values_are_refused_with_the_reason() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(value), "{env}: {stderr}");
     }
+}
+
+/// A minimal OTLP/HTTP collector: decodes every export into the channel.
+async fn otlp_receiver() -> (
+    String,
+    tokio::sync::mpsc::UnboundedReceiver<ExportTraceServiceRequest>,
+) {
+    use axum::body::Bytes;
+    use prost::Message;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: Bytes| {
+            let tx = tx.clone();
+            async move {
+                tx.send(ExportTraceServiceRequest::decode(body).expect("valid OTLP protobuf"))
+                    .unwrap();
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}"), rx)
+}
+
+#[tokio::test]
+async fn exports_the_server_span_over_otlp_continuing_the_b3_trace_and_flushes_on_shutdown() {
+    let (endpoint, mut exports) = otlp_receiver().await;
+    let (mut child, addr) = start(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        // Far longer than the test: spans can only arrive through the shutdown flush.
+        ("OTEL_BSP_SCHEDULE_DELAY", "60000"),
+        ("DRAIN_DELAY", "0s"),
+    ]);
+    let trace = "a3ce929d0e0e47364bf92f3577b34da6";
+    let parent = "00f067aa0ba902b7";
+    let res = reqwest::Client::new()
+        .post(format!("http://{addr}/v2/models/propensity/infer"))
+        .header("x-b3-traceid", trace)
+        .header("x-b3-spanid", parent)
+        .header("x-b3-sampled", "1")
+        .json(&body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    sigterm(&child);
+    let status =
+        tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(10)))
+            .await
+            .unwrap();
+    assert!(status.success());
+
+    let export = tokio::time::timeout(Duration::from_secs(5), exports.recv())
+        .await
+        .expect("spans flushed at shutdown")
+        .unwrap();
+    let rs = &export.resource_spans[0];
+    let service = rs
+        .resource
+        .as_ref()
+        .unwrap()
+        .attributes
+        .iter()
+        .find(|kv| kv.key == "service.name")
+        .unwrap();
+    assert_eq!(
+        service.value.as_ref().unwrap().value,
+        Some(AnyValue::StringValue("model-inference".into()))
+    );
+    let spans: Vec<_> = rs.scope_spans.iter().flat_map(|s| &s.spans).collect();
+    let server = spans
+        .iter()
+        .find(|s| s.name == "POST /v2/models/{name}/infer")
+        .unwrap_or_else(|| {
+            panic!(
+                "no infer span in {:?}",
+                spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+            )
+        });
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    assert_eq!(hex(&server.trace_id), trace, "continues the caller's trace");
+    assert_eq!(
+        hex(&server.parent_span_id),
+        parent,
+        "child of the caller's span"
+    );
+    assert_eq!(server.kind, 2, "SPAN_KIND_SERVER");
 }

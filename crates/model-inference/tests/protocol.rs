@@ -652,8 +652,16 @@ async fn readme_example_requests_work() {
     let mut seen = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "json") && path.file_name().unwrap().to_str().unwrap().starts_with("infer") {
-            let body: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        if path.extension().is_some_and(|e| e == "json")
+            && path
+                .file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("infer")
+        {
+            let body: Value =
+                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
             let a = post_json(&app, INFER, &body).await;
             assert_eq!(a.status, StatusCode::OK, "{}: {}", path.display(), a.json);
             assert_eq!(a.json["id"], body["id"]);
@@ -661,10 +669,15 @@ async fn readme_example_requests_work() {
         }
     }
     assert!(seen >= 2, "examples/ lost its request bodies");
-    let body: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("infer-user-42.json")).unwrap()).unwrap();
+    let body: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("infer-user-42.json")).unwrap())
+            .unwrap();
     let a = post_json(&app, INFER, &body).await;
     let r = reference();
     let i = r.user_ids.iter().position(|u| u == "42").unwrap();
     let got = a.json["outputs"][1]["data"][0].as_f64().unwrap();
-    assert!((got - r.outputs["v1"].probability[i]).abs() < 1e-5, "user 42 scores {got}");
+    assert!(
+        (got - r.outputs["v1"].probability[i]).abs() < 1e-5,
+        "user 42 scores {got}"
+    );
 }
