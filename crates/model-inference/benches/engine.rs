@@ -31,11 +31,20 @@ fn engines(c: &mut Criterion) {
             let x = input(rows);
             group.throughput(Throughput::Elements(rows as u64));
 
-            let engine = Engine::load(&model(version)).unwrap();
+            // What the service runs: a concrete plan per batch size.
+            let engine = Engine::load_with_batches(&model(version), 64).unwrap();
             let mut session = engine.session().unwrap();
             group.bench_with_input(BenchmarkId::new("tract", rows), &rows, |b, &rows| {
                 b.iter(|| session.run(std::hint::black_box(&x), rows).unwrap())
             });
+            // For the record: the symbolic-batch plan alone.
+            let engine = Engine::load(&model(version)).unwrap();
+            let mut session = engine.session().unwrap();
+            group.bench_with_input(
+                BenchmarkId::new("tract-symbolic", rows),
+                &rows,
+                |b, &rows| b.iter(|| session.run(std::hint::black_box(&x), rows).unwrap()),
+            );
 
             #[cfg(feature = "ort-bench")]
             {

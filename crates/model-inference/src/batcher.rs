@@ -234,12 +234,12 @@ impl Worker {
         }
         let rows: usize = live.iter().map(|j| j.rows).sum();
         let started = Instant::now();
-        let result = if live.len() == 1 {
-            self.session.run(&live[0].input, rows)
+        let input = if live.len() == 1 {
+            std::mem::take(&mut live[0].input)
         } else {
-            let input: Vec<f32> = live.iter().flat_map(|j| j.input.iter().copied()).collect();
-            self.session.run(&input, rows)
+            live.iter().flat_map(|j| j.input.iter().copied()).collect()
         };
+        let result = self.session.run_owned(input, rows);
         self.metrics
             .compute
             .observe(started.elapsed().as_secs_f64());

@@ -48,7 +48,10 @@ impl AppState {
     /// Loads, optimizes and warms the model and starts the workers; the
     /// service turns ready only after this succeeds.
     pub fn load(args: &ModelArgs, svc: &mut Service) -> Result<Self, EngineError> {
-        let engine = Arc::new(Engine::load(&args.model_path)?);
+        let engine = Arc::new(Engine::load_with_batches(
+            &args.model_path,
+            args.max_batch_size as usize,
+        )?);
         let metrics =
             InferenceMetrics::register(svc.registry_mut(), &args.model_name, &args.model_version);
         let workers = args.workers.map_or_else(

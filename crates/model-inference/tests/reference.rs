@@ -23,8 +23,9 @@ fn assert_close(got: &[f32], want: &[f64], what: &str) {
 fn tract_matches_onnxruntime_batched_and_single() {
     let r = reference();
     assert!(r.inputs.len() >= 5, "reference has too few rows");
-    for version in ["v1", "v2"] {
-        let engine = Engine::load(&model_path(version)).unwrap();
+    // Both plan kinds: symbolic batch only, and one concrete plan per batch size.
+    for (version, concrete) in [("v1", 0), ("v1", 64), ("v2", 0), ("v2", 64)] {
+        let engine = Engine::load_with_batches(&model_path(version), concrete).unwrap();
         let want = &r.outputs[version];
         let names: Vec<&str> = engine
             .spec()
