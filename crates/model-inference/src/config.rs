@@ -33,7 +33,7 @@ pub struct ModelArgs {
     #[arg(long, env = "QUEUE_CAPACITY", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub queue_capacity: u32,
 
-    /// Inference threads, each with its own model session [default: number of CPUs].
+    /// Inference threads, each with its own model session [default: half the CPUs, at least 1].
     #[arg(long, env = "INFERENCE_WORKERS", value_parser = clap::value_parser!(u32).range(1..=256))]
     pub workers: Option<u32>,
 
