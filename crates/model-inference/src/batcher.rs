@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use tokio::sync::oneshot;
 
-use crate::engine::{Engine, EngineError, Session};
+use crate::engine::{Engine, EngineError, MAX_CONCRETE_BATCH, Session};
 use crate::metrics::InferenceMetrics;
 
 #[derive(Debug, Clone, Copy)]
@@ -118,8 +118,10 @@ impl Batcher {
         let (tx, rx) = crossbeam_channel::bounded::<Job>(cfg.queue_capacity);
         for i in 0..cfg.workers.max(1) {
             let mut session = engine.session()?;
-            // Warm both the single-row and the full-batch paths before going ready.
-            for rows in [1, cfg.max_batch_rows] {
+            // Warm every concrete plan (and the full batch) before going ready,
+            // so no request pays a plan's first-run allocations.
+            let concrete = cfg.max_batch_rows.min(MAX_CONCRETE_BATCH);
+            for rows in (1..=concrete).chain([cfg.max_batch_rows]) {
                 session.run(&vec![0.0; rows * spec.n_features], rows)?;
             }
             let worker = Worker {
