@@ -187,7 +187,7 @@ async fn a_flood_is_answered_with_200_or_429_never_5xx_and_every_answer_is_count
     let rejected = sample(
         &text,
         "mlmesh_inference_requests",
-        &[("outcome", "rejected")],
+        &[("outcome", "rejected"), ("traffic", "live")],
     )
     .value;
     assert_eq!(

@@ -162,13 +162,19 @@ pub fn samples(text: &str, family: &str) -> Vec<Sample> {
         .collect()
 }
 
-/// The sample of `family` whose labels include all of `want`.
+/// The one sample of `family` whose labels include all of `want`; a filter
+/// matching several series is a test bug (it would read an arbitrary one).
 pub fn sample(text: &str, family: &str, want: &[(&str, &str)]) -> Sample {
-    samples(text, family)
+    let mut matching: Vec<Sample> = samples(text, family)
         .into_iter()
-        .find(|s| {
+        .filter(|s| {
             want.iter()
                 .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
         })
-        .unwrap_or_else(|| panic!("no {family} sample with labels {want:?}"))
+        .collect();
+    match matching.len() {
+        1 => matching.remove(0),
+        0 => panic!("no {family} sample with labels {want:?}"),
+        n => panic!("{n} {family} samples match {want:?}; narrow the labels"),
+    }
 }
