@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test of the workspace. Needs only a Rust toolchain today; it checks
-# for anything else it needs and says exactly how to get it.
+# Runs every test of the workspace. Needs a Rust toolchain and Redis (the
+# feature-store tests start their own redis-server processes); it checks for
+# everything up front and says exactly how to get what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +10,8 @@ need() { # need <command> <how to install>
     command -v "$1" >/dev/null 2>&1 || missing+=("$1 — $2")
 }
 need cargo "install Rust from https://rustup.rs"
+need redis-server "Debian/Ubuntu: sudo apt-get install -y redis-server; macOS: brew install redis"
+need redis-cli "comes with redis-server (Debian: redis-tools)"
 
 if ((${#missing[@]})); then
     echo "scripts/test.sh: missing prerequisites:" >&2

@@ -79,6 +79,38 @@ macro_rules! from_rejection {
 }
 from_rejection!(JsonRejection, BytesRejection, QueryRejection);
 
+/// Parses a JSON request body: a content type other than JSON is a 415 (absent
+/// is accepted), a body past the limit a 413, malformed or mistyped JSON a 400
+/// whose message starts with `what`.
+pub fn parse_json<T: serde::de::DeserializeOwned>(
+    headers: &axum::http::HeaderMap,
+    body: Result<axum::body::Bytes, BytesRejection>,
+    what: &str,
+) -> Result<T, ApiError> {
+    if let Some(value) = headers.get(header::CONTENT_TYPE) {
+        let mime = value
+            .to_str()
+            .unwrap_or_default()
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
+        if mime != "application/json"
+            && !(mime.starts_with("application/") && mime.ends_with("+json"))
+        {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!(
+                    "content-type must be application/json, got '{mime}' (with curl, add -H 'content-type: application/json')"
+                ),
+            ));
+        }
+    }
+    let body = body?;
+    serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("{what}: {e}")))
+}
+
 /// Router fallback: unknown paths get a JSON 404 too.
 pub async fn not_found(uri: axum::http::Uri) -> ApiError {
     ApiError::not_found(format!("no route for {}", uri.path()))

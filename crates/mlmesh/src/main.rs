@@ -2,7 +2,8 @@
 //! service lives in its own library crate.
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use feature_store::{SeedArgs, StoreArgs};
 use mesh_kit::ServerArgs;
 use mesh_kit::telemetry::Telemetry;
 use model_inference::ModelArgs;
@@ -32,12 +33,41 @@ enum Command {
         #[command(flatten)]
         model: ModelArgs,
     },
+    /// Serve customers' features from Redis (--redis-url) or an embedded store;
+    /// `feature-store seed` loads the seed rows into Redis.
+    FeatureStore(FeatureStoreCmd),
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct FeatureStoreCmd {
+    #[command(subcommand)]
+    action: Option<FeatureStoreAction>,
+    #[command(flatten)]
+    server: ServerArgs,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum FeatureStoreAction {
+    /// Bulk-load the seed rows into Redis (pipelined, idempotent).
+    Seed(SeedArgs),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::ModelInference { server, model } => run_model_inference(server, model).await,
+        Command::FeatureStore(FeatureStoreCmd {
+            action: Some(FeatureStoreAction::Seed(args)),
+            ..
+        }) => run_seed(args).await,
+        Command::FeatureStore(FeatureStoreCmd {
+            action: None,
+            server,
+            store,
+        }) => run_feature_store(server, store).await,
     }
 }
 
@@ -55,4 +85,38 @@ async fn run_model_inference(server: ServerArgs, model: ModelArgs) -> anyhow::Re
         .context("serving model-inference");
     telemetry.shutdown();
     served
+}
+
+async fn run_feature_store(server: ServerArgs, store: StoreArgs) -> anyhow::Result<()> {
+    let telemetry =
+        Telemetry::init("feature-store", server.log_format).context("starting telemetry")?;
+    let (svc, state) = feature_store::build(&store, server)
+        .await
+        .context("starting feature-store")?;
+    let served = svc
+        // The feature store has no protocol-specific probes: /healthz and /readyz suffice.
+        .serve(feature_store::router(state), axum::Router::new())
+        .await
+        .context("serving feature-store");
+    telemetry.shutdown();
+    served
+}
+
+async fn run_seed(args: SeedArgs) -> anyhow::Result<()> {
+    let report = feature_store::seed(&args).await.with_context(|| {
+        format!(
+            "seeding {} from {}",
+            args.redis_url,
+            args.seed_file.display()
+        )
+    })?;
+    println!(
+        "seeded {} entities ({} features each) from {} into {} under {}",
+        report.entities,
+        report.features,
+        args.seed_file.display(),
+        args.redis_url,
+        feature_store::store::KEY_PREFIX
+    );
+    Ok(())
 }

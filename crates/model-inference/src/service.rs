@@ -122,10 +122,8 @@ impl AppState {
         traffic: Traffic,
     ) -> Result<Response, ApiError> {
         self.check_model(p)?;
-        check_json_content_type(headers)?;
-        let body = body?;
-        let req: InferRequest = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request(format!("invalid inference request: {e}")))?;
+        let req: InferRequest =
+            mesh_kit::error::parse_json(headers, body, "invalid inference request")?;
         let v = oip::validate(req, &self.0.spec, self.0.max_rows)?;
         let deadline = headers
             .get(DEADLINE_HEADER)
@@ -210,30 +208,6 @@ impl AppState {
         let value = HeaderValue::from_str(&self.0.version)
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
         (HeaderName::from_static(MODEL_VERSION_HEADER), value)
-    }
-}
-
-fn check_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(value) = headers.get(header::CONTENT_TYPE) else {
-        return Ok(());
-    };
-    let mime = value
-        .to_str()
-        .unwrap_or_default()
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    if mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json")) {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!(
-                "content-type must be application/json, got '{mime}' (with curl, add -H 'content-type: application/json')"
-            ),
-        ))
     }
 }
 

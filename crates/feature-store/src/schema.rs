@@ -1,0 +1,126 @@
+//! The feature schema and the seed rows, both read from the committed
+//! `models/customers.csv` (written by `models/train.py`), so the feature names
+//! exist in exactly one place: the file the models were trained from.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Columns of the seed file before the features.
+const LEADING: [&str; 3] = ["user_id", "held_out", "purchase"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum SeedError {
+    #[error("cannot read seed file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("seed file {path}, line {line}: {reason}")]
+    Format {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
+}
+
+/// Feature names in model input order.
+#[derive(Debug, Clone)]
+pub struct FeatureSchema {
+    names: Arc<[String]>,
+    index: Arc<HashMap<String, usize>>,
+}
+
+impl FeatureSchema {
+    pub fn new(names: Vec<String>) -> Self {
+        let index = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), i))
+            .collect();
+        Self {
+            names: names.into(),
+            index: Arc::new(index),
+        }
+    }
+
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    pub fn position(&self, name: &str) -> Option<usize> {
+        self.index.get(name).copied()
+    }
+}
+
+/// One customer's features, by schema position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeedRow {
+    pub entity_id: String,
+    pub values: Vec<f64>,
+}
+
+/// Reads the seed file: the schema from its header and every row.
+pub fn read_seed_file(path: &Path) -> Result<(FeatureSchema, Vec<SeedRow>), SeedError> {
+    let text = std::fs::read_to_string(path).map_err(|source| SeedError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let format = |line: usize, reason: String| SeedError::Format {
+        path: path.to_owned(),
+        line,
+        reason,
+    };
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
+    if header.len() <= LEADING.len() || header[..LEADING.len()] != LEADING {
+        return Err(format(
+            1,
+            format!(
+                "header must start with {} and name the features",
+                LEADING.join(",")
+            ),
+        ));
+    }
+    let schema = FeatureSchema::new(
+        header[LEADING.len()..]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect(),
+    );
+    let mut rows = Vec::new();
+    for (i, line) in lines.enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let line_no = i + 2;
+        let cells: Vec<&str> = line.split(',').collect();
+        if cells.len() != header.len() {
+            return Err(format(
+                line_no,
+                format!("{} columns, header has {}", cells.len(), header.len()),
+            ));
+        }
+        let values = cells[LEADING.len()..]
+            .iter()
+            .map(|c| c.trim().parse::<f64>().ok().filter(|v| v.is_finite()))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| format(line_no, "feature values must be finite numbers".into()))?;
+        rows.push(SeedRow {
+            entity_id: cells[0].to_owned(),
+            values,
+        });
+    }
+    Ok((schema, rows))
+}
+
+/// The committed seed file, found relative to the working directory (repo
+/// root, or the container's working directory where it is baked in).
+pub fn default_seed_path() -> PathBuf {
+    PathBuf::from("models/customers.csv")
+}

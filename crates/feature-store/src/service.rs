@@ -1,0 +1,419 @@
+//! HTTP API, modelled on Feast's online read: values plus a status per feature.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::{Map, Value, json};
+
+use mesh_kit::error::parse_json;
+use mesh_kit::{ApiError, Health, ServerArgs, Service};
+
+use crate::config::StoreArgs;
+use crate::metrics::{LookupStatus, StoreMetrics};
+use crate::schema::{FeatureSchema, SeedError, read_seed_file};
+use crate::store::{Backend, MemoryStore, Record, RedisStore, StoreError};
+
+/// Longest accepted entity id.
+pub const MAX_ENTITY_ID_LEN: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Seed(#[from] SeedError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+struct Inner {
+    backend: Backend,
+    schema: FeatureSchema,
+    max_age: Option<Duration>,
+    max_batch: usize,
+    max_body_bytes: usize,
+    metrics: StoreMetrics,
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl AppState {
+    /// Opens the backend (Redis, or memory seeded from the seed file),
+    /// registers metrics and starts the readiness watcher.
+    pub async fn start(args: &StoreArgs, svc: &mut Service) -> Result<Self, StartError> {
+        let (schema, rows) = read_seed_file(&args.seed_file)?;
+        let backend = match &args.redis_url {
+            Some(url) => Backend::Redis(RedisStore::connect(
+                url,
+                schema.clone(),
+                args.redis_timeout,
+            )?),
+            None => {
+                let store = Backend::Memory(MemoryStore::new(&schema));
+                store.load(&rows, now_ms()).await?;
+                store
+            }
+        };
+        let metrics = StoreMetrics::register(svc.registry_mut(), backend.name());
+        tracing::info!(
+            backend = backend.name(),
+            features = schema.len(),
+            seed_rows = rows.len(),
+            "feature store open"
+        );
+        let state = Self(Arc::new(Inner {
+            backend,
+            schema,
+            max_age: args.max_age,
+            max_batch: args.max_batch_entities as usize,
+            max_body_bytes: args.max_body_bytes,
+            metrics,
+        }));
+        tokio::spawn(
+            state
+                .clone()
+                .watch_readiness(svc.health(), args.health_interval),
+        );
+        Ok(state)
+    }
+
+    pub fn schema(&self) -> &FeatureSchema {
+        &self.0.schema
+    }
+
+    /// Pings the backend on an interval: readiness follows reachability, and
+    /// the service recovers by itself when Redis comes back.
+    async fn watch_readiness(self, health: Health, every: Duration) {
+        let mut was_ready = false;
+        let mut ever_ready = false;
+        loop {
+            let ok = self.0.backend.ping().await;
+            let ready = ok.is_ok();
+            if ready != was_ready {
+                match &ok {
+                    Ok(()) if ever_ready => {
+                        self.0.metrics.reconnects.inc();
+                        tracing::info!("feature store reachable again");
+                    }
+                    Ok(()) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "feature store unreachable; readiness off")
+                    }
+                }
+                health.set_ready(ready);
+                was_ready = ready;
+                ever_ready |= ready;
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+
+    /// Reads entities, timing and counting the lookup.
+    async fn lookup(&self, ids: &[&str]) -> Result<Vec<Option<Record>>, ApiError> {
+        let started = Instant::now();
+        let res = self.0.backend.get_many(ids).await;
+        self.0
+            .metrics
+            .lookup_seconds
+            .observe(started.elapsed().as_secs_f64());
+        res.map_err(|e| {
+            self.0.metrics.error(&e);
+            self.0.metrics.lookups(LookupStatus::Error, ids.len());
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        })
+    }
+
+    /// Schema positions for an optional subset of feature names (all when absent).
+    fn wanted<'a>(
+        &self,
+        names: Option<impl Iterator<Item = &'a str>>,
+    ) -> Result<Vec<usize>, ApiError> {
+        let Some(names) = names else {
+            return Ok((0..self.0.schema.len()).collect());
+        };
+        let picked = names
+            .map(|n| {
+                self.0
+                    .schema
+                    .position(n)
+                    .ok_or_else(|| ApiError::bad_request(format!("unknown feature '{n}'")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if picked.is_empty() {
+            return Err(ApiError::bad_request(
+                "the feature subset is empty; omit it to get every feature",
+            ));
+        }
+        Ok(picked)
+    }
+
+    /// One response row, with statuses, and the lookup counted.
+    fn row<'a>(
+        &'a self,
+        entity_id: &'a str,
+        record: Option<&Record>,
+        wanted: &[usize],
+        now: i64,
+    ) -> Row<'a> {
+        let stale = match (record, self.0.max_age) {
+            (Some(r), Some(max_age)) => {
+                now.saturating_sub(r.event_time_ms) > max_age.as_millis() as i64
+            }
+            _ => false,
+        };
+        let names = self.0.schema.names();
+        let mut features = Vec::with_capacity(wanted.len());
+        let mut statuses = Vec::with_capacity(wanted.len());
+        for &i in wanted {
+            let value = record.and_then(|r| r.values[i]);
+            let status = match value {
+                None => FeatureStatus::NotFound,
+                Some(_) if stale => FeatureStatus::Stale,
+                Some(_) => FeatureStatus::Present,
+            };
+            features.push((names[i].as_str(), value));
+            statuses.push((names[i].as_str(), status));
+        }
+        let status = match record {
+            None => LookupStatus::NotFound,
+            Some(_) if stale => LookupStatus::Stale,
+            Some(_) => LookupStatus::Present,
+        };
+        self.0.metrics.lookups(status, 1);
+        Row {
+            entity_id,
+            found: record.is_some(),
+            features: Ordered(features),
+            statuses: Ordered(statuses),
+            event_time: record.map(|r| format_time(r.event_time_ms)),
+        }
+    }
+}
+
+fn format_time(ms: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum FeatureStatus {
+    Present,
+    NotFound,
+    Stale,
+}
+
+/// Serializes as a JSON object in schema order (a map would sort by name).
+struct Ordered<'a, V>(Vec<(&'a str, V)>);
+
+impl<V: Serialize> Serialize for Ordered<'_, V> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
+#[derive(Serialize)]
+struct BatchResponse<'a> {
+    rows: Vec<Row<'a>>,
+}
+
+#[derive(Serialize)]
+struct Row<'a> {
+    entity_id: &'a str,
+    found: bool,
+    features: Ordered<'a, Option<f64>>,
+    statuses: Ordered<'a, FeatureStatus>,
+    event_time: Option<String>,
+}
+
+fn check_entity_id(id: &str) -> Result<(), ApiError> {
+    let ok = !id.is_empty()
+        && id.len() <= MAX_ENTITY_ID_LEN
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "invalid entity id '{}': use 1 to {MAX_ENTITY_ID_LEN} letters, digits, '-', '_' or '.'",
+            id.chars().take(80).collect::<String>()
+        )))
+    }
+}
+
+#[derive(Deserialize)]
+struct SubsetQuery {
+    features: Option<String>,
+}
+
+async fn get_one(
+    State(s): State<AppState>,
+    Path(entity_id): Path<String>,
+    Query(q): Query<SubsetQuery>,
+) -> Result<Response, ApiError> {
+    check_entity_id(&entity_id)?;
+    let wanted = s.wanted(q.features.as_deref().map(|f| f.split(',').map(str::trim)))?;
+    let record = s.lookup(&[&entity_id]).await?.pop().flatten();
+    let row = s.row(&entity_id, record.as_ref(), &wanted, now_ms());
+    if !row.found {
+        return Err(ApiError::not_found(format!(
+            "entity '{entity_id}' not found"
+        )));
+    }
+    Ok(Json(row).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchRequest {
+    entity_ids: Vec<String>,
+    #[serde(default)]
+    features: Option<Vec<String>>,
+}
+
+async fn get_batch(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let req: BatchRequest = parse_json(&headers, body, "invalid batch request")?;
+    if req.entity_ids.is_empty() {
+        return Err(ApiError::bad_request("entity_ids is empty"));
+    }
+    if req.entity_ids.len() > s.0.max_batch {
+        return Err(ApiError::payload_too_large(format!(
+            "{} entities exceed the batch limit of {}; split the request",
+            req.entity_ids.len(),
+            s.0.max_batch
+        )));
+    }
+    for id in &req.entity_ids {
+        check_entity_id(id)?;
+    }
+    let wanted = s.wanted(req.features.as_ref().map(|f| f.iter().map(String::as_str)))?;
+    let ids: Vec<&str> = req.entity_ids.iter().map(String::as_str).collect();
+    s.0.metrics.batch_entities.observe(ids.len() as f64);
+    let records = s.lookup(&ids).await?;
+    let now = now_ms();
+    let rows: Vec<Row> = ids
+        .iter()
+        .zip(&records)
+        .map(|(id, r)| s.row(id, r.as_ref(), &wanted, now))
+        .collect();
+    // A typed body: going through serde_json::Value would re-sort every row's keys.
+    Ok(Json(BatchResponse { rows }).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WriteRequest {
+    features: Map<String, Value>,
+    /// RFC 3339; defaults to now.
+    #[serde(default)]
+    event_time: Option<String>,
+}
+
+async fn put_one(
+    State(s): State<AppState>,
+    Path(entity_id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    check_entity_id(&entity_id)?;
+    let req: WriteRequest = parse_json(&headers, body, "invalid write request")?;
+    if req.features.is_empty() {
+        return Err(ApiError::bad_request("features is empty"));
+    }
+    let mut updates = Vec::with_capacity(req.features.len());
+    for (name, value) in &req.features {
+        let i =
+            s.0.schema
+                .position(name)
+                .ok_or_else(|| ApiError::bad_request(format!("unknown feature '{name}'")))?;
+        let v = value.as_f64().filter(|v| v.is_finite()).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "feature '{name}' must be a finite number, got {value}"
+            ))
+        })?;
+        updates.push((i, v));
+    }
+    let event_time_ms = match &req.event_time {
+        None => now_ms(),
+        Some(t) => humantime::parse_rfc3339_weak(t)
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map(|d| d.as_millis() as i64)
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "event_time '{t}' is not an RFC 3339 time after 1970"
+                ))
+            })?,
+    };
+    s.0.backend
+        .put(&entity_id, &updates, event_time_ms)
+        .await
+        .map_err(|e| {
+            s.0.metrics.error(&e);
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        })?;
+    Ok(Json(json!({ "entity_id": entity_id, "written": updates.len(), "event_time": format_time(event_time_ms) }))
+        .into_response())
+}
+
+async fn schema(State(s): State<AppState>) -> Json<Value> {
+    Json(json!({ "features": s.0.schema.names(), "backend": s.0.backend.name() }))
+}
+
+/// Business routes.
+pub fn router(state: AppState) -> Router {
+    let max_body = state.0.max_body_bytes;
+    Router::new()
+        .route("/v1/features/{entity_id}", get(get_one).put(put_one))
+        .route("/v1/features:batch", post(get_batch))
+        .route("/v1/schema", get(schema))
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+/// The assembled service and its state, for the binary and the tests.
+pub async fn build(
+    args: &StoreArgs,
+    server: ServerArgs,
+) -> Result<(Service, AppState), StartError> {
+    let mut svc = Service::new("feature-store", server);
+    let state = AppState::start(args, &mut svc).await?;
+    Ok((svc, state))
+}
+
+/// The complete app, for `oneshot` tests.
+pub async fn app(
+    args: &StoreArgs,
+    server: ServerArgs,
+) -> Result<(Router, AppState, Health), StartError> {
+    let (svc, state) = build(args, server).await?;
+    let health = svc.health();
+    Ok((
+        svc.router(router(state.clone()), Router::new()),
+        state,
+        health,
+    ))
+}

@@ -1,0 +1,346 @@
+//! Bad input gets clear 4xx JSON errors; metrics expose what happened.
+
+mod common;
+
+use axum::body::Body;
+use common::{app, call, get, post, store_args};
+use serde_json::json;
+
+/// (what, method, path, content-type, body, expected status)
+type Case<'a> = (&'a str, &'a str, String, Option<&'a str>, String, u16);
+
+#[tokio::test]
+async fn bad_input_gets_4xx_json_errors_and_nothing_is_written() {
+    let (app, health) = app(&store_args(None)).await;
+    let long_id = "9".repeat(65);
+    let batch = "/v1/features:batch";
+    let ct = Some("application/json");
+    let too_many: Vec<String> = (1..=1001).map(|i| i.to_string()).collect();
+    let huge = format!("{{\"entity_ids\": [\"{}\"]}}", "1".repeat(2 << 20));
+    let cases: Vec<Case> = vec![
+        (
+            "id with a space",
+            "GET",
+            "/v1/features/a%20b".into(),
+            None,
+            String::new(),
+            400,
+        ),
+        (
+            "id with a slash",
+            "GET",
+            "/v1/features/a%2Fb".into(),
+            None,
+            String::new(),
+            400,
+        ),
+        (
+            "over-long id",
+            "GET",
+            format!("/v1/features/{long_id}"),
+            None,
+            String::new(),
+            400,
+        ),
+        (
+            "unknown feature in subset",
+            "GET",
+            "/v1/features/1?features=NOPE".into(),
+            None,
+            String::new(),
+            400,
+        ),
+        (
+            "empty subset",
+            "GET",
+            "/v1/features/1?features=".into(),
+            None,
+            String::new(),
+            400,
+        ),
+        (
+            "invalid JSON",
+            "POST",
+            batch.into(),
+            ct,
+            "{\"entity_ids\": [".into(),
+            400,
+        ),
+        (
+            "missing entity_ids",
+            "POST",
+            batch.into(),
+            ct,
+            "{}".into(),
+            400,
+        ),
+        (
+            "entity_ids not a list",
+            "POST",
+            batch.into(),
+            ct,
+            "{\"entity_ids\": \"1\"}".into(),
+            400,
+        ),
+        (
+            "numeric entity ids",
+            "POST",
+            batch.into(),
+            ct,
+            "{\"entity_ids\": [1, 2]}".into(),
+            400,
+        ),
+        (
+            "empty batch",
+            "POST",
+            batch.into(),
+            ct,
+            "{\"entity_ids\": []}".into(),
+            400,
+        ),
+        (
+            "bad id in batch",
+            "POST",
+            batch.into(),
+            ct,
+            json!({"entity_ids": ["1", "no way"]}).to_string(),
+            400,
+        ),
+        (
+            "oversized batch",
+            "POST",
+            batch.into(),
+            ct,
+            json!({"entity_ids": too_many}).to_string(),
+            413,
+        ),
+        ("oversized body", "POST", batch.into(), ct, huge, 413),
+        (
+            "unknown field",
+            "POST",
+            batch.into(),
+            ct,
+            "{\"entity_ids\": [\"1\"], \"feature\": []}".into(),
+            400,
+        ),
+        (
+            "unknown feature in batch",
+            "POST",
+            batch.into(),
+            ct,
+            json!({"entity_ids": ["1"], "features": ["NOPE"]}).to_string(),
+            400,
+        ),
+        (
+            "text/plain",
+            "POST",
+            batch.into(),
+            Some("text/plain"),
+            json!({"entity_ids": ["1"]}).to_string(),
+            415,
+        ),
+        (
+            "form content type",
+            "POST",
+            batch.into(),
+            Some("application/x-www-form-urlencoded"),
+            "entity_ids=1".into(),
+            415,
+        ),
+        (
+            "GET on batch",
+            "GET",
+            batch.into(),
+            None,
+            String::new(),
+            405,
+        ),
+        (
+            "write: unknown feature",
+            "PUT",
+            "/v1/features/1".into(),
+            ct,
+            json!({"features": {"NOPE": 1}}).to_string(),
+            400,
+        ),
+        (
+            "write: string value",
+            "PUT",
+            "/v1/features/1".into(),
+            ct,
+            json!({"features": {"MOSTYPE": "1"}}).to_string(),
+            400,
+        ),
+        (
+            "write: null value",
+            "PUT",
+            "/v1/features/1".into(),
+            ct,
+            json!({"features": {"MOSTYPE": null}}).to_string(),
+            400,
+        ),
+        (
+            "write: 1e400",
+            "PUT",
+            "/v1/features/1".into(),
+            ct,
+            "{\"features\": {\"MOSTYPE\": 1e400}}".into(),
+            400,
+        ),
+        (
+            "write: NaN",
+            "PUT",
+            "/v1/features/1".into(),
+            ct,
+            "{\"features\": {\"MOSTYPE\": NaN}}".into(),
+            400,
+        ),
+        (
+            "write: nothing",
+            "PUT",
+            "/v1/features/1".into(),
+            ct,
+            json!({"features": {}}).to_string(),
+            400,
+        ),
+        (
+            "write: bad time",
+            "PUT",
+            "/v1/features/1".into(),
+            ct,
+            json!({"features": {"MOSTYPE": 1}, "event_time": "yesterday"}).to_string(),
+            400,
+        ),
+        (
+            "write: bad id",
+            "PUT",
+            "/v1/features/a%20b".into(),
+            ct,
+            json!({"features": {"MOSTYPE": 1}}).to_string(),
+            400,
+        ),
+        (
+            "write: text/plain",
+            "PUT",
+            "/v1/features/1".into(),
+            Some("text/plain"),
+            json!({"features": {"MOSTYPE": 1}}).to_string(),
+            415,
+        ),
+        (
+            "unknown path",
+            "GET",
+            "/v2/features/1".into(),
+            None,
+            String::new(),
+            404,
+        ),
+    ];
+    for (what, method, path, content_type, body, want) in cases {
+        let a = call(&app, method, &path, content_type, Body::from(body)).await;
+        assert_eq!(a.status.as_u16(), want, "{what}: {}", a.json);
+        assert!(
+            a.json["error"].as_str().is_some_and(|m| !m.is_empty()),
+            "{what}: {}",
+            a.json
+        );
+    }
+    // None of the rejected writes touched customer 1.
+    let a = get(&app, "/v1/features/1?features=MOSTYPE").await;
+    assert_eq!(a.json["features"]["MOSTYPE"], 33.0);
+    assert!(health.is_ready());
+}
+
+#[tokio::test]
+async fn metrics_count_lookups_by_status() {
+    use openmetrics_parser::{OpenMetricsValue, openmetrics::parse_openmetrics};
+    let (app, _) = app(&store_args(None)).await;
+    get(&app, "/v1/features/1").await;
+    get(&app, "/v1/features/nobody").await;
+    post(
+        &app,
+        "/v1/features:batch",
+        &json!({"entity_ids": ["1", "2", "ghost"]}),
+    )
+    .await;
+
+    let res = tower::ServiceExt::oneshot(
+        app.clone(),
+        axum::http::Request::get("/metrics")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let text = String::from_utf8(
+        http_body_util::BodyExt::collect(res.into_body())
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    let parsed = parse_openmetrics(&text).expect("valid OpenMetrics");
+    let value = |family: &str, labels: &[(&str, &str)]| -> f64 {
+        let fam = &parsed.families[family];
+        let matching: Vec<f64> = fam
+            .iter_samples()
+            .filter(|s| {
+                let ls = s.get_labelset().unwrap();
+                labels
+                    .iter()
+                    .all(|(k, v)| ls.get_label_value(k) == Some(*v))
+            })
+            .map(|s| match &s.value {
+                OpenMetricsValue::Counter(c) => c.value.as_f64(),
+                OpenMetricsValue::Histogram(h) => h.count.unwrap_or_default() as f64,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(matching.len(), 1, "{family} {labels:?}");
+        matching[0]
+    };
+    assert_eq!(
+        value(
+            "mlmesh_feature_lookups",
+            &[("backend", "memory"), ("status", "present")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        value(
+            "mlmesh_feature_lookups",
+            &[("backend", "memory"), ("status", "not_found")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(
+            "mlmesh_feature_lookups",
+            &[("backend", "memory"), ("status", "error")]
+        ),
+        0.0
+    );
+    assert_eq!(
+        value("mlmesh_feature_batch_entities", &[("backend", "memory")]),
+        1.0
+    );
+    assert_eq!(
+        value("mlmesh_feature_lookup_seconds", &[("backend", "memory")]),
+        3.0
+    );
+    assert_eq!(
+        value(
+            "mlmesh_feature_store_errors",
+            &[("backend", "memory"), ("kind", "timeout")]
+        ),
+        0.0
+    );
+    assert_eq!(
+        value(
+            "mlmesh_http_requests",
+            &[("route", "/v1/features/{entity_id}"), ("status", "404")]
+        ),
+        1.0
+    );
+}

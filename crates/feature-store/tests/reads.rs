@@ -1,0 +1,300 @@
+//! The same read cases against the Redis backend (a real redis-server) and the
+//! embedded one, which must behave identically.
+
+mod common;
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::StatusCode;
+use common::{RedisServer, app, get, post, put, seed, seed_rows, store_args};
+use feature_store::StoreArgs;
+use serde_json::{Value, json};
+
+/// Runs `case` against a seeded Redis-backed app and a memory-backed one.
+async fn on_both_backends<F, Fut>(mut tweak: impl FnMut(&mut StoreArgs), case: F)
+where
+    F: Fn(Router, &'static str) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let redis = RedisServer::start();
+    seed(&redis).await;
+    for (name, server) in [("redis", Some(&redis)), ("memory", None)] {
+        let mut args = store_args(server);
+        tweak(&mut args);
+        let (router, _) = app(&args).await;
+        case(router, name).await;
+    }
+}
+
+#[tokio::test]
+async fn every_seed_row_round_trips() {
+    let (names, rows) = seed_rows();
+    let rows = &rows;
+    let names = &names;
+    on_both_backends(
+        |_| {},
+        |app, backend| async move {
+            for chunk in rows.chunks(1000) {
+                let ids: Vec<&str> = chunk.iter().map(|(id, _)| id.as_str()).collect();
+                let a = post(&app, "/v1/features:batch", &json!({ "entity_ids": ids })).await;
+                assert_eq!(a.status, StatusCode::OK, "{backend}: {}", a.json);
+                let got = a.json["rows"].as_array().unwrap();
+                assert_eq!(got.len(), chunk.len());
+                for (row, (id, values)) in got.iter().zip(chunk) {
+                    assert_eq!(row["entity_id"], id.as_str(), "{backend}: order");
+                    assert_eq!(row["found"], true);
+                    let features = row["features"].as_object().unwrap();
+                    let keys: Vec<&String> = features.keys().collect();
+                    assert_eq!(
+                        keys,
+                        names.iter().collect::<Vec<_>>(),
+                        "{backend}: schema order"
+                    );
+                    for (name, want) in names.iter().zip(values) {
+                        assert_eq!(
+                            features[name].as_f64(),
+                            Some(*want),
+                            "{backend}: user {id} {name}"
+                        );
+                        assert_eq!(row["statuses"][name], "PRESENT");
+                    }
+                }
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn single_reads_subsets_and_unknown_entities() {
+    on_both_backends(
+        |_| {},
+        |app, backend| async move {
+            let a = get(&app, "/v1/features/42").await;
+            assert_eq!(a.status, StatusCode::OK, "{backend}");
+            assert_eq!(a.json["features"].as_object().unwrap().len(), 85);
+            assert!(a.json["event_time"].as_str().unwrap().ends_with('Z'));
+
+            let a = get(&app, "/v1/features/42?features=PPERSAUT,MOSTYPE").await;
+            let keys: Vec<&String> = a.json["features"].as_object().unwrap().keys().collect();
+            assert_eq!(
+                keys,
+                ["PPERSAUT", "MOSTYPE"],
+                "{backend}: the subset, in the order asked"
+            );
+            assert_eq!(a.json["features"]["MOSTYPE"], 11.0);
+
+            let a = get(&app, "/v1/features/999999").await;
+            assert_eq!(a.status, StatusCode::NOT_FOUND, "{backend}");
+            assert!(a.json["error"].as_str().unwrap().contains("999999"));
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn batch_keeps_order_and_marks_missing_entities() {
+    on_both_backends(
+        |_| {},
+        |app, backend| async move {
+            // 1,000 entities: every tenth one unknown, in a scrambled order.
+            let ids: Vec<String> = (0..1000)
+                .map(|i| {
+                    if i % 10 == 3 {
+                        format!("ghost-{i}")
+                    } else {
+                        ((i * 37) % 5822 + 1).to_string()
+                    }
+                })
+                .collect();
+            let a = post(
+                &app,
+                "/v1/features:batch",
+                &json!({ "entity_ids": ids, "features": ["MOSTYPE"] }),
+            )
+            .await;
+            assert_eq!(a.status, StatusCode::OK, "{backend}: {}", a.json);
+            let rows = a.json["rows"].as_array().unwrap();
+            assert_eq!(rows.len(), 1000);
+            for (row, id) in rows.iter().zip(&ids) {
+                assert_eq!(row["entity_id"], id.as_str());
+                let missing = id.starts_with("ghost");
+                assert_eq!(row["found"], !missing, "{backend}: {id}");
+                assert_eq!(
+                    row["statuses"]["MOSTYPE"],
+                    if missing { "NOT_FOUND" } else { "PRESENT" }
+                );
+                assert_eq!(row["features"]["MOSTYPE"].is_null(), missing);
+                assert_eq!(row["event_time"].is_null(), missing);
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn old_values_come_back_stale_never_present() {
+    on_both_backends(
+        |a| a.max_age = Some(Duration::from_secs(3600)),
+        |app, backend| async move {
+            // Freshly seeded rows are within an hour.
+            assert_eq!(
+                get(&app, "/v1/features/7?features=MOSTYPE").await.json["statuses"]["MOSTYPE"],
+                "PRESENT"
+            );
+
+            let two_hours_ago =
+                humantime::format_rfc3339(std::time::SystemTime::now() - Duration::from_secs(7200))
+                    .to_string();
+            let w = put(
+                &app,
+                "/v1/features/7",
+                &json!({ "features": { "MOSTYPE": 5 }, "event_time": two_hours_ago }),
+            )
+            .await;
+            assert_eq!(w.status, StatusCode::OK, "{backend}: {}", w.json);
+            let a = get(&app, "/v1/features/7?features=MOSTYPE,PPERSAUT").await;
+            assert_eq!(a.status, StatusCode::OK);
+            assert_eq!(
+                a.json["features"]["MOSTYPE"], 5.0,
+                "{backend}: the value is still returned"
+            );
+            assert_eq!(a.json["statuses"]["MOSTYPE"], "STALE", "{backend}");
+            assert_eq!(
+                a.json["statuses"]["PPERSAUT"], "STALE",
+                "{backend}: the row's event time covers all its values"
+            );
+
+            let b = post(
+                &app,
+                "/v1/features:batch",
+                &json!({ "entity_ids": ["7", "8"], "features": ["MOSTYPE"] }),
+            )
+            .await;
+            assert_eq!(b.json["rows"][0]["statuses"]["MOSTYPE"], "STALE");
+            assert_eq!(b.json["rows"][1]["statuses"]["MOSTYPE"], "PRESENT");
+
+            put(
+                &app,
+                "/v1/features/7",
+                &json!({ "features": { "MOSTYPE": 6 } }),
+            )
+            .await;
+            assert_eq!(
+                get(&app, "/v1/features/7?features=MOSTYPE").await.json["statuses"]["MOSTYPE"],
+                "PRESENT"
+            );
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn writes_update_only_the_given_features_and_create_new_entities() {
+    on_both_backends(
+        |_| {},
+        |app, backend| async move {
+            let before = get(&app, "/v1/features/9").await.json;
+            let w = put(
+                &app,
+                "/v1/features/9",
+                &json!({ "features": { "PPERSAUT": 1.5 } }),
+            )
+            .await;
+            assert_eq!(
+                (w.status, w.json["written"].as_u64()),
+                (StatusCode::OK, Some(1)),
+                "{backend}"
+            );
+            let after = get(&app, "/v1/features/9").await.json;
+            assert_eq!(after["features"]["PPERSAUT"], 1.5);
+            assert_eq!(
+                after["features"]["MOSTYPE"], before["features"]["MOSTYPE"],
+                "{backend}: untouched"
+            );
+
+            put(
+                &app,
+                "/v1/features/new-customer",
+                &json!({ "features": { "MOSTYPE": 3 } }),
+            )
+            .await;
+            let a = get(&app, "/v1/features/new-customer?features=MOSTYPE,PPERSAUT").await;
+            assert_eq!(a.status, StatusCode::OK, "{backend}");
+            assert_eq!(a.json["statuses"]["MOSTYPE"], "PRESENT");
+            assert_eq!(
+                a.json["statuses"]["PPERSAUT"], "NOT_FOUND",
+                "{backend}: never written"
+            );
+            assert!(a.json["features"]["PPERSAUT"].is_null());
+        },
+    )
+    .await;
+}
+
+/// Identical requests get identical answers (event times aside) from both backends.
+#[tokio::test]
+async fn backends_answer_identically() {
+    let redis = RedisServer::start();
+    seed(&redis).await;
+    let (on_redis, _) = app(&store_args(Some(&redis))).await;
+    let (in_memory, _) = app(&store_args(None)).await;
+    let batch =
+        json!({ "entity_ids": ["5", "x", "5822", "1"], "features": ["MAANTHUI", "AWAPART"] });
+    let requests: Vec<(&str, &str, Option<Value>)> = vec![
+        ("GET", "/v1/features/1", None),
+        ("GET", "/v1/features/5822?features=APERSAUT", None),
+        ("GET", "/v1/features/0", None),
+        ("GET", "/v1/features/bad%20id", None),
+        ("GET", "/v1/features/1?features=NOPE", None),
+        ("POST", "/v1/features:batch", Some(batch)),
+        (
+            "POST",
+            "/v1/features:batch",
+            Some(json!({ "entity_ids": [] })),
+        ),
+        ("GET", "/v1/schema", None),
+    ];
+    for (method, path, body) in requests {
+        let send = |app: Router| {
+            let body = body.clone();
+            async move {
+                match body {
+                    Some(b) => {
+                        common::call(&app, method, path, Some("application/json"), b.to_string())
+                            .await
+                    }
+                    None => get(&app, path).await,
+                }
+            }
+        };
+        let (r, m) = (send(on_redis.clone()).await, send(in_memory.clone()).await);
+        assert_eq!(r.status, m.status, "{method} {path}");
+        let strip = |mut v: Value| {
+            strip_event_times(&mut v);
+            v
+        };
+        let (mut rj, mut mj) = (strip(r.json), strip(m.json));
+        // /v1/schema names its backend, which is the one expected difference.
+        for j in [&mut rj, &mut mj] {
+            if let Some(o) = j.as_object_mut() {
+                o.remove("backend");
+            }
+        }
+        assert_eq!(rj, mj, "{method} {path}");
+    }
+}
+
+fn strip_event_times(v: &mut Value) {
+    match v {
+        Value::Object(o) => {
+            if o.contains_key("event_time") && !o["event_time"].is_null() {
+                o.insert("event_time".into(), json!("<time>"));
+            }
+            o.values_mut().for_each(strip_event_times);
+        }
+        Value::Array(a) => a.iter_mut().for_each(strip_event_times),
+        _ => {}
+    }
+}
