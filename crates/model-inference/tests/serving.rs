@@ -254,6 +254,18 @@ async fn metrics_parse_as_openmetrics_with_app_labels_and_exemplars() {
     let app = TestApp::spawn(model_args("v2"), ServerArgs::for_tests()).await;
     let rows = reference().inputs;
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    // Envoy marks mirrored requests by suffixing the Host. Sent first: each
+    // histogram bucket keeps only its latest exemplar, and this request starts
+    // a trace of its own.
+    let res = app
+        .client
+        .post(app.infer_url())
+        .header("host", "model-inference-shadow:8080")
+        .json(&infer_body(&rows[..1]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
     for _ in 0..3 {
         let res = app
             .client
@@ -265,16 +277,6 @@ async fn metrics_parse_as_openmetrics_with_app_labels_and_exemplars() {
             .unwrap();
         assert_eq!(res.status(), 200);
     }
-    // Envoy marks mirrored requests by suffixing the Host.
-    let res = app
-        .client
-        .post(app.infer_url())
-        .header("host", "model-inference-shadow:8080")
-        .json(&infer_body(&rows[..1]))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
     for _ in 0..2 {
         let res = app
             .client
