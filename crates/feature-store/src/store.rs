@@ -195,32 +195,60 @@ impl RedisStore {
         for id in ids {
             pipe.hgetall(key(id));
         }
-        let replies: Vec<HashMap<String, String>> =
-            pipe.query_async(&mut self.conn.clone()).await?;
-        Ok(replies
-            .into_iter()
-            .map(|fields| self.parse(fields))
-            .collect())
+        let replies: Vec<redis::Value> = pipe.query_async(&mut self.conn.clone()).await?;
+        replies.into_iter().map(|reply| self.parse(reply)).collect()
     }
 
-    /// An empty hash is an unknown entity; unparsable fields count as missing.
-    fn parse(&self, fields: HashMap<String, String>) -> Option<Record> {
-        if fields.is_empty() {
-            return None;
+    /// Decodes one HGETALL reply straight from the wire value: no String
+    /// copies, no intermediate map (together ~20% of a batch read's CPU).
+    /// An empty hash is an unknown entity; unparsable values count as missing.
+    fn parse(&self, reply: redis::Value) -> Result<Option<Record>, StoreError> {
+        use redis::Value;
+        let pairs: Vec<(Value, Value)> = match reply {
+            Value::Map(pairs) => pairs, // RESP3
+            Value::Array(flat) => {
+                // RESP2: field, value, field, value, ...
+                let mut it = flat.into_iter();
+                std::iter::from_fn(|| Some((it.next()?, it.next()?))).collect()
+            }
+            Value::Nil => Vec::new(),
+            other => {
+                return Err(StoreError::Backend(format!(
+                    "unexpected HGETALL reply: {other:?}"
+                )));
+            }
+        };
+        if pairs.is_empty() {
+            return Ok(None);
         }
-        let mut values = vec![None; self.schema.len()];
+        let names = self.schema.names();
+        let mut values = vec![None; names.len()];
         let mut event_time_ms = 0;
-        for (name, raw) in fields {
-            if name == EVENT_TIME_FIELD {
-                event_time_ms = raw.parse().unwrap_or(0);
-            } else if let Some(i) = self.schema.position(&name) {
-                values[i] = raw.parse::<f64>().ok().filter(|v| v.is_finite());
+        for (i, (field, value)) in pairs.iter().enumerate() {
+            let (Value::BulkString(field), Value::BulkString(value)) = (field, value) else {
+                continue;
+            };
+            let text = std::str::from_utf8(value).unwrap_or_default();
+            // Small hashes are listpacks, which keep insertion (= schema)
+            // order: check the expected position before hashing the name.
+            let position = match names.get(i) {
+                Some(name) if name.as_bytes() == field.as_slice() => Some(i),
+                _ if field.as_slice() == EVENT_TIME_FIELD.as_bytes() => {
+                    event_time_ms = text.parse().unwrap_or(0);
+                    None
+                }
+                _ => std::str::from_utf8(field)
+                    .ok()
+                    .and_then(|f| self.schema.position(f)),
+            };
+            if let Some(p) = position {
+                values[p] = text.parse::<f64>().ok().filter(|v| v.is_finite());
             }
         }
-        Some(Record {
+        Ok(Some(Record {
             values,
             event_time_ms,
-        })
+        }))
     }
 
     async fn put(

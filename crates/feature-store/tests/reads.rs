@@ -228,6 +228,26 @@ async fn writes_update_only_the_given_features_and_create_new_entities() {
                 "{backend}: never written"
             );
             assert!(a.json["features"]["PPERSAUT"].is_null());
+
+            // Fields stored out of schema order (the reader's slow path).
+            let w = put(
+                &app,
+                "/v1/features/reordered",
+                &json!({ "features": { "ABYSTAND": 2, "PPERSAUT": 4, "MOSTYPE": 8 } }),
+            )
+            .await;
+            assert_eq!(w.status, StatusCode::OK, "{backend}");
+            let a = get(
+                &app,
+                "/v1/features/reordered?features=MOSTYPE,PPERSAUT,ABYSTAND,MAANTHUI",
+            )
+            .await;
+            assert_eq!(
+                a.json["features"],
+                json!({ "MOSTYPE": 8.0, "PPERSAUT": 4.0, "ABYSTAND": 2.0, "MAANTHUI": null }),
+                "{backend}"
+            );
+            assert_eq!(a.json["statuses"]["MAANTHUI"], "NOT_FOUND");
         },
     )
     .await;
