@@ -91,10 +91,6 @@ impl AppState {
         Ok(state)
     }
 
-    pub fn schema(&self) -> &FeatureSchema {
-        &self.0.schema
-    }
-
     /// Pings the backend on an interval: readiness follows reachability, and
     /// the service recovers by itself when Redis comes back.
     async fn watch_readiness(self, health: Health, every: Duration) {

@@ -50,14 +50,6 @@ impl Service {
         }
     }
 
-    pub fn name(&self) -> &'static str {
-        self.name
-    }
-
-    pub fn args(&self) -> &ServerArgs {
-        &self.args
-    }
-
     /// The service flips this to ready once it can serve.
     pub fn health(&self) -> Health {
         self.health.clone()

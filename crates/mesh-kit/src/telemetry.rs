@@ -27,7 +27,6 @@ pub enum TelemetryError {
 /// Keeps the tracer provider alive; call [`Telemetry::shutdown`] to flush.
 pub struct Telemetry {
     provider: SdkTracerProvider,
-    exporting: bool,
 }
 
 fn otlp_endpoint_configured() -> bool {
@@ -94,14 +93,7 @@ impl Telemetry {
         if exporting {
             tracing::info!("exporting traces over OTLP");
         }
-        Ok(Self {
-            provider,
-            exporting,
-        })
-    }
-
-    pub fn is_exporting(&self) -> bool {
-        self.exporting
+        Ok(Self { provider })
     }
 
     /// Flushes buffered spans; bounded so a dead collector cannot hang shutdown.

@@ -93,10 +93,6 @@ impl AppState {
         })))
     }
 
-    pub fn spec(&self) -> &ModelSpec {
-        &self.0.spec
-    }
-
     /// 404 unless the path names this model (and, if given, this version).
     fn check_model(&self, p: &ModelPath) -> Result<(), ApiError> {
         if p.name != self.0.name {
