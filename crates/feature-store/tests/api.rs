@@ -253,7 +253,6 @@ async fn bad_input_gets_4xx_json_errors_and_nothing_is_written() {
 
 #[tokio::test]
 async fn metrics_count_lookups_by_status() {
-    use openmetrics_parser::{OpenMetricsValue, openmetrics::parse_openmetrics};
     let (app, _) = app(&store_args(None)).await;
     get(&app, "/v1/features/1").await;
     get(&app, "/v1/features/nobody").await;
@@ -264,41 +263,9 @@ async fn metrics_count_lookups_by_status() {
     )
     .await;
 
-    let res = tower::ServiceExt::oneshot(
-        app.clone(),
-        axum::http::Request::get("/metrics")
-            .body(Body::empty())
-            .unwrap(),
-    )
-    .await
-    .unwrap();
-    let text = String::from_utf8(
-        http_body_util::BodyExt::collect(res.into_body())
-            .await
-            .unwrap()
-            .to_bytes()
-            .to_vec(),
-    )
-    .unwrap();
-    let parsed = parse_openmetrics(&text).expect("valid OpenMetrics");
-    let value = |family: &str, labels: &[(&str, &str)]| -> f64 {
-        let fam = &parsed.families[family];
-        let matching: Vec<f64> = fam
-            .iter_samples()
-            .filter(|s| {
-                let ls = s.get_labelset().unwrap();
-                labels
-                    .iter()
-                    .all(|(k, v)| ls.get_label_value(k) == Some(*v))
-            })
-            .map(|s| match &s.value {
-                OpenMetricsValue::Counter(c) => c.value.as_f64(),
-                OpenMetricsValue::Histogram(h) => h.count.unwrap_or_default() as f64,
-                other => panic!("{other:?}"),
-            })
-            .collect();
-        assert_eq!(matching.len(), 1, "{family} {labels:?}");
-        matching[0]
+    let text = test_support::http::get_text(&app, "/metrics").await;
+    let value = |family: &str, labels: &[(&str, &str)]| {
+        test_support::metrics::sample(&text, family, labels).value
     };
     assert_eq!(
         value(

@@ -6,9 +6,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use serde_json::{Value, json};
+use test_support::otlp::{AnyValue, collector, hex};
 
 fn models() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models")
@@ -171,34 +170,9 @@ fn bad_flag_values_are_refused_with_the_reason() {
     }
 }
 
-/// A minimal OTLP/HTTP collector: decodes every export into the channel.
-async fn otlp_receiver() -> (
-    String,
-    tokio::sync::mpsc::UnboundedReceiver<ExportTraceServiceRequest>,
-) {
-    use axum::body::Bytes;
-    use prost::Message;
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let app = axum::Router::new().route(
-        "/v1/traces",
-        axum::routing::post(move |body: Bytes| {
-            let tx = tx.clone();
-            async move {
-                tx.send(ExportTraceServiceRequest::decode(body).expect("valid OTLP protobuf"))
-                    .unwrap();
-                axum::http::StatusCode::OK
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (format!("http://{addr}"), rx)
-}
-
 #[tokio::test]
 async fn exports_the_server_span_over_otlp_continuing_the_b3_trace_and_flushes_on_shutdown() {
-    let (endpoint, mut exports) = otlp_receiver().await;
+    let (endpoint, mut exports) = collector().await;
     let (mut child, addr) = start(&[
         ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
@@ -252,7 +226,6 @@ async fn exports_the_server_span_over_otlp_continuing_the_b3_trace_and_flushes_o
                 spans.iter().map(|s| &s.name).collect::<Vec<_>>()
             )
         });
-    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
     assert_eq!(hex(&server.trace_id), trace, "continues the caller's trace");
     assert_eq!(
         hex(&server.parent_span_id),

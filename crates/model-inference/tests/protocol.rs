@@ -4,13 +4,10 @@
 mod common;
 
 use axum::Router;
-use axum::body::Body;
-use axum::http::{Request, StatusCode, header};
+use axum::http::{StatusCode, header};
 use common::{N_FEATURES, infer_body, model_args, reference};
-use http_body_util::BodyExt;
 use mesh_kit::ServerArgs;
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
 fn app() -> Router {
     model_inference::app(&model_args("v1"), ServerArgs::for_tests())
@@ -18,55 +15,7 @@ fn app() -> Router {
         .0
 }
 
-struct Answer {
-    status: StatusCode,
-    headers: axum::http::HeaderMap,
-    json: Value,
-}
-
-async fn call(
-    app: &Router,
-    method: &str,
-    path: &str,
-    content_type: Option<&str>,
-    body: impl Into<Body>,
-) -> Answer {
-    let mut req = Request::builder().method(method).uri(path);
-    if let Some(ct) = content_type {
-        req = req.header(header::CONTENT_TYPE, ct);
-    }
-    let res = app
-        .clone()
-        .oneshot(req.body(body.into()).unwrap())
-        .await
-        .unwrap();
-    let status = res.status();
-    let headers = res.headers().clone();
-    let bytes = res.into_body().collect().await.unwrap().to_bytes();
-    let json = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-        panic!("{method} {path} answered {status} with non-JSON body {bytes:?}: {e}")
-    });
-    Answer {
-        status,
-        headers,
-        json,
-    }
-}
-
-async fn get(app: &Router, path: &str) -> Answer {
-    call(app, "GET", path, None, Body::empty()).await
-}
-
-async fn post_json(app: &Router, path: &str, body: &Value) -> Answer {
-    call(
-        app,
-        "POST",
-        path,
-        Some("application/json"),
-        body.to_string(),
-    )
-    .await
-}
+use test_support::http::{call, get, post_json};
 
 const INFER: &str = "/v2/models/propensity/infer";
 

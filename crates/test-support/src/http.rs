@@ -1,0 +1,73 @@
+//! Driving a router with `oneshot`, expecting JSON back.
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use tower::ServiceExt;
+
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub json: Value,
+}
+
+/// Sends one request; panics (naming the request) if the answer is not JSON.
+pub async fn call(
+    app: &Router,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: impl Into<Body>,
+) -> Answer {
+    let mut req = Request::builder().method(method).uri(path);
+    if let Some(ct) = content_type {
+        req = req.header("content-type", ct);
+    }
+    let res = app
+        .clone()
+        .oneshot(req.body(body.into()).unwrap())
+        .await
+        .unwrap();
+    let status = res.status();
+    let headers = res.headers().clone();
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    let json = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+        panic!("{method} {path} answered {status} with non-JSON body {bytes:?}: {e}")
+    });
+    Answer {
+        status,
+        headers,
+        json,
+    }
+}
+
+pub async fn get(app: &Router, path: &str) -> Answer {
+    call(app, "GET", path, None, Body::empty()).await
+}
+
+pub async fn post_json(app: &Router, path: &str, body: &Value) -> Answer {
+    call(
+        app,
+        "POST",
+        path,
+        Some("application/json"),
+        body.to_string(),
+    )
+    .await
+}
+
+pub async fn put_json(app: &Router, path: &str, body: &Value) -> Answer {
+    call(app, "PUT", path, Some("application/json"), body.to_string()).await
+}
+
+/// The raw text of a GET (e.g. `/metrics`).
+pub async fn get_text(app: &Router, path: &str) -> String {
+    let res = app
+        .clone()
+        .oneshot(Request::get(path).body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+}

@@ -1,0 +1,11 @@
+//! Dev-only helpers shared by mlmesh's test suites, so every suite uses the
+//! real thing the same way: a real `redis-server` per test, a real OTLP/HTTP
+//! collector, strict OpenMetrics parsing, and `oneshot` calls that insist on
+//! JSON answers.
+
+pub mod http;
+pub mod metrics;
+pub mod otlp;
+pub mod redis_server;
+
+pub use redis_server::RedisServer;
