@@ -127,10 +127,15 @@ impl AppState {
             .lookup_seconds
             .observe(started.elapsed().as_secs_f64());
         res.map_err(|e| {
-            self.0.metrics.error(&e);
             self.0.metrics.lookups(LookupStatus::Error, ids.len());
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            self.unavailable(e)
         })
+    }
+
+    /// A failed store call: counted by kind, answered 503 with a JSON error.
+    fn unavailable(&self, e: StoreError) -> ApiError {
+        self.0.metrics.error(&e);
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
     }
 
     /// Schema positions for an optional subset of feature names (all when absent).
@@ -367,10 +372,7 @@ async fn put_one(
     s.0.backend
         .put(&entity_id, &updates, event_time_ms)
         .await
-        .map_err(|e| {
-            s.0.metrics.error(&e);
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
-        })?;
+        .map_err(|e| s.unavailable(e))?;
     Ok(Json(json!({ "entity_id": entity_id, "written": updates.len(), "event_time": format_time(event_time_ms) }))
         .into_response())
 }

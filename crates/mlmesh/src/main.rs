@@ -5,6 +5,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use feature_store::{SeedArgs, StoreArgs};
 use mesh_kit::ServerArgs;
+use mesh_kit::config::LogFormat;
 use mesh_kit::telemetry::Telemetry;
 use model_inference::ModelArgs;
 
@@ -71,35 +72,47 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
+/// Runs one service with telemetry installed around it; spans are flushed
+/// however the service ends, startup failures included.
+async fn with_telemetry<F>(
+    name: &str,
+    format: LogFormat,
+    run: impl FnOnce() -> F,
+) -> anyhow::Result<()>
+where
+    F: Future<Output = anyhow::Result<()>>,
+{
+    let telemetry = Telemetry::init(name, format).context("starting telemetry")?;
+    let result = run().await;
+    telemetry.shutdown();
+    result
+}
+
 async fn run_model_inference(server: ServerArgs, model: ModelArgs) -> anyhow::Result<()> {
-    let telemetry =
-        Telemetry::init("model-inference", server.log_format).context("starting telemetry")?;
-    let (svc, state) =
-        model_inference::build(&model, server).context("starting model-inference")?;
-    let served = svc
-        .serve(
+    with_telemetry("model-inference", server.log_format, || async move {
+        let (svc, state) =
+            model_inference::build(&model, server).context("starting model-inference")?;
+        svc.serve(
             model_inference::router(state.clone()),
             model_inference::probes(state),
         )
         .await
-        .context("serving model-inference");
-    telemetry.shutdown();
-    served
+        .context("serving model-inference")
+    })
+    .await
 }
 
 async fn run_feature_store(server: ServerArgs, store: StoreArgs) -> anyhow::Result<()> {
-    let telemetry =
-        Telemetry::init("feature-store", server.log_format).context("starting telemetry")?;
-    let (svc, state) = feature_store::build(&store, server)
-        .await
-        .context("starting feature-store")?;
-    let served = svc
+    with_telemetry("feature-store", server.log_format, || async move {
+        let (svc, state) = feature_store::build(&store, server)
+            .await
+            .context("starting feature-store")?;
         // The feature store has no protocol-specific probes: /healthz and /readyz suffice.
-        .serve(feature_store::router(state), axum::Router::new())
-        .await
-        .context("serving feature-store");
-    telemetry.shutdown();
-    served
+        svc.serve(feature_store::router(state), axum::Router::new())
+            .await
+            .context("serving feature-store")
+    })
+    .await
 }
 
 async fn run_seed(args: SeedArgs) -> anyhow::Result<()> {
