@@ -14,7 +14,7 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value, json};
 
-use mesh_kit::error::parse_json;
+use mesh_kit::error::{check_entity_id, parse_json};
 use mesh_kit::{ApiError, Health, ServerArgs, Service};
 
 use crate::config::StoreArgs;
@@ -22,8 +22,7 @@ use crate::metrics::{LookupStatus, StoreMetrics};
 use crate::schema::{FeatureSchema, SeedError, read_seed_file};
 use crate::store::{Backend, MemoryStore, Record, RedisStore, StoreError};
 
-/// Longest accepted entity id.
-pub const MAX_ENTITY_ID_LEN: usize = 64;
+pub use mesh_kit::error::MAX_ENTITY_ID_LEN;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -243,22 +242,6 @@ struct Row<'a> {
     features: Ordered<'a, Option<f64>>,
     statuses: Ordered<'a, FeatureStatus>,
     event_time: Option<String>,
-}
-
-fn check_entity_id(id: &str) -> Result<(), ApiError> {
-    let ok = !id.is_empty()
-        && id.len() <= MAX_ENTITY_ID_LEN
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(format!(
-            "invalid entity id '{}': use 1 to {MAX_ENTITY_ID_LEN} letters, digits, '-', '_' or '.'",
-            id.chars().take(80).collect::<String>()
-        )))
-    }
 }
 
 #[derive(Deserialize)]

@@ -79,6 +79,27 @@ macro_rules! from_rejection {
 }
 from_rejection!(JsonRejection, BytesRejection, QueryRejection);
 
+/// Longest accepted entity (user) id.
+pub const MAX_ENTITY_ID_LEN: usize = 64;
+
+/// Entity ids become Redis keys, URL path segments and header values, so they
+/// are held to a small alphabet everywhere (feature store and frontend alike).
+pub fn check_entity_id(id: &str) -> Result<(), ApiError> {
+    let ok = !id.is_empty()
+        && id.len() <= MAX_ENTITY_ID_LEN
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "invalid id '{}': use 1 to {MAX_ENTITY_ID_LEN} letters, digits, '-', '_' or '.'",
+            id.chars().take(80).collect::<String>()
+        )))
+    }
+}
+
 /// Parses a JSON request body: a content type other than JSON is a 415 (absent
 /// is accepted), a body past the limit a 413, malformed or mistyped JSON a 400
 /// whose message starts with `what`.

@@ -31,6 +31,13 @@ pub const USER_GROUP_HEADER: &str = "x-user-group";
 /// The experiment cohort chosen by the frontend; VirtualServices route on it.
 pub const COHORT_HEADER: &str = "x-mlmesh-cohort";
 
+/// Stamped on every model-inference response so callers (the frontend,
+/// loadtests, `curl -i`) see which version answered.
+pub const MODEL_VERSION_HEADER: &str = "x-model-version";
+/// Envoy's remaining route timeout for this request, in milliseconds; callers
+/// set it so a callee can drop work nobody is waiting for any more.
+pub const DEADLINE_HEADER: &str = "x-envoy-expected-rq-timeout-ms";
+
 /// Headers copied verbatim from every inbound request to every outbound call.
 /// Trace headers are not listed: they are re-injected for the new child span.
 pub const FORWARDED_HEADERS: &[&str] = &[
@@ -82,6 +89,12 @@ impl Forwarded {
             }
         }
         Self(kept)
+    }
+
+    /// Sets (replacing) a header for every outbound call, e.g. the cohort the
+    /// frontend chose or a user id that arrived in the query string.
+    pub fn insert(&mut self, name: &'static str, value: axum::http::HeaderValue) {
+        self.0.insert(name, value);
     }
 
     pub fn headers(&self) -> &HeaderMap {

@@ -25,10 +25,7 @@ use crate::oip::{
     TensorMetadata,
 };
 
-/// Stamped on every response so callers (and loadtests) see which version answered.
-pub const MODEL_VERSION_HEADER: &str = "x-model-version";
-/// Envoy's remaining route timeout for this request, in milliseconds.
-pub const DEADLINE_HEADER: &str = "x-envoy-expected-rq-timeout-ms";
+pub use mesh_kit::propagation::{DEADLINE_HEADER, MODEL_VERSION_HEADER};
 
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);

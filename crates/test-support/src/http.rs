@@ -25,11 +25,14 @@ pub async fn call(
     if let Some(ct) = content_type {
         req = req.header("content-type", ct);
     }
-    let res = app
-        .clone()
-        .oneshot(req.body(body.into()).unwrap())
-        .await
-        .unwrap();
+    send(app, req.body(body.into()).unwrap()).await
+}
+
+/// Sends a request built by the test (custom headers, cookies, ...); panics
+/// if the answer is not JSON.
+pub async fn send(app: &Router, req: Request<Body>) -> Answer {
+    let (method, path) = (req.method().clone(), req.uri().clone());
+    let res = app.clone().oneshot(req).await.unwrap();
     let status = res.status();
     let headers = res.headers().clone();
     let bytes = res.into_body().collect().await.unwrap().to_bytes();

@@ -6,6 +6,8 @@
 pub mod http;
 pub mod metrics;
 pub mod otlp;
+pub mod proxy;
 pub mod redis_server;
+pub mod serve;
 
 pub use redis_server::RedisServer;

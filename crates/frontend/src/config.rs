@@ -1,0 +1,108 @@
+//! Frontend flags (each with an env twin, like every mlmesh service).
+
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use mesh_kit::config::parse_fraction;
+
+/// Who picks the model version for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RoutingMode {
+    /// One `--model-url`; the frontend only sets the cohort header and the
+    /// mesh (an Istio VirtualService) routes on it.
+    Mesh,
+    /// The frontend calls `--model-v1-url` or `--model-v2-url` itself (and
+    /// mirrors to `--shadow-url`), so experiments work without Istio.
+    Direct,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct FrontendArgs {
+    /// `mesh` under Istio, `direct` under docker compose and `mlmesh up`.
+    #[arg(long, env = "ROUTING_MODE", value_enum, default_value_t = RoutingMode::Mesh)]
+    pub routing: RoutingMode,
+
+    /// Base URL of the feature store.
+    #[arg(
+        long,
+        env = "FEATURE_STORE_URL",
+        default_value = "http://feature-store:8080"
+    )]
+    pub feature_store_url: String,
+
+    /// Base URL of model-inference in `mesh` mode (the mesh picks v1 or v2).
+    #[arg(long, env = "MODEL_URL", default_value = "http://model-inference:8080")]
+    pub model_url: String,
+
+    /// `direct` mode: the baseline model (serves the baseline cohort).
+    #[arg(long, env = "MODEL_V1_URL", required_if_eq("routing", "direct"))]
+    pub model_v1_url: Option<String>,
+
+    /// `direct` mode: the candidate model (serves the candidate cohort).
+    #[arg(long, env = "MODEL_V2_URL", required_if_eq("routing", "direct"))]
+    pub model_v2_url: Option<String>,
+
+    /// `direct` mode: mirror live inference calls here, fire-and-forget, with
+    /// a `-shadow` Host as Envoy does; the answers are discarded.
+    #[arg(long, env = "SHADOW_URL")]
+    pub shadow_url: Option<String>,
+
+    /// Share of live calls mirrored to `--shadow-url`, in percent.
+    #[arg(long, env = "SHADOW_PERCENT", default_value_t = 100, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub shadow_percent: u8,
+
+    /// The model's name in the Open Inference Protocol paths.
+    #[arg(long, env = "MODEL_NAME", default_value = "propensity")]
+    pub model_name: String,
+
+    /// Percent of the 100 user buckets assigned to the candidate (v2).
+    /// Raising it only moves users from baseline to candidate.
+    #[arg(long, env = "CANARY_PERCENT", default_value_t = 10, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub canary_percent: u8,
+
+    /// Hashed with the user id into a bucket; change it to start a new
+    /// experiment with fresh, independent assignments.
+    #[arg(long, env = "EXPERIMENT_SALT", default_value = "mlmesh-experiment-1")]
+    pub experiment_salt: String,
+
+    /// Offer when the predicted purchase probability is at least this. The
+    /// default offers to roughly the top 17-20% of customers.
+    #[arg(long, env = "DECISION_THRESHOLD", default_value = "0.1", value_parser = parse_fraction)]
+    pub threshold: f64,
+
+    /// Timeout on every call to an upstream (feature store, model).
+    #[arg(long, env = "UPSTREAM_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub upstream_timeout: Duration,
+
+    /// Secret that signs decision ids, so feedback cannot be forged. Give
+    /// every frontend replica the same key; when unset a random per-process
+    /// key is used and feedback verifies only at the replica that decided.
+    #[arg(long, env = "DECISION_KEY", hide_env_values = true)]
+    pub decision_key: Option<String>,
+
+    /// Feedback for decisions older than this is rejected.
+    #[arg(long, env = "DECISION_MAX_AGE", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub decision_max_age: Duration,
+}
+
+impl FrontendArgs {
+    /// `direct` routing to the given model URLs, 10% canary; for tests and `mlmesh up`.
+    pub fn direct(feature_store_url: String, v1: String, v2: String) -> Self {
+        Self {
+            routing: RoutingMode::Direct,
+            feature_store_url,
+            model_url: String::new(),
+            model_v1_url: Some(v1),
+            model_v2_url: Some(v2),
+            shadow_url: None,
+            shadow_percent: 100,
+            model_name: "propensity".into(),
+            canary_percent: 10,
+            experiment_salt: "mlmesh-experiment-1".into(),
+            threshold: 0.1,
+            upstream_timeout: Duration::from_secs(1),
+            decision_key: Some("test-key".into()),
+            decision_max_age: Duration::from_secs(24 * 3600),
+        }
+    }
+}

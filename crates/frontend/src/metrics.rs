@@ -1,0 +1,144 @@
+//! The experiment's own metrics: what each model version decided, what
+//! customers did about it, and how the upstreams behaved.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use mesh_kit::metrics::LATENCY_BUCKETS;
+
+/// Label value when no model version answered (the call failed before any
+/// response told us which version it reached).
+pub const UNKNOWN_VERSION: &str = "unknown";
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    model_version: String,
+    cohort: &'static str,
+    decision: &'static str,
+    degraded: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    model_version: String,
+    cohort: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabels {
+    upstream: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamErrorLabels {
+    upstream: &'static str,
+    kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShadowLabels {
+    result: &'static str,
+}
+
+#[derive(Clone)]
+pub struct FrontendMetrics {
+    decisions: Family<DecisionLabels, Counter>,
+    outcomes: Family<OutcomeLabels, Counter>,
+    upstream_seconds: Family<UpstreamLabels, Histogram>,
+    upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    shadow: Family<ShadowLabels, Counter>,
+}
+
+impl FrontendMetrics {
+    pub fn register(registry: &mut Registry, canary_percent: u8) -> Self {
+        let m = Self {
+            decisions: Family::default(),
+            outcomes: Family::default(),
+            upstream_seconds: Family::new_with_constructor(|| {
+                Histogram::new(LATENCY_BUCKETS.iter().copied())
+            }),
+            upstream_errors: Family::default(),
+            shadow: Family::default(),
+        };
+        registry.register(
+            "frontend_decisions",
+            "Decisions by the model version that made them, cohort, decision, and whether the fallback answered",
+            m.decisions.clone(),
+        );
+        registry.register(
+            "frontend_outcomes",
+            "Customer outcomes reported through /feedback, by the model version that decided",
+            m.outcomes.clone(),
+        );
+        registry.register(
+            "frontend_upstream_request_duration_seconds",
+            "Latency of calls to upstream services, failures included",
+            m.upstream_seconds.clone(),
+        );
+        registry.register(
+            "frontend_upstream_errors",
+            "Failed upstream calls by upstream and kind (timeout, connect, status, invalid)",
+            m.upstream_errors.clone(),
+        );
+        registry.register(
+            "frontend_shadow_requests",
+            "Mirrored inference calls: sent, failed, or dropped because too many were in flight",
+            m.shadow.clone(),
+        );
+        let canary = Gauge::<i64>::default();
+        canary.set(i64::from(canary_percent));
+        registry.register(
+            "frontend_canary_percent",
+            "Percent of user buckets assigned to the candidate cohort",
+            canary,
+        );
+        m
+    }
+
+    pub fn decision(
+        &self,
+        model_version: &str,
+        cohort: &'static str,
+        decision: &'static str,
+        degraded: bool,
+    ) {
+        self.decisions
+            .get_or_create(&DecisionLabels {
+                model_version: model_version.to_owned(),
+                cohort,
+                decision,
+                degraded: if degraded { "true" } else { "false" },
+            })
+            .inc();
+    }
+
+    pub fn outcome(&self, model_version: &str, cohort: &'static str, outcome: &'static str) {
+        self.outcomes
+            .get_or_create(&OutcomeLabels {
+                model_version: model_version.to_owned(),
+                cohort,
+                outcome,
+            })
+            .inc();
+    }
+
+    pub fn upstream_call(&self, upstream: &'static str, seconds: f64, error: Option<&'static str>) {
+        self.upstream_seconds
+            .get_or_create(&UpstreamLabels { upstream })
+            .observe(seconds);
+        if let Some(kind) = error {
+            self.upstream_errors
+                .get_or_create(&UpstreamErrorLabels { upstream, kind })
+                .inc();
+        }
+    }
+
+    pub fn shadow(&self, result: &'static str) {
+        self.shadow.get_or_create(&ShadowLabels { result }).inc();
+    }
+}

@@ -1,0 +1,512 @@
+//! HTTP routes: `/predict`, `/feedback` and the web page.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use opentelemetry::trace::TraceContextExt;
+use serde::{Deserialize, Serialize};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use mesh_kit::error::{check_entity_id, parse_json};
+use mesh_kit::propagation::{
+    COHORT_HEADER, DEADLINE_HEADER, Forwarded, MODEL_VERSION_HEADER, REQUEST_ID_HEADER,
+    USER_GROUP_HEADER, USER_ID_HEADER,
+};
+use mesh_kit::{ApiError, ServerArgs, Service};
+
+use crate::cohort::{Assigner, Assignment, BETA_GROUP, Reason};
+use crate::config::{FrontendArgs, RoutingMode};
+use crate::decision::{Claims, Decision, Signer, unix_now};
+use crate::metrics::{FrontendMetrics, UNKNOWN_VERSION};
+use crate::upstream::{ConfigError, Upstreams};
+
+/// The browser's equivalent of `x-user-group: beta`: set by `?group=beta`
+/// (or the header), cleared by `?group=none`, so the choice survives reloads.
+pub const GROUP_COOKIE: &str = "mlmesh_group";
+
+/// Requests to the frontend are tiny; anything bigger is a mistake.
+const MAX_BODY_BYTES: usize = 16 * 1024;
+
+const PAGE: &str = include_str!("page.html");
+
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+struct Inner {
+    assigner: Assigner,
+    signer: Signer,
+    threshold: f64,
+    upstreams: Upstreams,
+    metrics: FrontendMetrics,
+}
+
+impl AppState {
+    pub fn new(args: &FrontendArgs, svc: &mut Service) -> Result<Self, ConfigError> {
+        let metrics = FrontendMetrics::register(svc.registry_mut(), args.canary_percent);
+        let upstreams = Upstreams::new(args, metrics.clone())?;
+        let signer = match &args.decision_key {
+            Some(key) => Signer::new(key.as_bytes(), args.decision_max_age),
+            None => {
+                tracing::warn!(
+                    "DECISION_KEY is not set: using a random key, so feedback verifies only at this replica and not across restarts"
+                );
+                Signer::ephemeral(args.decision_max_age)
+            }
+        };
+        tracing::info!(
+            routing = ?args.routing,
+            canary_percent = args.canary_percent,
+            salt = %args.experiment_salt,
+            threshold = args.threshold,
+            shadow = args.routing == RoutingMode::Direct && args.shadow_url.is_some(),
+            "experiment configured"
+        );
+        // Upstream trouble degrades answers instead of failing readiness: a
+        // frontend that went unready with its upstreams would turn a model
+        // outage into a full outage at the ingress.
+        svc.health().set_ready(true);
+        Ok(Self(Arc::new(Inner {
+            assigner: Assigner::new(args.experiment_salt.clone(), args.canary_percent),
+            signer,
+            threshold: args.threshold,
+            upstreams,
+            metrics,
+        })))
+    }
+}
+
+/// A user id given as a JSON string or number (`{"user_id": 42}` works too).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum UserId {
+    Text(String),
+    Number(u64),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PredictBody {
+    user_id: Option<UserId>,
+}
+
+#[derive(Deserialize)]
+struct PredictQuery {
+    user_id: Option<String>,
+    group: Option<String>,
+}
+
+#[derive(Serialize)]
+struct PredictResponse<'a> {
+    user_id: &'a str,
+    decision: &'static str,
+    score: Option<f64>,
+    threshold: f64,
+    model_version: Option<&'a str>,
+    cohort: &'static str,
+    bucket: u8,
+    assignment: Reason,
+    request_id: &'a str,
+    trace_id: Option<String>,
+    decision_id: Option<String>,
+    degraded: bool,
+    /// Why the answer is degraded, when it is.
+    reason: Option<String>,
+}
+
+/// How the request asked about the beta group, in order of precedence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GroupChoice {
+    /// `?group=beta` or `x-user-group: beta`: join, and remember it.
+    Join,
+    /// `?group=<anything else>`: leave, and forget it.
+    Leave,
+    /// Nothing said; the cookie (if any) decides.
+    Unspecified,
+}
+
+fn group_choice(query: Option<&str>, headers: &HeaderMap) -> GroupChoice {
+    match query {
+        Some(g) if g.eq_ignore_ascii_case(BETA_GROUP) => GroupChoice::Join,
+        Some(_) => GroupChoice::Leave,
+        None if header_is_beta(headers) => GroupChoice::Join,
+        None => GroupChoice::Unspecified,
+    }
+}
+
+fn header_is_beta(headers: &HeaderMap) -> bool {
+    headers
+        .get(USER_GROUP_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case(BETA_GROUP))
+}
+
+fn cookie_is_beta(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .any(|(k, v)| k == GROUP_COOKIE && v == BETA_GROUP)
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The caller's remaining time, when Envoy (or a client) says how much is left.
+fn inbound_deadline(headers: &HeaderMap, started: Instant) -> Option<Instant> {
+    header_str(headers, DEADLINE_HEADER)
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map(|ms| started + Duration::from_millis(ms))
+}
+
+fn current_trace_id() -> Option<String> {
+    let cx = tracing::Span::current().context();
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then(|| sc.trace_id().to_string())
+}
+
+impl AppState {
+    async fn predict(
+        &self,
+        user_id: Option<String>,
+        group: GroupChoice,
+        headers: &HeaderMap,
+        mut fwd: Forwarded,
+    ) -> Result<Response, ApiError> {
+        let started = Instant::now();
+        let user_id = user_id
+            .or_else(|| header_str(headers, USER_ID_HEADER).map(str::to_owned))
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "user_id is required: ?user_id=, a JSON body {\"user_id\": ...} or an x-user-id header",
+                )
+            })?;
+        check_entity_id(&user_id)?;
+        let beta = match group {
+            GroupChoice::Join => true,
+            GroupChoice::Leave => false,
+            GroupChoice::Unspecified => cookie_is_beta(headers),
+        };
+        let assignment = self.0.assigner.assign(&user_id, beta);
+        let cohort = assignment.cohort.as_str();
+        // Everything downstream (and the mesh's routing rules) sees the
+        // resolved user and cohort, however the caller expressed them.
+        fwd.insert(USER_ID_HEADER, header_value(&user_id));
+        fwd.insert(COHORT_HEADER, HeaderValue::from_static(cohort));
+        if beta {
+            fwd.insert(USER_GROUP_HEADER, HeaderValue::from_static(BETA_GROUP));
+        }
+        let request_id = header_str(headers, REQUEST_ID_HEADER)
+            .unwrap_or_default()
+            .to_owned();
+        let deadline = self
+            .0
+            .upstreams
+            .budget_deadline(inbound_deadline(headers, started));
+
+        let answer = Answer {
+            user_id: &user_id,
+            assignment,
+            request_id: &request_id,
+            threshold: self.0.threshold,
+        };
+        let features = match self.0.upstreams.features(&user_id, &fwd, deadline).await {
+            Ok(Some(f)) => f,
+            Ok(None) => {
+                return Err(ApiError::not_found(format!("user '{user_id}' not found")));
+            }
+            Err(e) => return Ok(self.degraded(&answer, None, e.to_string(), group)),
+        };
+        let scored = match self
+            .0
+            .upstreams
+            .score(assignment.cohort, &features, &fwd, deadline, &request_id)
+            .await
+        {
+            Ok(s) => s,
+            Err(f) => {
+                let reason = f.error.to_string();
+                return Ok(self.degraded(&answer, f.model_version.as_deref(), reason, group));
+            }
+        };
+        let decision = if scored.probability >= self.0.threshold {
+            Decision::Offer
+        } else {
+            Decision::NoOffer
+        };
+        let decision_id = self.0.signer.sign(&Claims {
+            user_id: user_id.clone(),
+            model_version: scored.model_version.clone(),
+            cohort: assignment.cohort,
+            decision,
+            issued_at: unix_now(),
+            request_id: request_id.clone(),
+        });
+        self.0
+            .metrics
+            .decision(&scored.model_version, cohort, decision.as_str(), false);
+        let body = answer.body(
+            decision,
+            Some(scored.probability),
+            Some(&scored.model_version),
+            Some(decision_id),
+            None,
+        );
+        Ok(respond(body, Some(&scored.model_version), group))
+    }
+
+    /// The documented fallback: HTTP 200, `no_offer`, `degraded: true` and
+    /// the reason. Offering nothing is the safe business default, and a 200
+    /// keeps the ingress from retrying into an upstream that is already down.
+    fn degraded(
+        &self,
+        answer: &Answer<'_>,
+        model_version: Option<&str>,
+        reason: String,
+        group: GroupChoice,
+    ) -> Response {
+        tracing::warn!(user_id = answer.user_id, %reason, "degraded decision");
+        self.0.metrics.decision(
+            model_version.unwrap_or(UNKNOWN_VERSION),
+            answer.assignment.cohort.as_str(),
+            Decision::NoOffer.as_str(),
+            true,
+        );
+        let body = answer.body(Decision::NoOffer, None, model_version, None, Some(reason));
+        respond(body, model_version, group)
+    }
+
+    fn feedback(&self, req: FeedbackRequest) -> Result<Response, ApiError> {
+        let claims = self
+            .0
+            .signer
+            .verify(&req.decision_id, unix_now())
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        if claims.decision == Decision::NoOffer {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "that decision was no_offer: there is no offer to accept or decline",
+            ));
+        }
+        let outcome = req.outcome.as_str();
+        self.0
+            .metrics
+            .outcome(&claims.model_version, claims.cohort.as_str(), outcome);
+        Ok(Json(serde_json::json!({
+            "recorded": true,
+            "outcome": outcome,
+            "model_version": claims.model_version,
+            "cohort": claims.cohort,
+            "user_id": claims.user_id,
+        }))
+        .into_response())
+    }
+}
+
+/// The parts of a prediction answer known before any upstream is called.
+struct Answer<'a> {
+    user_id: &'a str,
+    assignment: Assignment,
+    request_id: &'a str,
+    threshold: f64,
+}
+
+impl<'a> Answer<'a> {
+    fn body(
+        &self,
+        decision: Decision,
+        score: Option<f64>,
+        model_version: Option<&'a str>,
+        decision_id: Option<String>,
+        reason: Option<String>,
+    ) -> PredictResponse<'a> {
+        PredictResponse {
+            user_id: self.user_id,
+            decision: decision.as_str(),
+            score,
+            threshold: self.threshold,
+            model_version,
+            cohort: self.assignment.cohort.as_str(),
+            bucket: self.assignment.bucket,
+            assignment: self.assignment.reason,
+            request_id: self.request_id,
+            trace_id: current_trace_id(),
+            degraded: reason.is_some(),
+            decision_id,
+            reason,
+        }
+    }
+}
+
+fn header_value(s: &str) -> HeaderValue {
+    // Ids were validated to a header-safe alphabet already.
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+fn respond(body: PredictResponse<'_>, model_version: Option<&str>, group: GroupChoice) -> Response {
+    let mut res = Json(body).into_response();
+    let headers = res.headers_mut();
+    if let Some(v) = model_version {
+        headers.insert(MODEL_VERSION_HEADER, header_value(v));
+    }
+    let cookie = match group {
+        GroupChoice::Join => Some(format!(
+            "{GROUP_COOKIE}={BETA_GROUP}; Path=/; Max-Age=2592000; SameSite=Lax"
+        )),
+        GroupChoice::Leave => Some(format!("{GROUP_COOKIE}=; Path=/; Max-Age=0; SameSite=Lax")),
+        GroupChoice::Unspecified => None,
+    };
+    if let Some(c) = cookie.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        headers.insert(header::SET_COOKIE, c);
+    }
+    res
+}
+
+async fn predict_get(
+    State(s): State<AppState>,
+    query: Result<Query<PredictQuery>, QueryRejection>,
+    headers: HeaderMap,
+    fwd: Forwarded,
+) -> Result<Response, ApiError> {
+    let Query(q) = query?;
+    let group = group_choice(q.group.as_deref(), &headers);
+    s.predict(q.user_id, group, &headers, fwd).await
+}
+
+async fn predict_post(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    fwd: Forwarded,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    // An empty body is fine when the user id comes in x-user-id.
+    let req = match &body {
+        Ok(b) if b.is_empty() => PredictBody { user_id: None },
+        _ => parse_json(&headers, body, "invalid predict request")?,
+    };
+    let user_id = req.user_id.map(|u| match u {
+        UserId::Text(s) => s,
+        UserId::Number(n) => n.to_string(),
+    });
+    let group = group_choice(None, &headers);
+    s.predict(user_id, group, &headers, fwd).await
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Outcome {
+    Accepted,
+    Declined,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Accepted => "accepted",
+            Self::Declined => "declined",
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeedbackRequest {
+    decision_id: String,
+    outcome: Outcome,
+}
+
+async fn feedback(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let req: FeedbackRequest = parse_json(&headers, body, "invalid feedback")?;
+    s.feedback(req)
+}
+
+async fn page() -> Html<&'static str> {
+    Html(PAGE)
+}
+
+/// Business routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route("/predict", get(predict_get).post(predict_post))
+        .route("/feedback", post(feedback))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// The assembled service and its state, for the binary and the tests.
+pub fn build(args: &FrontendArgs, server: ServerArgs) -> Result<(Service, AppState), ConfigError> {
+    let mut svc = Service::new("frontend", server);
+    let state = AppState::new(args, &mut svc)?;
+    Ok((svc, state))
+}
+
+/// The complete app, for `oneshot` tests.
+pub fn app(args: &FrontendArgs, server: ServerArgs) -> Result<Router, ConfigError> {
+    let (svc, state) = build(args, server)?;
+    Ok(svc.router(router(state), Router::new()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn group_precedence_is_query_then_header_then_cookie() {
+        let beta_header = headers(&[("x-user-group", "Beta")]);
+        assert_eq!(
+            group_choice(Some("beta"), &HeaderMap::new()),
+            GroupChoice::Join
+        );
+        assert_eq!(group_choice(Some("none"), &beta_header), GroupChoice::Leave);
+        assert_eq!(group_choice(None, &beta_header), GroupChoice::Join);
+        assert_eq!(
+            group_choice(None, &HeaderMap::new()),
+            GroupChoice::Unspecified
+        );
+    }
+
+    #[test]
+    fn beta_cookie_is_found_among_others() {
+        assert!(cookie_is_beta(&headers(&[(
+            "cookie",
+            "a=1; mlmesh_group=beta; b=2"
+        )])));
+        assert!(cookie_is_beta(&headers(&[
+            ("cookie", "a=1"),
+            ("cookie", "mlmesh_group=beta")
+        ])));
+        assert!(!cookie_is_beta(&headers(&[(
+            "cookie",
+            "mlmesh_group=alpha"
+        )])));
+        assert!(!cookie_is_beta(&headers(&[(
+            "cookie",
+            "xmlmesh_group=beta"
+        )])));
+    }
+}

@@ -1,0 +1,598 @@
+//! Calls to the feature store and model-inference: one client span per call
+//! (so each callee's server span is its child), forwarded experiment headers,
+//! a deadline on every call, and failures classified for metrics and answers.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::{OnceCell, Semaphore};
+use tracing::{Instrument, field};
+
+use mesh_kit::propagation::{DEADLINE_HEADER, Forwarded, MODEL_VERSION_HEADER};
+
+use crate::cohort::Cohort;
+use crate::config::{FrontendArgs, RoutingMode};
+use crate::metrics::FrontendMetrics;
+
+pub const FEATURE_STORE: &str = "feature-store";
+pub const MODEL: &str = "model-inference";
+pub const SHADOW: &str = "model-inference-shadow";
+
+/// Mirrored calls in flight at once; beyond this, mirroring is skipped so a
+/// slow shadow can never hold memory or sockets the live path needs.
+const MAX_SHADOW_IN_FLIGHT: usize = 64;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("{upstream} did not answer within {after:?}")]
+    Timeout {
+        upstream: &'static str,
+        after: Duration,
+    },
+    #[error("{upstream} is unreachable: {detail}")]
+    Connect {
+        upstream: &'static str,
+        detail: String,
+    },
+    #[error("{upstream} answered {status}: {detail}")]
+    Status {
+        upstream: &'static str,
+        status: u16,
+        detail: String,
+        /// The callee's `x-model-version`, if it sent one: errors are
+        /// attributed to the version that produced them.
+        model_version: Option<String>,
+    },
+    #[error("{upstream} answered something unusable: {detail}")]
+    Invalid {
+        upstream: &'static str,
+        detail: String,
+    },
+}
+
+impl UpstreamError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Timeout { .. } => "timeout",
+            Self::Connect { .. } => "connect",
+            Self::Status { .. } => "status",
+            Self::Invalid { .. } => "invalid",
+        }
+    }
+}
+
+/// One upstream answer, status already accepted by the caller's predicate.
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+/// A user's feature values by name, as the feature store returned them.
+#[derive(Debug, Deserialize)]
+pub struct Features {
+    features: HashMap<String, Option<f64>>,
+}
+
+/// How a model wants its input: tensor name and feature order, read from the
+/// model's own OIP metadata so the order is never kept by hand in two places.
+#[derive(Debug)]
+struct Layout {
+    input_name: String,
+    feature_names: Vec<String>,
+}
+
+/// A scored user.
+#[derive(Debug, Clone)]
+pub struct Scored {
+    pub probability: f64,
+    pub model_version: String,
+}
+
+/// A failed scoring call, with the version that failed when it is known.
+#[derive(Debug, Clone)]
+pub struct ScoreFailure {
+    pub error: UpstreamError,
+    pub model_version: Option<String>,
+}
+
+struct ModelTarget {
+    infer_url: String,
+    metadata_url: String,
+    /// In `direct` mode the version this URL serves even when it cannot say so.
+    known_version: Option<&'static str>,
+    layout: OnceCell<Arc<Layout>>,
+}
+
+impl ModelTarget {
+    fn new(base: &str, model: &str, known_version: Option<&'static str>) -> Self {
+        let base = base.trim_end_matches('/');
+        Self {
+            infer_url: format!("{base}/v2/models/{model}/infer"),
+            metadata_url: format!("{base}/v2/models/{model}"),
+            known_version,
+            layout: OnceCell::new(),
+        }
+    }
+}
+
+struct Shadow {
+    infer_url: String,
+    host: HeaderValue,
+    percent: u8,
+    slots: Arc<Semaphore>,
+}
+
+pub struct Upstreams {
+    http: reqwest::Client,
+    timeout: Duration,
+    features_base: String,
+    /// Baseline then candidate. In `mesh` mode both use the one model URL;
+    /// each keeps its own layout because the mesh may send them to different
+    /// versions.
+    targets: [ModelTarget; 2],
+    shadow: Option<Shadow>,
+    metrics: FrontendMetrics,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("building the HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+    #[error("--shadow-url {0:?} is not an absolute http URL")]
+    ShadowUrl(String),
+    #[error("--routing direct needs --model-v1-url and --model-v2-url")]
+    MissingModelUrl,
+}
+
+impl Upstreams {
+    pub fn new(args: &FrontendArgs, metrics: FrontendMetrics) -> Result<Self, ConfigError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(args.upstream_timeout)
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()?;
+        let name = &args.model_name;
+        let targets = match args.routing {
+            RoutingMode::Mesh => [
+                ModelTarget::new(&args.model_url, name, None),
+                ModelTarget::new(&args.model_url, name, None),
+            ],
+            RoutingMode::Direct => {
+                let (Some(v1), Some(v2)) = (&args.model_v1_url, &args.model_v2_url) else {
+                    return Err(ConfigError::MissingModelUrl);
+                };
+                [
+                    ModelTarget::new(v1, name, Some("v1")),
+                    ModelTarget::new(v2, name, Some("v2")),
+                ]
+            }
+        };
+        let shadow = match (&args.shadow_url, args.routing) {
+            (Some(url), RoutingMode::Direct) => Some(Shadow {
+                infer_url: ModelTarget::new(url, name, None).infer_url,
+                host: shadow_host(url).ok_or_else(|| ConfigError::ShadowUrl(url.clone()))?,
+                percent: args.shadow_percent,
+                slots: Arc::new(Semaphore::new(MAX_SHADOW_IN_FLIGHT)),
+            }),
+            (Some(_), RoutingMode::Mesh) => {
+                tracing::warn!(
+                    "--shadow-url is ignored in mesh mode: mirror with a VirtualService instead"
+                );
+                None
+            }
+            (None, _) => None,
+        };
+        Ok(Self {
+            http,
+            timeout: args.upstream_timeout,
+            features_base: args.feature_store_url.trim_end_matches('/').to_owned(),
+            targets,
+            shadow,
+            metrics,
+        })
+    }
+
+    /// The per-call budget: the configured timeout, cut short by the caller's deadline.
+    pub fn budget_deadline(&self, inbound: Option<Instant>) -> Instant {
+        let own = Instant::now() + self.timeout;
+        inbound.map_or(own, |d| d.min(own))
+    }
+
+    /// The user's features; `None` when the feature store does not know the user.
+    pub async fn features(
+        &self,
+        user_id: &str,
+        fwd: &Forwarded,
+        deadline: Instant,
+    ) -> Result<Option<Features>, UpstreamError> {
+        let url = format!("{}/v1/features/{user_id}", self.features_base);
+        let accept = |s: StatusCode| s == StatusCode::OK || s == StatusCode::NOT_FOUND;
+        let answer = self
+            .call(FEATURE_STORE, Method::GET, url, fwd, None, deadline, accept)
+            .await?;
+        if answer.status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        serde_json::from_slice(&answer.body)
+            .map(Some)
+            .map_err(|e| invalid(FEATURE_STORE, e))
+    }
+
+    /// Scores the user with the cohort's model (and mirrors the call when shadowing).
+    pub async fn score(
+        &self,
+        cohort: Cohort,
+        features: &Features,
+        fwd: &Forwarded,
+        deadline: Instant,
+        request_id: &str,
+    ) -> Result<Scored, ScoreFailure> {
+        let target = &self.targets[usize::from(cohort == Cohort::Candidate)];
+        let fail = |error, version: Option<String>| ScoreFailure {
+            error,
+            model_version: version.or_else(|| target.known_version.map(str::to_owned)),
+        };
+        let layout = target
+            .layout
+            .get_or_try_init(|| self.layout(target, fwd, deadline))
+            .await
+            .map_err(|e| fail(e, None))?;
+        let mut data = Vec::with_capacity(layout.feature_names.len());
+        for name in &layout.feature_names {
+            match features.features.get(name) {
+                Some(Some(v)) => data.push(*v as f32),
+                _ => {
+                    let detail = format!("no value for feature '{name}', which the model needs");
+                    return Err(fail(invalid(FEATURE_STORE, detail), None));
+                }
+            }
+        }
+        let body = json!({
+            "id": request_id,
+            "inputs": [{
+                "name": layout.input_name,
+                "shape": [1, data.len()],
+                "datatype": "FP32",
+                "data": data,
+            }],
+            "outputs": [{"name": "probability"}],
+        });
+        let body = Bytes::from(serde_json::to_vec(&body).expect("infer body serializes"));
+        self.mirror(&body, fwd);
+        let answer = self
+            .call(
+                MODEL,
+                Method::POST,
+                target.infer_url.clone(),
+                fwd,
+                Some(body),
+                deadline,
+                |s| s.is_success(),
+            )
+            .await
+            .map_err(|e| {
+                let version = match &e {
+                    UpstreamError::Status { model_version, .. } => model_version.clone(),
+                    _ => None,
+                };
+                fail(e, version)
+            })?;
+        let version = answered_version(&answer.headers);
+        let probability = probability_of(&answer.body).map_err(|e| fail(e, version.clone()))?;
+        let model_version = version
+            .or_else(|| target.known_version.map(str::to_owned))
+            .unwrap_or_else(|| crate::metrics::UNKNOWN_VERSION.to_owned());
+        Ok(Scored {
+            probability,
+            model_version,
+        })
+    }
+
+    async fn layout(
+        &self,
+        target: &ModelTarget,
+        fwd: &Forwarded,
+        deadline: Instant,
+    ) -> Result<Arc<Layout>, UpstreamError> {
+        #[derive(Deserialize)]
+        struct Meta {
+            inputs: Vec<Input>,
+            #[serde(default)]
+            parameters: HashMap<String, serde_json::Value>,
+        }
+        #[derive(Deserialize)]
+        struct Input {
+            name: String,
+        }
+        let answer = self
+            .call(
+                MODEL,
+                Method::GET,
+                target.metadata_url.clone(),
+                fwd,
+                None,
+                deadline,
+                |s| s.is_success(),
+            )
+            .await?;
+        let meta: Meta = serde_json::from_slice(&answer.body).map_err(|e| invalid(MODEL, e))?;
+        let input_name = meta
+            .inputs
+            .into_iter()
+            .next()
+            .ok_or_else(|| invalid(MODEL, "model metadata lists no inputs"))?
+            .name;
+        let feature_names: Vec<String> = meta
+            .parameters
+            .get("feature_names")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| invalid(MODEL, "model metadata lacks parameters.feature_names"))?
+            .split(',')
+            .map(str::to_owned)
+            .collect();
+        tracing::info!(url = %target.metadata_url, input = %input_name, features = feature_names.len(), "model layout read from OIP metadata");
+        Ok(Arc::new(Layout {
+            input_name,
+            feature_names,
+        }))
+    }
+
+    /// Fire-and-forget copy of a live inference call, as Envoy's mirroring
+    /// does: same body and headers, Host suffixed `-shadow`, answer discarded.
+    fn mirror(&self, body: &Bytes, fwd: &Forwarded) {
+        let Some(shadow) = &self.shadow else { return };
+        if fastrand::u8(0..100) >= shadow.percent {
+            return;
+        }
+        let Ok(permit) = Arc::clone(&shadow.slots).try_acquire_owned() else {
+            self.metrics.shadow("dropped");
+            return;
+        };
+        let span = client_span(SHADOW, &Method::POST, &shadow.infer_url);
+        let mut headers = span.in_scope(|| fwd.outbound_headers());
+        headers.insert(header::HOST, shadow.host.clone());
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        let request = self
+            .http
+            .post(&shadow.infer_url)
+            .headers(headers)
+            .timeout(self.timeout)
+            .body(body.clone());
+        let metrics = self.metrics.clone();
+        tokio::spawn(
+            async move {
+                let started = Instant::now();
+                let result = request.send().await;
+                let error = match &result {
+                    Ok(r) if r.status().is_success() => None,
+                    Ok(r) => {
+                        tracing::Span::current()
+                            .record("http.response.status_code", r.status().as_u16());
+                        Some("status")
+                    }
+                    Err(e) => Some(transport_kind(e)),
+                };
+                metrics.upstream_call(SHADOW, started.elapsed().as_secs_f64(), error);
+                metrics.shadow(if error.is_some() { "failed" } else { "sent" });
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+
+    /// One traced, timed, deadline-bounded call. Statuses `accept` rejects
+    /// become [`UpstreamError::Status`] carrying the callee's error message.
+    #[allow(clippy::too_many_arguments)]
+    async fn call(
+        &self,
+        upstream: &'static str,
+        method: Method,
+        url: String,
+        fwd: &Forwarded,
+        body: Option<Bytes>,
+        deadline: Instant,
+        accept: impl Fn(StatusCode) -> bool,
+    ) -> Result<Answer, UpstreamError> {
+        let span = client_span(upstream, &method, &url);
+        let started = Instant::now();
+        let result = async {
+            let budget = deadline.saturating_duration_since(started);
+            if budget.is_zero() {
+                return Err(UpstreamError::Timeout {
+                    upstream,
+                    after: Duration::ZERO,
+                });
+            }
+            let mut headers = fwd.outbound_headers();
+            headers.insert(
+                DEADLINE_HEADER,
+                HeaderValue::from(budget.as_millis() as u64),
+            );
+            let mut req = self
+                .http
+                .request(method, &url)
+                .headers(headers)
+                .timeout(budget);
+            if let Some(body) = body {
+                req = req
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(body);
+            }
+            let transport = |e: reqwest::Error| transport_error(upstream, budget, e);
+            let res = req.send().await.map_err(transport)?;
+            let status = res.status();
+            tracing::Span::current().record("http.response.status_code", status.as_u16());
+            let headers = res.headers().clone();
+            let body = res.bytes().await.map_err(transport)?;
+            if !accept(status) {
+                return Err(UpstreamError::Status {
+                    upstream,
+                    status: status.as_u16(),
+                    detail: error_message(&body),
+                    model_version: answered_version(&headers),
+                });
+            }
+            Ok(Answer {
+                status,
+                headers,
+                body,
+            })
+        }
+        .instrument(span.clone())
+        .await;
+        let error = result.as_ref().err().map(UpstreamError::kind);
+        if let Some(kind) = error {
+            span.record("otel.status_code", "ERROR");
+            span.record("error.type", kind);
+        }
+        self.metrics
+            .upstream_call(upstream, started.elapsed().as_secs_f64(), error);
+        result
+    }
+}
+
+fn client_span(upstream: &'static str, method: &Method, url: &str) -> tracing::Span {
+    tracing::info_span!(
+        "upstream",
+        otel.name = format!("{method} {upstream}"),
+        otel.kind = "client",
+        otel.status_code = field::Empty,
+        peer.service = upstream,
+        http.request.method = %method,
+        url.full = url,
+        http.response.status_code = field::Empty,
+        error.type = field::Empty,
+    )
+}
+
+fn transport_kind(e: &reqwest::Error) -> &'static str {
+    if e.is_timeout() { "timeout" } else { "connect" }
+}
+
+fn transport_error(upstream: &'static str, budget: Duration, e: reqwest::Error) -> UpstreamError {
+    if e.is_timeout() {
+        UpstreamError::Timeout {
+            upstream,
+            after: budget,
+        }
+    } else {
+        // reqwest's Display hides the cause ("error sending request"); the
+        // source chain says what actually happened (refused, reset, ...).
+        let mut detail = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            detail = format!("{detail}: {s}");
+            source = s.source();
+        }
+        UpstreamError::Connect { upstream, detail }
+    }
+}
+
+fn invalid(upstream: &'static str, detail: impl ToString) -> UpstreamError {
+    UpstreamError::Invalid {
+        upstream,
+        detail: detail.to_string(),
+    }
+}
+
+/// The callee's `{"error": ...}` message, or a short excerpt of whatever it sent.
+fn error_message(body: &[u8]) -> String {
+    #[derive(Deserialize)]
+    struct ErrorBody {
+        error: String,
+    }
+    serde_json::from_slice::<ErrorBody>(body).map_or_else(
+        |_| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
+        |b| b.error,
+    )
+}
+
+fn answered_version(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(MODEL_VERSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+fn probability_of(body: &[u8]) -> Result<f64, UpstreamError> {
+    #[derive(Deserialize)]
+    struct Infer {
+        outputs: Vec<Output>,
+    }
+    #[derive(Deserialize)]
+    struct Output {
+        name: String,
+        data: Vec<f64>,
+    }
+    let res: Infer = serde_json::from_slice(body).map_err(|e| invalid(MODEL, e))?;
+    let p = res
+        .outputs
+        .iter()
+        .find(|o| o.name == "probability")
+        .and_then(|o| o.data.first().copied())
+        .ok_or_else(|| invalid(MODEL, "no 'probability' output in the answer"))?;
+    if p.is_finite() && (0.0..=1.0).contains(&p) {
+        Ok(p)
+    } else {
+        Err(invalid(MODEL, format!("probability {p} is outside [0, 1]")))
+    }
+}
+
+/// Envoy's mirror Host: `-shadow` appended to the host name, before any port.
+fn shadow_host(url: &str) -> Option<HeaderValue> {
+    let url = reqwest::Url::parse(url).ok()?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return None;
+    }
+    let host = url.host_str()?;
+    let value = match url.port() {
+        Some(port) => format!("{host}-shadow:{port}"),
+        None => format!("{host}-shadow"),
+    };
+    HeaderValue::from_str(&value).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shadow_host_suffixes_the_name_not_the_port() {
+        assert_eq!(
+            shadow_host("http://model-inference-v2:8080").unwrap(),
+            "model-inference-v2-shadow:8080"
+        );
+        assert_eq!(shadow_host("http://v2.local/").unwrap(), "v2.local-shadow");
+        assert!(shadow_host("not a url").is_none());
+        assert!(shadow_host("ftp://x").is_none());
+    }
+
+    #[test]
+    fn probability_must_be_a_probability() {
+        let ok = br#"{"outputs":[{"name":"probability","data":[0.25]}]}"#;
+        assert_eq!(probability_of(ok).unwrap(), 0.25);
+        for bad in [
+            &br#"{"outputs":[{"name":"probability","data":[1.5]}]}"#[..],
+            br#"{"outputs":[{"name":"logit","data":[0.1]}]}"#,
+            br#"{"outputs":[{"name":"probability","data":[]}]}"#,
+            b"not json",
+        ] {
+            assert_eq!(probability_of(bad).unwrap_err().kind(), "invalid");
+        }
+    }
+
+    #[test]
+    fn error_messages_come_from_json_or_an_excerpt() {
+        assert_eq!(error_message(br#"{"error":"boom"}"#), "boom");
+        assert_eq!(error_message(b"plain"), "plain");
+    }
+}

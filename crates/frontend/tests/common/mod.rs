@@ -1,0 +1,105 @@
+//! The frontend's real upstreams, in process: a feature store on the
+//! embedded store and model-inference v1 and v2, each on its own port.
+#![allow(dead_code, unused_imports)] // each test binary uses a different subset
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use axum::Router;
+use frontend::FrontendArgs;
+use mesh_kit::ServerArgs;
+use mesh_kit::fault::FaultArgs;
+use serde::Deserialize;
+use test_support::serve::{Served, serve};
+
+pub use test_support::http::{Answer, call, get, post_json};
+pub use test_support::metrics::{sample, samples};
+
+pub fn models_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models")
+}
+
+pub async fn feature_store() -> Served {
+    mesh_kit::telemetry::init_for_tests();
+    let args = feature_store::StoreArgs::for_seed_file(models_dir().join("customers.csv"));
+    let (app, _state, health) = feature_store::app(&args, ServerArgs::for_tests())
+        .await
+        .expect("feature store starts");
+    // The readiness watcher's first ping runs in the background.
+    for _ in 0..200 {
+        if health.is_ready() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(health.is_ready(), "the embedded store turns ready");
+    serve(app).await
+}
+
+pub async fn model(version: &str, faults: FaultArgs) -> Served {
+    mesh_kit::telemetry::init_for_tests();
+    let args = model_inference::ModelArgs::for_model(
+        models_dir().join(format!("propensity-{version}.onnx")),
+        version,
+    );
+    let mut server = ServerArgs::for_tests();
+    server.faults = faults;
+    let (app, _state) = model_inference::app(&args, server).expect("model loads");
+    serve(app).await
+}
+
+/// Upstreams of one frontend under test.
+pub struct Upstreams {
+    pub features: Served,
+    pub v1: Served,
+    pub v2: Served,
+}
+
+impl Upstreams {
+    pub async fn start() -> Self {
+        Self {
+            features: feature_store().await,
+            v1: model("v1", FaultArgs::default()).await,
+            v2: model("v2", FaultArgs::default()).await,
+        }
+    }
+
+    /// `direct` routing to these upstreams, 10% canary.
+    pub fn args(&self) -> FrontendArgs {
+        FrontendArgs::direct(self.features.base(), self.v1.base(), self.v2.base())
+    }
+}
+
+pub fn frontend(args: &FrontendArgs) -> Router {
+    mesh_kit::telemetry::init_for_tests();
+    frontend::app(args, ServerArgs::for_tests()).expect("frontend starts")
+}
+
+/// A URL nothing listens on (a port bound and released at once).
+pub fn dead_url() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    drop(l);
+    format!("http://127.0.0.1:{port}")
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Reference {
+    pub user_ids: Vec<String>,
+    pub outputs: std::collections::HashMap<String, RefOutputs>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RefOutputs {
+    pub probability: Vec<f64>,
+}
+
+/// Probabilities onnxruntime computed offline for some users, by version.
+pub fn reference() -> Reference {
+    let text = std::fs::read_to_string(models_dir().join("reference_outputs.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+pub fn timeout(ms: u64) -> Duration {
+    Duration::from_millis(ms)
+}
