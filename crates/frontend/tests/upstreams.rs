@@ -1,0 +1,221 @@
+//! What crosses the wire to the upstreams, and what happens when they are
+//! down, slow or failing: a fast degraded answer, never a hang or a 5xx.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::Request;
+use common::*;
+use frontend::RoutingMode;
+use mesh_kit::fault::FaultArgs;
+use serde_json::Value;
+use test_support::http::send;
+use test_support::proxy::Recorder;
+
+/// A user the canary keeps on the baseline (v1).
+fn baseline_user(args: &frontend::FrontendArgs) -> String {
+    let a = frontend::cohort::Assigner::new(args.experiment_salt.clone(), args.canary_percent);
+    (1..)
+        .map(|u: u32| u.to_string())
+        .find(|u| a.assign(u, false).cohort == frontend::cohort::Cohort::Baseline)
+        .unwrap()
+}
+
+fn assert_degraded(a: &Answer, reason_contains: &str) {
+    assert_eq!(a.status, 200, "{}", a.json);
+    assert_eq!(a.json["degraded"], true, "{}", a.json);
+    assert_eq!(a.json["decision"], "no_offer");
+    assert_eq!(a.json["score"], Value::Null);
+    assert_eq!(a.json["decision_id"], Value::Null);
+    let reason = a.json["reason"].as_str().unwrap();
+    assert!(reason.contains(reason_contains), "reason {reason:?}");
+}
+
+fn degraded_count(text: &str, version: &str) -> f64 {
+    samples(text, "mlmesh_frontend_decisions")
+        .iter()
+        .filter(|s| s.labels["degraded"] == "true" && s.labels["model_version"] == version)
+        .map(|s| s.value)
+        .sum()
+}
+
+#[tokio::test]
+async fn a_model_that_is_down_degrades_the_answer_and_is_counted() {
+    let up = Upstreams::start().await;
+    let mut args = up.args();
+    args.model_v1_url = Some(dead_url());
+    let app = frontend(&args);
+    let user = baseline_user(&args);
+    let a = get(&app, &format!("/predict?user_id={user}")).await;
+    assert_eq!(a.json["cohort"], "baseline");
+    assert_degraded(&a, "model-inference is unreachable");
+    assert_eq!(
+        a.json["model_version"], "v1",
+        "attributed to the version that failed"
+    );
+    let text = test_support::http::get_text(&app, "/metrics").await;
+    assert_eq!(degraded_count(&text, "v1"), 1.0);
+    assert_eq!(
+        sample(
+            &text,
+            "mlmesh_frontend_upstream_errors",
+            &[("upstream", "model-inference"), ("kind", "connect")]
+        )
+        .value,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_feature_store_that_is_down_degrades_the_answer() {
+    let up = Upstreams::start().await;
+    let mut args = up.args();
+    args.feature_store_url = dead_url();
+    let app = frontend(&args);
+    let a = get(&app, "/predict?user_id=42").await;
+    assert_degraded(&a, "feature-store is unreachable");
+    assert_eq!(a.json["model_version"], Value::Null);
+    let text = test_support::http::get_text(&app, "/metrics").await;
+    assert_eq!(degraded_count(&text, "unknown"), 1.0);
+}
+
+#[tokio::test]
+async fn slow_and_failing_models_are_cut_off_by_the_timeout_or_reported() {
+    let up = Upstreams::start().await;
+    let slow = model(
+        "v1",
+        FaultArgs {
+            fault_delay: Duration::from_secs(5),
+            ..FaultArgs::default()
+        },
+    )
+    .await;
+    let failing = model(
+        "v2",
+        FaultArgs {
+            fault_error_rate: 1.0,
+            ..FaultArgs::default()
+        },
+    )
+    .await;
+    let mut args = up.args();
+    args.model_v1_url = Some(slow.base());
+    args.model_v2_url = Some(failing.base());
+    args.upstream_timeout = timeout(300);
+    let app = frontend(&args);
+    let user = baseline_user(&args);
+
+    let started = Instant::now();
+    let a = get(&app, &format!("/predict?user_id={user}")).await;
+    assert_degraded(&a, "did not answer within");
+    // Not a benchmark: the point is that the answer does not wait out the 5 s fault.
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let a = get(&app, &format!("/predict?user_id={user}&group=beta")).await;
+    assert_degraded(&a, "model-inference answered 500");
+    assert_eq!(a.json["model_version"], "v2");
+    assert_eq!(a.headers["x-model-version"], "v2");
+}
+
+#[tokio::test]
+async fn the_callers_deadline_shortens_the_upstream_budget() {
+    let up = Upstreams::start().await;
+    let slow = model(
+        "v1",
+        FaultArgs {
+            fault_delay: Duration::from_secs(5),
+            ..FaultArgs::default()
+        },
+    )
+    .await;
+    let mut args = up.args();
+    args.model_v1_url = Some(slow.base());
+    args.upstream_timeout = Duration::from_secs(30);
+    let app = frontend(&args);
+    let user = baseline_user(&args);
+    let started = Instant::now();
+    let a = send(
+        &app,
+        Request::get(format!("/predict?user_id={user}"))
+            .header("x-envoy-expected-rq-timeout-ms", "400")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_degraded(&a, "did not answer within");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn mesh_mode_sends_one_url_the_cohort_and_the_callers_trace_and_ids() {
+    let up = Upstreams::start().await;
+    let features = Recorder::start(&up.features.base()).await;
+    let models = Recorder::start(&up.v1.base()).await;
+    let mut args = up.args();
+    args.routing = RoutingMode::Mesh;
+    args.model_url = models.base();
+    args.feature_store_url = features.base();
+    let app = frontend(&args);
+
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let a = send(
+        &app,
+        Request::get("/predict?user_id=42")
+            .header("x-b3-traceid", trace)
+            .header("x-b3-spanid", "00f067aa0ba902b7")
+            .header("x-b3-sampled", "1")
+            .header("x-request-id", "lab-req-1")
+            .header("x-user-group", "beta")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.json);
+    assert_eq!(a.json["trace_id"], trace);
+    assert_eq!(a.json["request_id"], "lab-req-1");
+    assert_eq!(a.headers["x-request-id"], "lab-req-1");
+
+    let seen_fs = features.seen();
+    let seen_model = models.seen();
+    assert_eq!(seen_fs.len(), 1);
+    assert!(seen_fs[0].path.starts_with("/v1/features/42"));
+    let paths: Vec<&str> = seen_model.iter().map(|s| s.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["/v2/models/propensity", "/v2/models/propensity/infer"]
+    );
+
+    for s in seen_fs.iter().chain(&seen_model) {
+        let h = |n: &str| s.headers.get(n).map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(
+            h("x-request-id").as_deref(),
+            Some("lab-req-1"),
+            "{}",
+            s.path
+        );
+        assert_eq!(h("x-user-id").as_deref(), Some("42"));
+        assert_eq!(h("x-user-group").as_deref(), Some("beta"));
+        assert_eq!(h("x-mlmesh-cohort").as_deref(), Some("candidate"));
+        assert_eq!(h("x-b3-traceid").as_deref(), Some(trace));
+        assert_eq!(h("x-b3-sampled").as_deref(), Some("1"));
+        let tp = h("traceparent").unwrap();
+        assert!(tp.starts_with(&format!("00-{trace}-")), "{tp}");
+        // The child span is the frontend's client span, never the caller's span.
+        assert_ne!(h("x-b3-spanid").as_deref(), Some("00f067aa0ba902b7"));
+        let budget: u64 = h("x-envoy-expected-rq-timeout-ms")
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(budget > 0 && budget <= 1000, "{budget}");
+    }
+}
