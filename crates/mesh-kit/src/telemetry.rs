@@ -72,7 +72,11 @@ impl Telemetry {
 
         let log_filter =
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-        let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+        // Colour only for people: pipes (docker logs, kubectl logs, `mlmesh up`)
+        // would get raw escape codes.
+        let fmt = tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
         let fmt = match format {
             LogFormat::Text => fmt.boxed(),
             LogFormat::Json => fmt.json().flatten_event(true).boxed(),

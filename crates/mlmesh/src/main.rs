@@ -1,9 +1,13 @@
-//! `mlmesh <service>`: the one binary of the mlmesh stack. Wiring only; each
-//! service lives in its own library crate.
+//! `mlmesh <service>`: the one binary of the mlmesh stack, and `mlmesh up`,
+//! the whole stack locally. Wiring only; each service lives in its own
+//! library crate.
+
+mod up;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use feature_store::{SeedArgs, StoreArgs};
+use frontend::FrontendArgs;
 use mesh_kit::ServerArgs;
 use mesh_kit::config::LogFormat;
 use mesh_kit::telemetry::Telemetry;
@@ -27,6 +31,17 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the whole stack locally: feature store, model v1 and v2, and the
+    /// frontend on 127.0.0.1:8080 with a 10% canary. Ctrl-C stops it.
+    Up(up::UpArgs),
+    /// Serve the web page and JSON API: sticky cohorts, features, the
+    /// cohort's model, an offer decision, and feedback.
+    Frontend {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(flatten)]
+        frontend: FrontendArgs,
+    },
     /// Serve one ONNX model over the Open Inference Protocol (KServe V2 REST).
     ModelInference {
         #[command(flatten)]
@@ -59,6 +74,8 @@ enum FeatureStoreAction {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Up(args) => up::run(args).await,
+        Command::Frontend { server, frontend } => run_frontend(server, frontend).await,
         Command::ModelInference { server, model } => run_model_inference(server, model).await,
         Command::FeatureStore(FeatureStoreCmd {
             action: Some(FeatureStoreAction::Seed(args)),
@@ -111,6 +128,16 @@ async fn run_feature_store(server: ServerArgs, store: StoreArgs) -> anyhow::Resu
         svc.serve(feature_store::router(state), axum::Router::new())
             .await
             .context("serving feature-store")
+    })
+    .await
+}
+
+async fn run_frontend(server: ServerArgs, args: FrontendArgs) -> anyhow::Result<()> {
+    with_telemetry("frontend", server.log_format, || async move {
+        let (svc, state) = frontend::build(&args, server).context("starting frontend")?;
+        svc.serve(frontend::router(state), axum::Router::new())
+            .await
+            .context("serving frontend")
     })
     .await
 }

@@ -2,16 +2,14 @@
 //! SIGTERM, a model that fails to load, and spans received over real OTLP.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use test_support::otlp::{AnyValue, collector, hex};
 
-fn models() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models")
-}
+mod common;
+use common::{models, sigterm, wait_exit};
 
 /// Starts `mlmesh model-inference` on an ephemeral port; returns the child and its address.
 fn start(extra_env: &[(&str, &str)]) -> (Child, String) {
@@ -43,29 +41,6 @@ fn start(extra_env: &[(&str, &str)]) -> (Child, String) {
         .recv_timeout(Duration::from_secs(60))
         .expect("mlmesh logs its address");
     (child, addr)
-}
-
-fn sigterm(child: &Child) {
-    let ok = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill -TERM");
-}
-
-fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "mlmesh did not exit within {within:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn body() -> Value {

@@ -1,0 +1,318 @@
+//! `mlmesh up`: the whole stack on loopback, one process per service (as in
+//! compose and Kubernetes, so traces show real hops between services), with
+//! each child's logs prefixed by its name, and a clean stop on Ctrl-C.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+
+#[derive(Debug, Clone, Args)]
+pub struct UpArgs {
+    /// Address every service listens on.
+    #[arg(long, env = "MLMESH_HOST", default_value = "127.0.0.1")]
+    pub host: IpAddr,
+
+    /// The frontend's port; the other services take the next three
+    /// (feature store, model v1, model v2) unless given explicitly.
+    #[arg(long, env = "MLMESH_PORT", default_value_t = 8080)]
+    pub port: u16,
+
+    #[arg(long)]
+    pub feature_store_port: Option<u16>,
+    #[arg(long)]
+    pub model_v1_port: Option<u16>,
+    #[arg(long)]
+    pub model_v2_port: Option<u16>,
+
+    /// Percent of users in the candidate cohort (served by v2).
+    #[arg(long, env = "CANARY_PERCENT", default_value_t = 10, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub canary_percent: u8,
+
+    /// Also mirror every live inference call to v2 (shadow traffic).
+    #[arg(long)]
+    pub shadow: bool,
+
+    /// Use this Redis for features (seeded first) instead of the embedded store.
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Where propensity-v1.onnx, propensity-v2.onnx and customers.csv live.
+    #[arg(long, env = "MLMESH_MODELS_DIR", default_value = "models")]
+    pub models_dir: PathBuf,
+
+    /// Extra environment for one service, e.g. `--set v2.FAULT_ERROR_RATE=0.5`
+    /// or `--set frontend.DECISION_THRESHOLD=0.2`. Services: frontend,
+    /// feature-store, v1, v2. Repeatable.
+    #[arg(long = "set", value_name = "SERVICE.VAR=VALUE", value_parser = parse_set)]
+    pub sets: Vec<(String, String, String)>,
+}
+
+const SERVICES: [&str; 4] = ["frontend", "feature-store", "v1", "v2"];
+
+fn parse_set(s: &str) -> Result<(String, String, String), String> {
+    let (target, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}`: expected SERVICE.VAR=VALUE"))?;
+    let (service, var) = target
+        .split_once('.')
+        .ok_or_else(|| format!("`{s}`: expected SERVICE.VAR=VALUE"))?;
+    if !SERVICES.contains(&service) {
+        return Err(format!(
+            "`{service}` is not a service; use one of {}",
+            SERVICES.join(", ")
+        ));
+    }
+    if var.is_empty() {
+        return Err(format!("`{s}`: the variable name is empty"));
+    }
+    Ok((service.to_owned(), var.to_owned(), value.to_owned()))
+}
+
+struct Running {
+    name: &'static str,
+    child: Child,
+}
+
+pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("locating the mlmesh binary")?;
+    let file = |name: &str| {
+        let p = args.models_dir.join(name);
+        if p.is_file() {
+            Ok(p)
+        } else {
+            bail!(
+                "{} not found: run `mlmesh up` from the repository root or pass --models-dir",
+                p.display()
+            )
+        }
+    };
+    let (v1_model, v2_model, seed) = (
+        file("propensity-v1.onnx")?,
+        file("propensity-v2.onnx")?,
+        file("customers.csv")?,
+    );
+    let addr = |port: Option<u16>, offset: u16| -> anyhow::Result<SocketAddr> {
+        let port = match port {
+            Some(p) => p,
+            None => args
+                .port
+                .checked_add(offset)
+                .context("--port is too high to fit the other services above it")?,
+        };
+        Ok(SocketAddr::new(args.host, port))
+    };
+    let frontend_addr = addr(Some(args.port), 0)?;
+    let fs_addr = addr(args.feature_store_port, 1)?;
+    let v1_addr = addr(args.model_v1_port, 2)?;
+    let v2_addr = addr(args.model_v2_port, 3)?;
+    let url = |a: SocketAddr| format!("http://{a}");
+
+    if let Some(redis) = &args.redis_url {
+        let status = Command::new(&exe)
+            .args(["feature-store", "seed", "--redis-url", redis, "--file"])
+            .arg(&seed)
+            .status()
+            .await
+            .context("running the seed job")?;
+        if !status.success() {
+            bail!("seeding {redis} failed ({status}); is Redis running there?");
+        }
+    }
+
+    let mut running: Vec<Running> = Vec::new();
+    let result = async {
+        let mut fs = service(&exe, "feature-store", fs_addr);
+        fs.env("SEED_FILE", &seed);
+        match &args.redis_url {
+            Some(r) => fs.env("REDIS_URL", r),
+            None => fs.env_remove("REDIS_URL"),
+        };
+        running.push(spawn("feature-store", fs, &args)?);
+        for (name, model, addr, version) in [
+            ("v1", &v1_model, v1_addr, "v1"),
+            ("v2", &v2_model, v2_addr, "v2"),
+        ] {
+            let mut m = service(&exe, "model-inference", addr);
+            m.env("MODEL_PATH", model).env("MODEL_VERSION", version);
+            running.push(spawn(name, m, &args)?);
+        }
+        // The frontend degrades while upstreams start, so wait for them first.
+        for (i, addr) in [fs_addr, v1_addr, v2_addr].into_iter().enumerate() {
+            wait_ready(&mut running[i], addr).await?;
+        }
+        let mut fe = service(&exe, "frontend", frontend_addr);
+        fe.env("ROUTING_MODE", "direct")
+            .env("FEATURE_STORE_URL", url(fs_addr))
+            .env("MODEL_V1_URL", url(v1_addr))
+            .env("MODEL_V2_URL", url(v2_addr))
+            .env("CANARY_PERCENT", args.canary_percent.to_string())
+            .env("DECISION_KEY", random_key());
+        if args.shadow {
+            fe.env("SHADOW_URL", url(v2_addr));
+        } else {
+            fe.env_remove("SHADOW_URL");
+        }
+        running.push(spawn("frontend", fe, &args)?);
+        let last = running.len() - 1;
+        wait_ready(&mut running[last], frontend_addr).await?;
+        print_banner(&args, frontend_addr, fs_addr, v1_addr, v2_addr);
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+
+    let outcome = match result {
+        Err(e) => Err(e),
+        Ok(()) => {
+            tokio::select! {
+                () = mesh_kit::server::shutdown_signal() => {
+                    eprintln!("[mlmesh up] stopping...");
+                    Ok(())
+                }
+                (name, status) = first_exit(&mut running) => {
+                    Err(anyhow::anyhow!("{name} exited unexpectedly ({status}); stopping the stack"))
+                }
+            }
+        }
+    };
+    stop_all(&mut running).await;
+    outcome
+}
+
+/// A child process for one service: its subcommand and address.
+fn service(exe: &PathBuf, subcommand: &str, addr: SocketAddr) -> Command {
+    let mut cmd = Command::new(exe);
+    cmd.arg(subcommand)
+        .arg("--listen")
+        .arg(addr.to_string())
+        // Nothing routes around a local process, so there is nothing to drain for.
+        .env("DRAIN_DELAY", "0s")
+        // Each service names itself; one inherited name would merge them in Jaeger.
+        .env_remove("OTEL_SERVICE_NAME")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Starts a service; the user's `--set`s are applied last, so they win over
+/// every default `up` chose (a lab can point the frontend anywhere).
+fn spawn(name: &'static str, mut cmd: Command, args: &UpArgs) -> anyhow::Result<Running> {
+    for (service, var, value) in &args.sets {
+        if service == name {
+            cmd.env(var, value);
+        }
+    }
+    let mut child = cmd.spawn().with_context(|| format!("starting {name}"))?;
+    if let Some(out) = child.stdout.take() {
+        tokio::spawn(prefix_lines(name, out));
+    }
+    if let Some(err) = child.stderr.take() {
+        tokio::spawn(prefix_lines(name, err));
+    }
+    Ok(Running { name, child })
+}
+
+async fn prefix_lines(name: &'static str, stream: impl AsyncRead + Unpin) {
+    let mut lines = BufReader::new(stream).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        eprintln!("[{name:>13}] {line}");
+    }
+}
+
+async fn wait_ready(r: &mut Running, addr: SocketAddr) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let url = format!("http://{addr}/readyz");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(status) = r.child.try_wait()? {
+            bail!(
+                "{} exited during startup ({status}); see its log lines above",
+                r.name
+            );
+        }
+        if let Ok(res) = client
+            .get(&url)
+            .timeout(Duration::from_secs(1))
+            .send()
+            .await
+            && res.status().is_success()
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{} did not become ready at {url} within 120s", r.name);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn first_exit(running: &mut [Running]) -> (&'static str, ExitStatus) {
+    loop {
+        for r in running.iter_mut() {
+            if let Ok(Some(status)) = r.child.try_wait() {
+                return (r.name, status);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// SIGTERM to each service (they drain and flush traces), SIGKILL if one hangs.
+async fn stop_all(running: &mut [Running]) {
+    for r in running.iter() {
+        if let Some(pid) = r.child.id().and_then(|p| i32::try_from(p).ok()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        }
+    }
+    for r in running.iter_mut() {
+        match tokio::time::timeout(Duration::from_secs(15), r.child.wait()).await {
+            Ok(_) => {}
+            Err(_) => {
+                eprintln!("[mlmesh up] {} did not stop within 15s; killing it", r.name);
+                let _ = r.child.kill().await;
+            }
+        }
+    }
+}
+
+fn random_key() -> String {
+    (0..32)
+        .map(|_| format!("{:02x}", fastrand::u8(..)))
+        .collect()
+}
+
+fn print_banner(args: &UpArgs, fe: SocketAddr, fs: SocketAddr, v1: SocketAddr, v2: SocketAddr) {
+    let store = match &args.redis_url {
+        Some(r) => format!("Redis at {r}"),
+        None => "embedded store, seeded".to_owned(),
+    };
+    println!(
+        r#"
+mlmesh is up: direct routing, {canary}% canary on v2, shadow {shadow}, features from {store}
+
+  app (frontend)   http://{fe}/
+  feature-store    http://{fs}/v1/features/42
+  model v1         http://{v1}/v2/models/propensity
+  model v2         http://{v2}/v2/models/propensity
+  metrics          http://{fe}/metrics (and on every service)
+
+Try:
+  curl "http://{fe}/predict?user_id=42"
+  curl -H "x-user-group: beta" "http://{fe}/predict?user_id=42"
+  for i in $(seq 1 200); do curl -s "http://{fe}/predict?user_id=$i" -o /dev/null -w '%header{{x-model-version}}\n'; done | sort | uniq -c
+
+Ctrl-C stops everything.
+"#,
+        canary = args.canary_percent,
+        shadow = if args.shadow { "on" } else { "off" },
+    );
+}

@@ -1,0 +1,193 @@
+//! Running the real `mlmesh` binary: single services and whole `mlmesh up`
+//! stacks on free loopback ports, stopped with real signals.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use test_support::redis_server::free_port;
+
+pub fn models() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models")
+}
+
+/// The binary under test, with no inherited OTLP endpoint or service config.
+pub fn mlmesh() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mlmesh"));
+    for var in [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_SERVICE_NAME",
+        "REDIS_URL",
+        "CANARY_PERCENT",
+        "LISTEN_ADDR",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+pub fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{sig}"), &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{sig}");
+}
+
+pub fn sigterm(child: &Child) {
+    signal(child, "TERM");
+}
+
+pub fn wait_exit(child: &mut Child, within: Duration) -> ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "mlmesh did not exit within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Polls `/readyz` until it answers 200 (panics after `within`).
+pub async fn wait_ready(base: &str, within: Duration) {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(r) = client.get(format!("{base}/readyz")).send().await
+            && r.status() == 200
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{base} not ready within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One service process; SIGKILLed on drop if still running.
+pub struct Proc {
+    pub child: Child,
+    pub base: String,
+}
+
+impl Proc {
+    /// `mlmesh <args...> --listen 127.0.0.1:<port>` with `env`, ready.
+    pub async fn start(args: &[&str], port: u16, env: &[(&str, String)]) -> Self {
+        let mut cmd = mlmesh();
+        cmd.args(args)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env("DRAIN_DELAY", "0s")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn mlmesh");
+        let base = format!("http://127.0.0.1:{port}");
+        wait_ready(&base, Duration::from_secs(60)).await;
+        Self { child, base }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A whole `mlmesh up` stack on four free ports.
+pub struct Stack {
+    pub child: Child,
+    pub frontend: String,
+    pub feature_store_port: u16,
+    pub v1_port: u16,
+    pub v2_port: u16,
+}
+
+impl Stack {
+    pub fn ports() -> [u16; 4] {
+        let mut ports = [0u16; 4];
+        for i in 0..4 {
+            // free_port can hand out the same port twice; the stack needs four distinct ones.
+            ports[i] = loop {
+                let p = free_port();
+                if !ports[..i].contains(&p) {
+                    break p;
+                }
+            };
+        }
+        ports
+    }
+
+    /// `mlmesh up` with `args` (after the port flags) and `env`; waits for the banner.
+    pub fn start(ports: [u16; 4], args: &[&str], env: &[(&str, String)]) -> Self {
+        let [fe, fs, v1, v2] = ports;
+        let mut cmd = mlmesh();
+        cmd.current_dir(models().join(".."))
+            .args(["up", "--port", &fe.to_string()])
+            .args(["--feature-store-port", &fs.to_string()])
+            .args(["--model-v1-port", &v1.to_string()])
+            .args(["--model-v2-port", &v2.to_string()])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn mlmesh up");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if !sent && line.starts_with("mlmesh is up") {
+                    let _ = tx.send(line);
+                    sent = true;
+                }
+            }
+        });
+        let banner = rx
+            .recv_timeout(Duration::from_secs(120))
+            .expect("mlmesh up prints its banner once everything is ready");
+        assert!(banner.contains("direct routing"), "{banner}");
+        Self {
+            child,
+            frontend: format!("http://127.0.0.1:{fe}"),
+            feature_store_port: fs,
+            v1_port: v1,
+            v2_port: v2,
+        }
+    }
+
+    /// Ctrl-C, as a person stops it; returns how `mlmesh up` exited.
+    pub fn stop(mut self) -> ExitStatus {
+        signal(&self.child, "INT");
+        wait_exit(&mut self.child, Duration::from_secs(30))
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            signal(&self.child, "TERM");
+            let _ = wait_exit(&mut self.child, Duration::from_secs(30));
+        }
+    }
+}
