@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs every test of the workspace. Needs a Rust toolchain and Redis (the
-# feature-store tests start their own redis-server processes); it checks for
-# everything up front and says exactly how to get what is missing.
+# Runs every test of the workspace. Needs a Rust toolchain, Redis (tests start
+# their own redis-server processes) and Chromium with ChromeDriver (the web
+# page is tested in a real headless browser); it checks for everything up
+# front and says exactly how to get what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +13,9 @@ need() { # need <command> <how to install>
 need cargo "install Rust from https://rustup.rs"
 need redis-server "Debian/Ubuntu: sudo apt-get install -y redis-server; macOS: brew install redis"
 need redis-cli "comes with redis-server (Debian: redis-tools)"
+# The browser test drives these exact paths (Debian's packages).
+[[ -x /usr/bin/chromium ]] || missing+=("/usr/bin/chromium — Debian/Ubuntu: sudo apt-get install -y chromium")
+[[ -x /usr/bin/chromedriver ]] || missing+=("/usr/bin/chromedriver — Debian/Ubuntu: sudo apt-get install -y chromium-driver")
 
 if ((${#missing[@]})); then
     echo "scripts/test.sh: missing prerequisites:" >&2
@@ -22,3 +26,4 @@ fi
 # Debug builds with dependencies at opt-level 2 (see Cargo.toml): tract is
 # unusably slow at opt-level 0 and takes ~9 minutes at release settings.
 cargo test --workspace --locked "$@"
+echo "browser screenshots: target/tmp/browser/"
