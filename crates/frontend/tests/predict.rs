@@ -218,17 +218,9 @@ async fn shadow_traffic_reaches_the_shadow_model_marked_as_shadow() {
         assert_eq!(a.status, 200);
     }
     // Mirroring is fire-and-forget: wait until the shadow has seen them all.
-    let client = reqwest::Client::new();
     let mut shadowed = 0.0;
     for _ in 0..100 {
-        let text = client
-            .get(shadow.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = test_support::http::fetch_text(&shadow.url("/metrics")).await;
         shadowed = samples(&text, "mlmesh_inference_requests")
             .iter()
             .filter(|s| s.labels.get("traffic").map(String::as_str) == Some("shadow"))

@@ -41,6 +41,15 @@ fn degraded_count(text: &str, version: &str) -> f64 {
         .sum()
 }
 
+/// v1 answering only after 5 s, far beyond any timeout in these tests.
+async fn slow_v1() -> test_support::serve::Served {
+    let delay = FaultArgs {
+        fault_delay: Duration::from_secs(5),
+        ..FaultArgs::default()
+    };
+    model("v1", delay).await
+}
+
 #[tokio::test]
 async fn a_model_that_is_down_degrades_the_answer_and_is_counted() {
     let up = Upstreams::start().await;
@@ -84,14 +93,7 @@ async fn a_feature_store_that_is_down_degrades_the_answer() {
 #[tokio::test]
 async fn slow_and_failing_models_are_cut_off_by_the_timeout_or_reported() {
     let up = Upstreams::start().await;
-    let slow = model(
-        "v1",
-        FaultArgs {
-            fault_delay: Duration::from_secs(5),
-            ..FaultArgs::default()
-        },
-    )
-    .await;
+    let slow = slow_v1().await;
     let failing = model(
         "v2",
         FaultArgs {
@@ -126,14 +128,7 @@ async fn slow_and_failing_models_are_cut_off_by_the_timeout_or_reported() {
 #[tokio::test]
 async fn the_callers_deadline_shortens_the_upstream_budget() {
     let up = Upstreams::start().await;
-    let slow = model(
-        "v1",
-        FaultArgs {
-            fault_delay: Duration::from_secs(5),
-            ..FaultArgs::default()
-        },
-    )
-    .await;
+    let slow = slow_v1().await;
     let mut args = up.args();
     args.model_v1_url = Some(slow.base());
     args.upstream_timeout = Duration::from_secs(30);

@@ -10,6 +10,7 @@ use common::{Proc, Stack};
 use opentelemetry_proto::tonic::trace::v1::Span;
 use serde_json::{Value, json};
 use test_support::RedisServer;
+use test_support::http::{fetch_json, fetch_text};
 use test_support::otlp::{AnyValue, Export, collector, hex};
 use test_support::proxy::Recorder;
 use test_support::redis_server::free_port;
@@ -379,14 +380,7 @@ async fn feedback_lands_under_the_deciding_version_and_forgeries_do_not() {
     let client = reqwest::Client::new();
     let mut sent: HashMap<String, u32> = HashMap::new();
     for user in 1..=120 {
-        let d: Value = client
-            .get(format!("{}/predict?user_id={user}", stack.frontend))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let d = fetch_json(&format!("{}/predict?user_id={user}", stack.frontend)).await;
         if d["decision"] != "offer" {
             continue;
         }
@@ -411,14 +405,7 @@ async fn feedback_lands_under_the_deciding_version_and_forgeries_do_not() {
         .unwrap();
     assert_eq!(forged.status(), 400);
 
-    let text = client
-        .get(format!("{}/metrics", stack.frontend))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = fetch_text(&format!("{}/metrics", stack.frontend)).await;
     for (version, n) in &sent {
         let got: f64 = test_support::metrics::samples(&text, "mlmesh_frontend_outcomes")
             .iter()
@@ -469,17 +456,9 @@ async fn a_model_that_stops_degrades_answers_within_the_timeout_and_recovers() {
         ],
     )
     .await;
-    let client = reqwest::Client::new();
     let predict = || async {
         let started = Instant::now();
-        let body: Value = client
-            .get(format!("{}/predict?user_id=42", frontend.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let body = fetch_json(&format!("{}/predict?user_id=42", frontend.base)).await;
         (body, started.elapsed())
     };
     let (ok, _) = predict().await;

@@ -74,3 +74,17 @@ pub async fn get_text(app: &Router, path: &str) -> String {
         .unwrap();
     String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
 }
+
+/// GET over the network, the body as text (e.g. another process's `/metrics`).
+pub async fn fetch_text(url: &str) -> String {
+    let res = reqwest::get(url)
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    res.text().await.unwrap()
+}
+
+/// GET over the network, the body as JSON (panics naming the URL otherwise).
+pub async fn fetch_json(url: &str) -> Value {
+    let text = fetch_text(url).await;
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("GET {url}: not JSON ({e}): {text}"))
+}

@@ -102,14 +102,7 @@ impl TestApp {
     }
 
     pub async fn metrics_text(&self) -> String {
-        self.client
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        test_support::http::fetch_text(&self.url("/metrics")).await
     }
 }
 
