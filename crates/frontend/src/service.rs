@@ -274,7 +274,9 @@ impl AppState {
         reason: String,
         group: GroupChoice,
     ) -> Response {
-        tracing::warn!(user_id = answer.user_id, %reason, "degraded decision");
+        // Per request, so debug: under a fault lab this fires hundreds of
+        // times a second; the answer and the metrics already carry it.
+        tracing::debug!(user_id = answer.user_id, %reason, "degraded decision");
         self.0.metrics.decision(
             model_version.unwrap_or(UNKNOWN_VERSION),
             answer.assignment.cohort.as_str(),

@@ -1,0 +1,384 @@
+//! The load loop: closed (N in flight) or open (a fixed start rate, latency
+//! from each request's scheduled start), over one keep-alive HTTP/1 pool.
+
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Uri, header};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde::Deserialize;
+
+use crate::config::{Config, Target};
+use crate::stats::{Observation, Report, Shard, new_histogram};
+use crate::users::User;
+
+/// Open-loop requests allowed in flight before the scheduler waits; latency
+/// still counts from the scheduled start, so waiting here shows up as latency.
+const MAX_OPEN_IN_FLIGHT: usize = 10_000;
+const SHARDS: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("base URL {0:?} is not an absolute http:// URL")]
+    BaseUrl(String),
+}
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+struct Plan {
+    target: Target,
+    client: HttpClient,
+    users: Vec<User>,
+    /// `--target infer`: each user's OIP request body, built once.
+    bodies: Vec<Bytes>,
+    base: String,
+    infer_uri: String,
+    per_user: u64,
+    timeout: Duration,
+    feedback: bool,
+    limit: Option<u64>,
+    until: Option<Instant>,
+    next: AtomicU64,
+    done: AtomicU64,
+    errors: AtomicU64,
+    stop: AtomicBool,
+    shards: Vec<Mutex<Shard>>,
+}
+
+/// The parts of a frontend answer the report needs.
+#[derive(Deserialize)]
+struct Decision {
+    #[serde(default)]
+    degraded: bool,
+    #[serde(default)]
+    decision: Option<String>,
+    #[serde(default)]
+    decision_id: Option<String>,
+}
+
+impl Plan {
+    /// The next request index, or `None` when the run is over.
+    fn claim(&self) -> Option<u64> {
+        if self.stop.load(Ordering::Relaxed) {
+            return None;
+        }
+        if self.until.is_some_and(|t| Instant::now() >= t) {
+            return None;
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        match self.limit {
+            Some(n) if i >= n => None,
+            _ => Some(i),
+        }
+    }
+
+    fn request(&self, user: usize) -> Request<Full<Bytes>> {
+        let u = &self.users[user];
+        let builder = match self.target {
+            Target::Frontend => {
+                let mut b = Request::get(format!("{}/predict?user_id={}", self.base, u.id));
+                if u.beta {
+                    b = b.header("x-user-group", "beta");
+                }
+                b.body(Full::default())
+            }
+            Target::Infer => Request::post(self.infer_uri.as_str())
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Full::new(self.bodies[user].clone())),
+            Target::Get => Request::get(self.base.as_str()).body(Full::default()),
+        };
+        builder.expect("request parts were validated up front")
+    }
+
+    /// Sends request `i` (counting latency from `scheduled`) and records it.
+    async fn execute(&self, i: u64, scheduled: Instant) {
+        let user = ((i / self.per_user) % self.users.len() as u64) as usize;
+        let result = tokio::time::timeout(self.timeout, async {
+            let res = self.client.request(self.request(user)).await?;
+            let (parts, body) = res.into_parts();
+            let body = body.collect().await?.to_bytes();
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>((parts, body))
+        })
+        .await;
+        let latency = scheduled.elapsed();
+        let shard = &self.shards[(i as usize) % SHARDS];
+        let (status, version, error, degraded, offer) = match &result {
+            Err(_) => ("timeout".to_owned(), None, true, false, None),
+            Ok(Err(_)) => ("transport".to_owned(), None, true, false, None),
+            Ok(Ok((parts, body))) => {
+                let version = parts
+                    .headers
+                    .get("x-model-version")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                let ok = parts.status.is_success();
+                let (degraded, offer) = match self.target {
+                    Target::Frontend if ok => match serde_json::from_slice::<Decision>(body) {
+                        Ok(d) => {
+                            let offer = (d.decision.as_deref() == Some("offer"))
+                                .then_some(d.decision_id)
+                                .flatten();
+                            (d.degraded, offer)
+                        }
+                        Err(_) => (true, None),
+                    },
+                    _ => (false, None),
+                };
+                (
+                    parts.status.as_u16().to_string(),
+                    version,
+                    !ok || degraded,
+                    degraded,
+                    offer,
+                )
+            }
+        };
+        self.done.fetch_add(1, Ordering::Relaxed);
+        if error {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        let uses_users = self.target != Target::Get;
+        shard.lock().unwrap().record(&Observation {
+            user: uses_users.then_some(user),
+            version: version.as_deref(),
+            status: &status,
+            latency,
+            error,
+            degraded,
+        });
+        if let (true, Some(decision_id), Some(v)) = (self.feedback, offer, version) {
+            self.send_feedback(user, &decision_id, &v, shard).await;
+        }
+    }
+
+    /// The simulated customer answers the offer with the dataset's true label.
+    async fn send_feedback(
+        &self,
+        user: usize,
+        decision_id: &str,
+        version: &str,
+        shard: &Mutex<Shard>,
+    ) {
+        let accepted = self.users[user].purchased;
+        let body = serde_json::json!({
+            "decision_id": decision_id,
+            "outcome": if accepted { "accepted" } else { "declined" },
+        });
+        let req = Request::post(format!("{}/feedback", self.base))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .expect("valid feedback request");
+        let ok = matches!(
+            tokio::time::timeout(self.timeout, self.client.request(req)).await,
+            Ok(Ok(res)) if res.status().is_success()
+        );
+        let mut s = shard.lock().unwrap();
+        if ok {
+            s.outcome(version, accepted);
+        } else {
+            s.feedback_errors += 1;
+        }
+    }
+
+    fn merged(&self) -> Shard {
+        let mut all = Shard::default();
+        for s in &self.shards {
+            all.merge(&s.lock().unwrap());
+        }
+        all
+    }
+
+    fn p99_so_far_ms(&self) -> f64 {
+        let mut h = new_histogram();
+        for s in &self.shards {
+            for v in s.lock().unwrap().versions.values() {
+                let _ = h.add(&v.latency_us);
+            }
+        }
+        h.value_at_quantile(0.99) as f64 / 1000.0
+    }
+}
+
+fn oip_body(user: &User) -> Bytes {
+    let body = serde_json::json!({
+        "id": user.id,
+        "inputs": [{
+            "name": "features",
+            "shape": [1, user.features.len()],
+            "datatype": "FP32",
+            "data": user.features,
+        }],
+    });
+    Bytes::from(body.to_string())
+}
+
+/// Runs the load described by `cfg` against `users` and reports what happened.
+pub async fn run(cfg: &Config, users: Vec<User>) -> Result<Report, RunError> {
+    let base = cfg.base_url.trim_end_matches('/').to_owned();
+    let uri: Uri = base
+        .parse()
+        .map_err(|_| RunError::BaseUrl(cfg.base_url.clone()))?;
+    if uri.scheme_str() != Some("http") || uri.host().is_none() {
+        return Err(RunError::BaseUrl(cfg.base_url.clone()));
+    }
+    let connections = cfg.connections();
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let client = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(connections.max(64))
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build(connector);
+    let per_user = u64::from(cfg.requests_per_user);
+    let limit = match (cfg.requests, cfg.duration) {
+        (Some(n), _) => Some(n),
+        (None, Some(_)) => None,
+        // By default every user makes their requests once.
+        (None, None) => Some(users.len() as u64 * per_user),
+    };
+    let bodies = match cfg.target {
+        Target::Infer => users.iter().map(oip_body).collect(),
+        _ => Vec::new(),
+    };
+    let plan = Arc::new(Plan {
+        target: cfg.target,
+        client,
+        infer_uri: format!("{base}/v2/models/{}/infer", cfg.model_name),
+        base: base.clone(),
+        bodies,
+        per_user,
+        timeout: cfg.timeout,
+        feedback: cfg.feedback && cfg.target == Target::Frontend,
+        limit,
+        until: cfg.duration.map(|d| Instant::now() + d),
+        next: AtomicU64::new(0),
+        done: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        stop: AtomicBool::new(false),
+        shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+        users,
+    });
+    let beta_users = plan.users.iter().filter(|u| u.beta).count();
+    let progress = (!cfg.quiet).then(|| tokio::spawn(report_progress(Arc::clone(&plan), limit)));
+
+    let started = Instant::now();
+    let load = match cfg.rate {
+        None => {
+            let workers: Vec<_> = (0..connections)
+                .map(|_| {
+                    let plan = Arc::clone(&plan);
+                    tokio::spawn(async move {
+                        while let Some(i) = plan.claim() {
+                            plan.execute(i, Instant::now()).await;
+                        }
+                    })
+                })
+                .collect();
+            for w in workers {
+                let _ = w.await;
+            }
+            format!("closed ({connections} connections)")
+        }
+        Some(rate) => {
+            open_loop(&plan, rate).await;
+            format!("open ({rate} req/s)")
+        }
+    };
+    let elapsed = started.elapsed();
+    plan.stop.store(true, Ordering::Relaxed);
+    if let Some(p) = progress {
+        let _ = p.await;
+    }
+    let ids: Vec<String> = plan.users.iter().map(|u| u.id.clone()).collect();
+    let target = format!("{:?}", cfg.target).to_lowercase();
+    Ok(Report::build(
+        &base,
+        &target,
+        load,
+        elapsed,
+        &plan.merged(),
+        &ids,
+        beta_users,
+    ))
+}
+
+/// Starts request `i` at `start + i / rate`, whatever earlier requests are doing.
+async fn open_loop(plan: &Arc<Plan>, rate: f64) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_OPEN_IN_FLIGHT));
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    while let Some(i) = plan.claim() {
+        let scheduled = start + Duration::from_secs_f64(i as f64 / rate);
+        tokio::time::sleep_until(scheduled.into()).await;
+        let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
+            break;
+        };
+        let plan = Arc::clone(plan);
+        tasks.spawn(async move {
+            plan.execute(i, scheduled).await;
+            drop(permit);
+        });
+        // Reap finished tasks so the set does not grow with the run.
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+/// A progress bar on a terminal; a plain line every 5 s otherwise (CI logs).
+async fn report_progress(plan: Arc<Plan>, limit: Option<u64>) {
+    let tty = std::io::stderr().is_terminal();
+    let bar = tty.then(|| {
+        let bar = match limit {
+            Some(n) => indicatif::ProgressBar::new(n),
+            None => indicatif::ProgressBar::new_spinner(),
+        };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    let started = Instant::now();
+    let every = if tty {
+        Duration::from_millis(250)
+    } else {
+        Duration::from_secs(5)
+    };
+    let mut last = (Instant::now(), 0u64);
+    loop {
+        tokio::time::sleep(every).await;
+        let finished = plan.stop.load(Ordering::Relaxed);
+        let done = plan.done.load(Ordering::Relaxed);
+        let errors = plan.errors.load(Ordering::Relaxed);
+        let rate = (done - last.1) as f64 / last.0.elapsed().as_secs_f64().max(1e-9);
+        last = (Instant::now(), done);
+        let line = format!(
+            "{rate:.0} req/s, errors {errors}, p99 so far {:.2}ms",
+            plan.p99_so_far_ms()
+        );
+        match &bar {
+            Some(b) => {
+                b.set_position(done);
+                b.set_message(line);
+            }
+            None if !finished => eprintln!(
+                "[{:>5.1}s] {done} requests, {line}",
+                started.elapsed().as_secs_f64()
+            ),
+            None => {}
+        }
+        if finished {
+            if let Some(b) = bar {
+                b.finish_and_clear();
+            }
+            return;
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! The `mlmesh-loadtest` binary as scripts use it: exact request counts,
+//! the JSON report, exit 1 on a violated expectation, exit 2 on bad usage.
+//! The target is a small in-test HTTP server whose answers are known.
+
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use serde_json::Value;
+use test_support::serve::serve;
+
+/// `/split` alternates v1 and v2; `/fail` answers 500 as v2.
+async fn server() -> test_support::serve::Served {
+    let n = Arc::new(AtomicU64::new(0));
+    let app = axum::Router::new()
+        .route(
+            "/split",
+            get(move || {
+                let i = n.fetch_add(1, Ordering::Relaxed);
+                async move {
+                    (
+                        [(
+                            "x-model-version",
+                            if i.is_multiple_of(2) { "v1" } else { "v2" },
+                        )],
+                        "ok",
+                    )
+                }
+            }),
+        )
+        .route(
+            "/fail",
+            get(|| async {
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    [("x-model-version", "v2")],
+                    "no",
+                )
+                    .into_response()
+            }),
+        );
+    serve(app).await
+}
+
+fn loadtest(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mlmesh-loadtest"))
+        .args(args)
+        .output()
+        .expect("run mlmesh-loadtest")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_exactly_writes_json_and_passes_expectations() {
+    let s = server().await;
+    let json = std::env::temp_dir().join(format!("loadtest-{}.json", std::process::id()));
+    let url = s.url("/split");
+    let out = tokio::task::spawn_blocking({
+        let json = json.clone();
+        move || {
+            loadtest(&[
+                &url,
+                "--target",
+                "get",
+                "-n",
+                "400",
+                "-c",
+                "4",
+                "--quiet",
+                "--json",
+                json.to_str().unwrap(),
+                "--expect-share",
+                "v1=50±0.5",
+                "--expect-share",
+                "v2=50+-0.5",
+                "--max-error-rate",
+                "0",
+            ])
+        }
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("400 requests in"), "{stdout}");
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["requests"], 400);
+    assert_eq!(report["all"]["statuses"]["200"], 400);
+    let versions = report["versions"].as_array().unwrap();
+    assert_eq!(versions.len(), 2);
+    for v in versions {
+        assert_eq!(v["requests"], 200, "{v}");
+        assert!(v["latency"]["p50_ms"].as_f64().unwrap() > 0.0);
+    }
+    let _ = std::fs::remove_file(json);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_violated_expectation_exits_1_with_the_reason() {
+    let s = server().await;
+    let url = s.url("/fail");
+    let out = tokio::task::spawn_blocking(move || {
+        loadtest(&[
+            &url,
+            "--target",
+            "get",
+            "-n",
+            "50",
+            "--quiet",
+            "--max-error-rate",
+            "0.01",
+        ])
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("FAILED: error rate 100.00% exceeds 1.00% (worst: v2 at 100.00%)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("500=50"), "{stdout}");
+}
+
+#[test]
+fn bad_usage_exits_2_and_says_why() {
+    for (args, says) in [
+        (
+            &["http://127.0.0.1:1", "--expect-share", "v2=ten"][..],
+            "expected VERSION=PERCENT",
+        ),
+        (&["http://127.0.0.1:1", "--rate", "0"][..], "positive rate"),
+        (
+            &["http://127.0.0.1:1", "--rate", "10", "-c", "4"][..],
+            "cannot be used with",
+        ),
+        (
+            &["not a url", "--target", "get", "-n", "1"][..],
+            "not an absolute http:// URL",
+        ),
+        (
+            &["http://127.0.0.1:1", "--users-file", "/nonexistent.csv"][..],
+            "/nonexistent.csv",
+        ),
+    ] {
+        let out = loadtest(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+}
