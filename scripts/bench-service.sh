@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Service benchmark on loopback: single-row OIP infer requests against a release
-# build of `mlmesh model-inference`, with wrk (Debian: apt-get install wrk) at
-# several concurrencies. Prints a markdown table with throughput, latency
-# percentiles and the server's CPU time per request (from /proc).
+# build of `mlmesh model-inference`, driven by `mlmesh-loadtest --target infer`
+# (each request one held-out customer's 85 features) at several concurrencies.
+# Prints a markdown table with throughput, latency percentiles and the
+# server's CPU time per request (from /proc).
 #
 # By default the service is pinned to CPU 1 with one runtime thread and one
 # inference worker (a pod with a 1-CPU limit) and wrk to CPU 0, so neither
-# preempts the other; MODE=shared lets both float over all CPUs instead.
+# preempts the other (load on one core is enough: mlmesh-loadtest drives
+# ~90k req/s per core); MODE=shared lets both float over all CPUs instead.
 #
 #   scripts/bench-service.sh [v1|v2] [seconds per step]
 set -euo pipefail
@@ -17,9 +19,9 @@ port=${BENCH_PORT:-18180}
 concurrencies=${CONCURRENCIES:-"1 8 64 256"}
 mode=${MODE:-pinned}
 
-command -v wrk >/dev/null || { echo "bench-service.sh: needs wrk (apt-get install -y wrk)" >&2; exit 1; }
-cargo build --release -p mlmesh >&2
+cargo build --release -p mlmesh -p loadtest >&2
 bin=target/release/mlmesh
+load=target/release/mlmesh-loadtest
 tmp=$(mktemp -d)
 trap 'kill "$pid" 2>/dev/null || true; rm -rf "$tmp"' EXIT
 
@@ -37,29 +39,25 @@ pid=$!
 unset TOKIO_WORKER_THREADS
 for _ in $(seq 100); do curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
 
-# One real customer row (user 42) from the committed reference inputs.
-row=$(python3 -c 'import json; print(json.dumps(json.load(open("models/reference_outputs.json"))["inputs"][3]))')
-cat > "$tmp/post.lua" <<LUA
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.body = '{"inputs":[{"name":"features","shape":[1,85],"datatype":"FP32","data":$row}]}'
-LUA
-url="http://127.0.0.1:$port/v2/models/propensity/infer"
-"${load_pin[@]}" wrk -t1 -c8 -d2s -s "$tmp/post.lua" "$url" >/dev/null # warm-up
+url="http://127.0.0.1:$port"
+"${load_pin[@]}" "$load" "$url" --target infer --duration 2s -c 8 --quiet >/dev/null # warm-up
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
 hz=$(getconf CLK_TCK)
-echo "| concurrency | req/s | p50 | p90 | p99 | non-2xx | server CPU µs/req |"
-echo "|---:|---:|---:|---:|---:|---:|---:|"
+threads=$(( ${#load_pin[@]} > 0 ? 1 : $(nproc) ))
+echo "| concurrency | req/s | p50 | p90 | p99 | p99.9 | errors | server CPU µs/req |"
+echo "|---:|---:|---:|---:|---:|---:|---:|---:|"
 for c in $concurrencies; do
-    threads=$((c < 2 || ${#load_pin[@]} > 0 ? 1 : 2))
     before=$(cpu_ticks)
-    "${load_pin[@]}" wrk -t"$threads" -c"$c" -d"${secs}s" --latency -s "$tmp/post.lua" "$url" > "$tmp/out.txt"
+    "${load_pin[@]}" "$load" "$url" --target infer --threads "$threads" -c "$c" \
+        --duration "${secs}s" --quiet --json "$tmp/r.json" >/dev/null
     after=$(cpu_ticks)
-    reqs=$(awk '/requests in/ {print $1}' "$tmp/out.txt")
-    rps=$(awk '/Requests\/sec/ {printf "%.0f", $2}' "$tmp/out.txt")
-    p() { awk -v q="$1" '$1 == q {print $2}' "$tmp/out.txt"; }
-    non2xx=$(awk '/Non-2xx/ {print $5}' "$tmp/out.txt"); non2xx=${non2xx:-0}
-    cpu_us=$(awk -v t=$((after - before)) -v hz="$hz" -v n="$reqs" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
-    echo "| $c | $rps | $(p 50%) | $(p 90%) | $(p 99%) | $non2xx | $cpu_us |"
+    python3 - "$tmp/r.json" $((after - before)) "$hz" "$c" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1])); ticks, hz, c = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+l = r["all"]["latency"]
+ms = lambda v: f"{v * 1000:.0f} µs" if v < 1 else f"{v:.2f} ms"
+print(f"| {c} | {r['throughput_rps']:,.0f} | {ms(l['p50_ms'])} | {ms(l['p90_ms'])} | {ms(l['p99_ms'])} "
+      f"| {ms(l['p999_ms'])} | {r['all']['errors']} | {ticks / hz * 1e6 / r['requests']:.1f} |")
+PY
 done
