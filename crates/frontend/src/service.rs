@@ -51,7 +51,7 @@ impl AppState {
     pub fn new(args: &FrontendArgs, svc: &mut Service) -> Result<Self, ConfigError> {
         let metrics = FrontendMetrics::register(svc.registry_mut(), args.canary_percent);
         let upstreams = Upstreams::new(args, metrics.clone())?;
-        let signer = match &args.decision_key {
+        let signer = match args.decision_key.as_deref().filter(|k| !k.is_empty()) {
             Some(key) => Signer::new(key.as_bytes(), args.decision_max_age),
             None => {
                 tracing::warn!(
@@ -65,7 +65,8 @@ impl AppState {
             canary_percent = args.canary_percent,
             salt = %args.experiment_salt,
             threshold = args.threshold,
-            shadow = args.routing == RoutingMode::Direct && args.shadow_url.is_some(),
+            shadow = args.routing == RoutingMode::Direct
+                && args.shadow_url.as_deref().is_some_and(|u| !u.trim().is_empty()),
             "experiment configured"
         );
         // Upstream trouble degrades answers instead of failing readiness: a

@@ -173,7 +173,9 @@ impl Upstreams {
                 ]
             }
         };
-        let shadow = match (&args.shadow_url, args.routing) {
+        // An empty SHADOW_URL (compose's `${SHADOW_URL:-}`) means no shadow.
+        let shadow_url = args.shadow_url.clone().filter(|u| !u.trim().is_empty());
+        let shadow = match (&shadow_url, args.routing) {
             (Some(url), RoutingMode::Direct) => Some(Shadow {
                 infer_url: ModelTarget::new(url, name, None).infer_url,
                 host: shadow_host(url).ok_or_else(|| ConfigError::ShadowUrl(url.clone()))?,

@@ -42,6 +42,14 @@ enum Command {
         #[command(flatten)]
         frontend: FrontendArgs,
     },
+    /// Exit 0 if URL answers 2xx in time, 1 otherwise: container health checks
+    /// without curl or a shell in the image.
+    Healthcheck {
+        /// e.g. http://127.0.0.1:8080/readyz
+        url: String,
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Serve one ONNX model over the Open Inference Protocol (KServe V2 REST).
     ModelInference {
         #[command(flatten)]
@@ -75,6 +83,7 @@ enum FeatureStoreAction {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Up(args) => up::run(args).await,
+        Command::Healthcheck { url, timeout } => healthcheck(&url, timeout).await,
         Command::Frontend { server, frontend } => run_frontend(server, frontend).await,
         Command::ModelInference { server, model } => run_model_inference(server, model).await,
         Command::FeatureStore(FeatureStoreCmd {
@@ -140,6 +149,17 @@ async fn run_frontend(server: ServerArgs, args: FrontendArgs) -> anyhow::Result<
             .context("serving frontend")
     })
     .await
+}
+
+async fn healthcheck(url: &str, timeout: std::time::Duration) -> anyhow::Result<()> {
+    let res = reqwest::Client::new()
+        .get(url)
+        .timeout(timeout)
+        .send()
+        .await
+        .with_context(|| format!("GET {url}"))?;
+    anyhow::ensure!(res.status().is_success(), "GET {url}: {}", res.status());
+    Ok(())
 }
 
 async fn run_seed(args: SeedArgs) -> anyhow::Result<()> {
