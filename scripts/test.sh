@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace. Needs a Rust toolchain, Redis (tests start
-# their own redis-server processes) and Chromium with ChromeDriver (the web
-# page is tested in a real headless browser); it checks for everything up
-# front and says exactly how to get what is missing.
+# their own redis-server processes), Chromium with ChromeDriver (the web page
+# is tested in a real headless browser) and Prometheus (the compose config is
+# run against the real services); it checks for everything up front and says
+# exactly how to get what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +17,7 @@ need redis-cli "comes with redis-server (Debian: redis-tools)"
 # The browser test drives these exact paths (Debian's packages).
 [[ -x /usr/bin/chromium ]] || missing+=("/usr/bin/chromium — Debian/Ubuntu: sudo apt-get install -y chromium")
 [[ -x /usr/bin/chromedriver ]] || missing+=("/usr/bin/chromedriver — Debian/Ubuntu: sudo apt-get install -y chromium-driver")
+[[ -x /usr/bin/prometheus ]] || missing+=("/usr/bin/prometheus — Debian/Ubuntu: sudo apt-get install -y prometheus")
 
 if ((${#missing[@]})); then
     echo "scripts/test.sh: missing prerequisites:" >&2
