@@ -217,7 +217,7 @@ fn the_dockerfile_pins_bases_runs_non_root_and_copies_real_files() {
     let text = std::fs::read_to_string(repo().join("docker/Dockerfile")).unwrap();
     for line in text.lines().filter(|l| l.starts_with("FROM ")) {
         let image = line.split_whitespace().nth(1).unwrap();
-        let is_stage = ["chef", "planner", "builder"].iter().any(|s| image == *s);
+        let is_stage = ["chef", "planner", "builder"].contains(&image);
         assert!(
             is_stage || (image.contains(':') && !image.ends_with(":latest")),
             "unpinned base image: {line}"
