@@ -76,7 +76,14 @@ struct FeatureStoreCmd {
 #[derive(Debug, Subcommand)]
 enum FeatureStoreAction {
     /// Bulk-load the seed rows into Redis (pipelined, idempotent).
-    Seed(SeedArgs),
+    Seed {
+        #[command(flatten)]
+        args: SeedArgs,
+        /// After seeding successfully, ask the Istio sidecar to exit
+        /// (POST 127.0.0.1:15020/quitquitquit), so a Kubernetes Job completes.
+        #[arg(long, env = "QUIT_ISTIO_PROXY")]
+        quit_istio_proxy: bool,
+    },
 }
 
 #[tokio::main]
@@ -87,9 +94,19 @@ async fn main() -> anyhow::Result<()> {
         Command::Frontend { server, frontend } => run_frontend(server, frontend).await,
         Command::ModelInference { server, model } => run_model_inference(server, model).await,
         Command::FeatureStore(FeatureStoreCmd {
-            action: Some(FeatureStoreAction::Seed(args)),
+            action:
+                Some(FeatureStoreAction::Seed {
+                    args,
+                    quit_istio_proxy,
+                }),
             ..
-        }) => run_seed(args).await,
+        }) => {
+            run_seed(args).await?;
+            if quit_istio_proxy {
+                quit_istio_proxy_sidecar().await;
+            }
+            Ok(())
+        }
         Command::FeatureStore(FeatureStoreCmd {
             action: None,
             server,
@@ -160,6 +177,20 @@ async fn healthcheck(url: &str, timeout: std::time::Duration) -> anyhow::Result<
         .with_context(|| format!("GET {url}"))?;
     anyhow::ensure!(res.status().is_success(), "GET {url}: {}", res.status());
     Ok(())
+}
+
+/// Best effort: without a sidecar (compose, `mlmesh up`) there is nothing to stop.
+async fn quit_istio_proxy_sidecar() {
+    let url = "http://127.0.0.1:15020/quitquitquit";
+    match reqwest::Client::new()
+        .post(url)
+        .timeout(std::time::Duration::from_secs(2))
+        .send()
+        .await
+    {
+        Ok(r) => println!("asked the Istio sidecar to exit: {}", r.status()),
+        Err(e) => println!("no Istio sidecar to stop at {url}: {e}"),
+    }
 }
 
 async fn run_seed(args: SeedArgs) -> anyhow::Result<()> {

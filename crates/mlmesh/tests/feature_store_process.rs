@@ -50,3 +50,65 @@ fn seed_fails_loudly_when_redis_is_unreachable() {
         "{stderr}"
     );
 }
+
+/// A stand-in for the Istio sidecar's agent on its fixed port 15020, counting
+/// `POST /quitquitquit` calls.
+async fn fake_istio_agent() -> (
+    test_support::serve::Served,
+    std::sync::Arc<std::sync::atomic::AtomicU32>,
+) {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let calls = std::sync::Arc::new(AtomicU32::new(0));
+    let counted = std::sync::Arc::clone(&calls);
+    let app = axum::Router::new().route(
+        "/quitquitquit",
+        axum::routing::post(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async { "OK" }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:15020")
+        .await
+        .expect("port 15020 (the Istio agent's) is free on a test machine");
+    (test_support::serve::serve_on(listener, app), calls)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seed_job_stops_its_istio_sidecar_only_after_success() {
+    use std::sync::atomic::Ordering;
+    let (_agent, calls) = fake_istio_agent().await;
+    let redis = RedisServer::start();
+    let ok_url = redis.url();
+    let bad_url = format!("redis://127.0.0.1:{}", free_port());
+    let run = |url: String| {
+        tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_mlmesh"))
+                .args([
+                    "feature-store",
+                    "seed",
+                    "--quit-istio-proxy",
+                    "--redis-url",
+                    &url,
+                    "--file",
+                ])
+                .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/customers.csv"))
+                .output()
+                .unwrap()
+        })
+    };
+    // Failed: the sidecar must stay, so the Job's retry still has a network.
+    let failed = run(bad_url).await.unwrap();
+    assert!(!failed.status.success());
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+
+    let done = run(ok_url).await.unwrap();
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert!(
+        String::from_utf8_lossy(&done.stdout).contains("asked the Istio sidecar to exit: 200 OK")
+    );
+}
