@@ -16,7 +16,7 @@ if [ -z "${ORT_DYLIB_PATH:-}" ]; then
         python3 -m venv "$venv"
     fi
     "$venv/bin/pip" install -q onnxruntime==1.31.1
-    ORT_DYLIB_PATH=$(ls "$venv"/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* | head -n 1)
+    ORT_DYLIB_PATH=$(find "$venv"/lib -path '*/onnxruntime/capi/libonnxruntime.so.*' -print -quit)
 fi
 export ORT_DYLIB_PATH
 echo "onnxruntime: $ORT_DYLIB_PATH" >&2
