@@ -9,6 +9,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
+use common::{RUNTIME_ENV, documented_env};
 use serde_yaml_ng::Value;
 
 fn repo() -> PathBuf {
@@ -21,32 +22,6 @@ fn compose() -> Value {
     v.apply_merge().expect("merge keys resolve");
     v
 }
-
-/// Env names `mlmesh <args> --help` documents.
-fn documented_env(args: &[&str]) -> BTreeSet<String> {
-    let out = common::mlmesh().args(args).arg("--help").output().unwrap();
-    assert!(out.status.success(), "mlmesh {args:?} --help");
-    // Help text is wrapped: join the lines so `[env: X=]` is never split.
-    let help = String::from_utf8(out.stdout)
-        .unwrap()
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ");
-    help.split("[env: ")
-        .skip(1)
-        .map(|s| s.split(['=', ']']).next().unwrap().to_owned())
-        .collect()
-}
-
-/// Read by the OpenTelemetry SDK or tracing, not by clap.
-const RUNTIME_ENV: &[&str] = &[
-    "RUST_LOG",
-    "OTEL_EXPORTER_OTLP_ENDPOINT",
-    "OTEL_EXPORTER_OTLP_PROTOCOL",
-    "OTEL_TRACES_SAMPLER",
-    "OTEL_TRACES_SAMPLER_ARG",
-    "OTEL_SERVICE_NAME",
-];
 
 fn str_list(v: &Value) -> Vec<String> {
     v.as_sequence()

@@ -2,6 +2,7 @@
 //! stacks on free loopback ports, stopped with real signals.
 #![allow(dead_code)] // each test binary uses a different subset
 
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -55,6 +56,37 @@ pub fn wait_exit(child: &mut Child, within: Duration) -> ExitStatus {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// `mlmesh <args> --help`, with line wrapping undone so `[env: X=]` and
+/// flag names are never split.
+pub fn help(args: &[&str]) -> String {
+    let out = mlmesh().args(args).arg("--help").output().unwrap();
+    assert!(out.status.success(), "mlmesh {args:?} --help");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Env names `mlmesh <args> --help` documents.
+pub fn documented_env(args: &[&str]) -> BTreeSet<String> {
+    help(args)
+        .split("[env: ")
+        .skip(1)
+        .map(|s| s.split(['=', ']']).next().unwrap().to_owned())
+        .collect()
+}
+
+/// Read by the OpenTelemetry SDK or tracing, not by clap.
+pub const RUNTIME_ENV: &[&str] = &[
+    "RUST_LOG",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
+    "OTEL_SERVICE_NAME",
+];
 
 /// Polls `/readyz` until it answers 200 (panics after `within`).
 pub async fn wait_ready(base: &str, within: Duration) {

@@ -1,0 +1,794 @@
+//! k8s/ and istio/ validated offline, since no cluster runs here: every YAML
+//! document is parsed into typed Kubernetes (k8s-openapi) or Istio (types
+//! generated from Istio 1.27's CRDs) structs and any field those types do not
+//! know fails, then the whole set is cross-checked the way `istioctl analyze`
+//! would, against the binary and the header names the frontend really uses.
+//! A second test breaks the real manifests on purpose and requires each break
+//! to be reported.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use istio_api_rs::networking::v1::destination_rule::DestinationRule;
+use istio_api_rs::networking::v1::gateway::Gateway;
+use istio_api_rs::networking::v1::virtual_service::VirtualService;
+use istio_api_rs::security::v1::authorization_policy::AuthorizationPolicy;
+use istio_api_rs::security::v1::peer_authentication::PeerAuthentication;
+use istio_api_rs::telemetry::v1::telemetry::Telemetry;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{
+    Container, Namespace, PodSpec, PodTemplateSpec, Secret, Service, ServiceAccount,
+};
+use serde::de::DeserializeOwned;
+use serde_yaml_ng::Value;
+
+use frontend::cohort::{BETA_GROUP, Cohort};
+use mesh_kit::propagation::{COHORT_HEADER, USER_GROUP_HEADER, USER_ID_HEADER};
+
+const NAMESPACE: &str = "mlmesh";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Every typed document of the set.
+#[derive(Default, Clone)]
+struct Manifests {
+    namespaces: Vec<Namespace>,
+    service_accounts: Vec<ServiceAccount>,
+    secrets: Vec<Secret>,
+    services: Vec<Service>,
+    deployments: Vec<Deployment>,
+    jobs: Vec<Job>,
+    gateways: Vec<Gateway>,
+    virtual_services: Vec<(String, VirtualService)>,
+    destination_rules: Vec<DestinationRule>,
+    peer_authentications: Vec<PeerAuthentication>,
+    authorization_policies: Vec<AuthorizationPolicy>,
+    telemetries: Vec<Telemetry>,
+}
+
+/// `T` from `v`, with every field `T` does not know reported (a typo must not pass).
+fn typed<T: DeserializeOwned>(v: Value, origin: &str, problems: &mut Vec<String>) -> Option<T> {
+    let mut unknown = Vec::new();
+    let result: Result<T, _> = serde_ignored::deserialize(v, |path| unknown.push(path.to_string()));
+    // apiVersion and kind were matched before choosing `T`; the Istio types
+    // (kube-derive) leave them to the caller, which is this function.
+    for path in unknown
+        .into_iter()
+        .filter(|p| p != "apiVersion" && p != "kind")
+    {
+        problems.push(format!("{origin}: unknown field {path}"));
+    }
+    match result {
+        Ok(t) => Some(t),
+        Err(e) => {
+            problems.push(format!("{origin}: {e}"));
+            None
+        }
+    }
+}
+
+/// Parses `(origin, yaml text)` pairs into typed manifests.
+fn parse(files: &[(String, String)], problems: &mut Vec<String>) -> Manifests {
+    let mut m = Manifests::default();
+    for (path, text) in files {
+        for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+            let origin = format!("{path}#{i}");
+            let v = match <Value as serde::Deserialize>::deserialize(doc) {
+                Ok(Value::Null) => continue,
+                Ok(v) => v,
+                Err(e) => {
+                    problems.push(format!("{origin}: not YAML: {e}"));
+                    continue;
+                }
+            };
+            let api = v["apiVersion"].as_str().unwrap_or_default().to_owned();
+            let kind = v["kind"].as_str().unwrap_or_default().to_owned();
+            let origin = format!("{origin} ({kind})");
+            match (api.as_str(), kind.as_str()) {
+                ("v1", "Namespace") => m.namespaces.extend(typed(v, &origin, problems)),
+                ("v1", "ServiceAccount") => m.service_accounts.extend(typed(v, &origin, problems)),
+                ("v1", "Secret") => m.secrets.extend(typed(v, &origin, problems)),
+                ("v1", "Service") => m.services.extend(typed(v, &origin, problems)),
+                ("apps/v1", "Deployment") => m.deployments.extend(typed(v, &origin, problems)),
+                ("batch/v1", "Job") => m.jobs.extend(typed(v, &origin, problems)),
+                ("networking.istio.io/v1", "Gateway") => {
+                    m.gateways.extend(typed(v, &origin, problems))
+                }
+                ("networking.istio.io/v1", "VirtualService") => m
+                    .virtual_services
+                    .extend(typed(v, &origin, problems).map(|vs| (path.clone(), vs))),
+                ("networking.istio.io/v1", "DestinationRule") => {
+                    m.destination_rules.extend(typed(v, &origin, problems))
+                }
+                ("security.istio.io/v1", "PeerAuthentication") => {
+                    m.peer_authentications.extend(typed(v, &origin, problems))
+                }
+                ("security.istio.io/v1", "AuthorizationPolicy") => {
+                    m.authorization_policies.extend(typed(v, &origin, problems))
+                }
+                ("telemetry.istio.io/v1", "Telemetry") => {
+                    m.telemetries.extend(typed(v, &origin, problems))
+                }
+                _ => problems.push(format!("{origin}: unexpected {api} {kind}")),
+            }
+        }
+    }
+    m
+}
+
+/// The manifests as shipped: k8s/base (kustomize resources) and istio/**.
+fn shipped_files() -> Vec<(String, String)> {
+    fn yaml_under(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                yaml_under(&p, out);
+            } else if p.extension().is_some_and(|x| x == "yaml") {
+                out.push(p);
+            }
+        }
+    }
+    let mut paths = Vec::new();
+    yaml_under(&repo().join("istio"), &mut paths);
+    let kustomization: Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(repo().join("k8s/base/kustomization.yaml")).unwrap(),
+    )
+    .unwrap();
+    for r in kustomization["resources"].as_sequence().unwrap() {
+        paths.push(repo().join("k8s/base").join(r.as_str().unwrap()));
+    }
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|p| {
+            let rel = p.strip_prefix(repo()).unwrap_or(&p).display().to_string();
+            (rel, std::fs::read_to_string(&p).unwrap())
+        })
+        .collect()
+}
+
+/// A DestinationRule subset: its name and pod labels.
+type Subset = (String, BTreeMap<String, String>);
+
+/// A deliberate break: the file, how to break it, what must be reported.
+type Break = (&'static str, Box<dyn Fn(&str) -> String>, &'static str);
+
+fn short_host(host: &str) -> &str {
+    host.strip_suffix(&format!(".{NAMESPACE}.svc.cluster.local"))
+        .unwrap_or(host)
+}
+
+fn pod_spec(t: &PodTemplateSpec) -> &PodSpec {
+    t.spec.as_ref().expect("pod template has a spec")
+}
+
+fn labels(t: &PodTemplateSpec) -> BTreeMap<String, String> {
+    t.metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default()
+}
+
+fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// Workloads: (name, pod template, is it long-running).
+fn workloads(m: &Manifests) -> Vec<(String, &PodTemplateSpec, bool)> {
+    let name = |md: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+        md.name.clone().unwrap_or_default()
+    };
+    m.deployments
+        .iter()
+        .map(|d| (name(&d.metadata), &d.spec.as_ref().unwrap().template, true))
+        .chain(
+            m.jobs
+                .iter()
+                .map(|j| (name(&j.metadata), &j.spec.as_ref().unwrap().template, false)),
+        )
+        .collect()
+}
+
+fn env_value(c: &Container, name: &str) -> Option<String> {
+    c.env
+        .as_ref()?
+        .iter()
+        .find(|e| e.name == name)?
+        .value
+        .clone()
+}
+
+/// The host:port a URL names.
+fn url_host(url: &str) -> Option<(String, u16)> {
+    let rest = url.split("://").nth(1)?;
+    let authority = rest.split('/').next()?;
+    let (host, port) = authority.split_once(':')?;
+    Some((short_host(host).to_owned(), port.parse().ok()?))
+}
+
+/// Container-level checks: restricted security context, probes, resources,
+/// named ports, pinned images, and args/env the binary really has.
+fn check_container(
+    origin: &str,
+    pod: &PodSpec,
+    c: &Container,
+    long_running: bool,
+    problems: &mut Vec<String>,
+) {
+    let image = c.image.clone().unwrap_or_default();
+    match image.rsplit_once(':') {
+        Some((_, tag)) if tag != "latest" && !tag.contains('/') => {}
+        _ => problems.push(format!("{origin}: image {image:?} is not pinned to a tag")),
+    }
+    let psc = pod.security_context.clone().unwrap_or_default();
+    let sc = c.security_context.clone().unwrap_or_default();
+    if !(sc.run_as_non_root == Some(true) || psc.run_as_non_root == Some(true)) {
+        problems.push(format!("{origin}: runAsNonRoot is not set"));
+    }
+    if sc.allow_privilege_escalation != Some(false) {
+        problems.push(format!("{origin}: allowPrivilegeEscalation must be false"));
+    }
+    if sc.read_only_root_filesystem != Some(true) {
+        problems.push(format!("{origin}: readOnlyRootFilesystem must be true"));
+    }
+    let drops = sc
+        .capabilities
+        .as_ref()
+        .and_then(|c| c.drop.clone())
+        .unwrap_or_default();
+    if !drops.iter().any(|d| d == "ALL") {
+        problems.push(format!("{origin}: capabilities must drop ALL"));
+    }
+    let seccomp = sc
+        .seccomp_profile
+        .as_ref()
+        .or(psc.seccomp_profile.as_ref())
+        .map(|s| s.type_.as_str());
+    if seccomp != Some("RuntimeDefault") {
+        problems.push(format!("{origin}: seccompProfile must be RuntimeDefault"));
+    }
+    let uid = sc.run_as_user.or(psc.run_as_user);
+    if matches!(uid, Some(0) | Some(1337)) {
+        problems.push(format!(
+            "{origin}: runs as UID {uid:?} (root or Istio's proxy)"
+        ));
+    }
+    let res = c.resources.clone().unwrap_or_default();
+    for (what, set) in [("requests", &res.requests), ("limits", &res.limits)] {
+        let set = set.clone().unwrap_or_default();
+        if !(set.contains_key("cpu") && set.contains_key("memory")) {
+            problems.push(format!("{origin}: resources.{what} needs cpu and memory"));
+        }
+    }
+    if long_running {
+        if c.readiness_probe.is_none() || c.liveness_probe.is_none() {
+            problems.push(format!("{origin}: needs readiness and liveness probes"));
+        }
+        for p in c.ports.clone().unwrap_or_default() {
+            if p.name.is_none() {
+                problems.push(format!("{origin}: port {} has no name", p.container_port));
+            }
+        }
+    }
+    if image.starts_with("mlmesh:") {
+        let args = c.args.clone().unwrap_or_default();
+        let sub: Vec<&str> = args
+            .iter()
+            .map(String::as_str)
+            .take_while(|a| !a.starts_with("--"))
+            .collect();
+        let help = common::help(&sub);
+        for flag in args.iter().filter(|a| a.starts_with("--")) {
+            let name = flag.split('=').next().unwrap();
+            if !help.contains(name) {
+                problems.push(format!(
+                    "{origin}: `mlmesh {}` has no flag {name}",
+                    sub.join(" ")
+                ));
+            }
+        }
+        let known = common::documented_env(&sub);
+        for e in c.env.clone().unwrap_or_default() {
+            if !known.contains(&e.name) && !common::RUNTIME_ENV.contains(&e.name.as_str()) {
+                problems.push(format!(
+                    "{origin}: `mlmesh {}` reads no env {}",
+                    sub.join(" "),
+                    e.name
+                ));
+            }
+        }
+    }
+}
+
+/// Cross-checks of the whole set; every problem is a sentence naming where.
+fn check(m: &Manifests) -> Vec<String> {
+    let mut problems = Vec::new();
+    let services: BTreeMap<String, &Service> = m
+        .services
+        .iter()
+        .map(|s| (s.metadata.name.clone().unwrap_or_default(), s))
+        .collect();
+    let sas: BTreeSet<String> = m
+        .service_accounts
+        .iter()
+        .filter_map(|s| s.metadata.name.clone())
+        .collect();
+    let ns_ok = m.namespaces.iter().any(|n| {
+        n.metadata.name.as_deref() == Some(NAMESPACE)
+            && n.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("istio-injection"))
+                .map(String::as_str)
+                == Some("enabled")
+    });
+    if !ns_ok {
+        problems.push(format!(
+            "namespace {NAMESPACE} must exist with istio-injection: enabled"
+        ));
+    }
+    for s in m.services.iter() {
+        let name = s.metadata.name.clone().unwrap_or_default();
+        for p in s
+            .spec
+            .as_ref()
+            .and_then(|s| s.ports.clone())
+            .unwrap_or_default()
+        {
+            if p.name.is_none() || p.app_protocol.is_none() {
+                problems.push(format!(
+                    "Service {name}: port {} needs a name and appProtocol",
+                    p.port
+                ));
+            }
+        }
+        let selector = s
+            .spec
+            .as_ref()
+            .and_then(|s| s.selector.clone())
+            .unwrap_or_default();
+        if !workloads(m)
+            .iter()
+            .any(|(_, t, _)| selects(&selector, &labels(t)))
+        {
+            problems.push(format!(
+                "Service {name}: selector {selector:?} selects no pod template"
+            ));
+        }
+    }
+
+    let mut image_tags = BTreeSet::new();
+    for (name, template, long_running) in workloads(m) {
+        let pod = pod_spec(template);
+        let sa = pod.service_account_name.clone().unwrap_or_default();
+        if !sas.contains(&sa) {
+            problems.push(format!("{name}: serviceAccountName {sa:?} does not exist"));
+        }
+        let annotations = template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.annotations.clone())
+            .unwrap_or_default();
+        let proxy = annotations
+            .get("proxy.istio.io/config")
+            .cloned()
+            .unwrap_or_default();
+        if !proxy.contains("holdApplicationUntilProxyStarts: true") {
+            problems.push(format!(
+                "{name}: proxy.istio.io/config lacks holdApplicationUntilProxyStarts"
+            ));
+        }
+        for c in &pod.containers {
+            let origin = format!("{name}/{}", c.name);
+            check_container(&origin, pod, c, long_running, &mut problems);
+            if let Some(tag) = c.image.as_deref().and_then(|i| i.strip_prefix("mlmesh:")) {
+                image_tags.insert(tag.to_owned());
+            }
+            if long_running && c.image.as_deref().is_some_and(|i| i.starts_with("mlmesh:")) {
+                // Envoy must drain exactly as long as the app keeps serving.
+                let drain = env_value(c, "DRAIN_DELAY").unwrap_or_else(|| "5s".into());
+                if !proxy.contains(&format!("terminationDrainDuration: {drain}")) {
+                    problems.push(format!(
+                        "{origin}: terminationDrainDuration must match DRAIN_DELAY={drain}"
+                    ));
+                }
+                if annotations.get("prometheus.io/scrape").map(String::as_str) != Some("true") {
+                    problems.push(format!("{origin}: no prometheus.io/scrape annotation"));
+                }
+                if !env_value(c, "OTEL_EXPORTER_OTLP_ENDPOINT")
+                    .is_some_and(|u| u.contains("jaeger-collector.istio-system"))
+                {
+                    problems.push(format!(
+                        "{origin}: OTLP endpoint must be the Jaeger addon's collector"
+                    ));
+                }
+            }
+        }
+    }
+    if image_tags.len() > 1 {
+        problems.push(format!(
+            "workloads disagree on the mlmesh image tag: {image_tags:?}"
+        ));
+    }
+
+    // Istio: hosts, subsets, weights, mirrors, headers.
+    let subsets: BTreeMap<String, Vec<Subset>> = m
+        .destination_rules
+        .iter()
+        .map(|dr| {
+            let subsets = dr
+                .spec
+                .subsets
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|s| (s.name, s.labels.unwrap_or_default()))
+                .collect();
+            (short_host(&dr.spec.host).to_owned(), subsets)
+        })
+        .collect();
+    for dr in &m.destination_rules {
+        let host = short_host(&dr.spec.host);
+        let Some(svc) = services.get(host) else {
+            problems.push(format!("DestinationRule host {host} is not a Service"));
+            continue;
+        };
+        let selector = svc
+            .spec
+            .as_ref()
+            .and_then(|s| s.selector.clone())
+            .unwrap_or_default();
+        for (name, sl) in subsets.get(host).into_iter().flatten() {
+            let mut all = selector.clone();
+            all.extend(sl.clone());
+            if !workloads(m)
+                .iter()
+                .any(|(_, t, _)| selects(&all, &labels(t)))
+            {
+                problems.push(format!(
+                    "DestinationRule {host} subset {name}: labels {sl:?} select no pod template"
+                ));
+            }
+        }
+    }
+    let gateways: BTreeSet<String> = m
+        .gateways
+        .iter()
+        .filter_map(|g| g.metadata.name.clone())
+        .collect();
+    let cohort_values = [Cohort::Candidate.as_str(), Cohort::Baseline.as_str()];
+    for (file, vs) in &m.virtual_services {
+        let origin = format!(
+            "{file}: VirtualService {}",
+            vs.metadata.name.clone().unwrap_or_default()
+        );
+        for g in vs.spec.gateways.clone().unwrap_or_default() {
+            if !gateways.contains(&g) {
+                problems.push(format!("{origin}: gateway {g} does not exist"));
+            }
+        }
+        for (i, route) in vs.spec.http.clone().unwrap_or_default().iter().enumerate() {
+            let origin = format!("{origin} http[{i}]");
+            let dests = route.route.clone().unwrap_or_default();
+            let mut targets: Vec<(String, Option<String>)> = dests
+                .iter()
+                .map(|d| (d.destination.host.clone(), d.destination.subset.clone()))
+                .collect();
+            if let Some(mirror) = &route.mirror {
+                targets.push((mirror.host.clone(), mirror.subset.clone()));
+            }
+            for mirror in route.mirrors.clone().unwrap_or_default() {
+                targets.push((
+                    mirror.destination.host.clone(),
+                    mirror.destination.subset.clone(),
+                ));
+            }
+            if route.mirror.is_some() && route.mirrors.is_some() {
+                problems.push(format!("{origin}: uses both mirror and mirrors"));
+            }
+            for (host, subset) in targets {
+                let host = short_host(&host).to_owned();
+                if !services.contains_key(&host) {
+                    problems.push(format!("{origin}: destination {host} is not a Service"));
+                }
+                if let Some(subset) = subset {
+                    let known = subsets
+                        .get(&host)
+                        .is_some_and(|s| s.iter().any(|(n, _)| *n == subset));
+                    if !known {
+                        problems.push(format!(
+                            "{origin}: subset {subset} of {host} is in no DestinationRule"
+                        ));
+                    }
+                }
+            }
+            let weights: Vec<i32> = dests.iter().filter_map(|d| d.weight).collect();
+            if (dests.len() > 1 || !weights.is_empty()) && weights.iter().sum::<i32>() != 100 {
+                problems.push(format!("{origin}: weights {weights:?} do not sum to 100"));
+            }
+            for mt in route.r#match.clone().unwrap_or_default() {
+                for (header, value) in mt.headers.clone().unwrap_or_default() {
+                    let exact = value.exact.clone().unwrap_or_default();
+                    let ok = match header.as_str() {
+                        h if h == COHORT_HEADER => cohort_values.contains(&exact.as_str()),
+                        h if h == USER_GROUP_HEADER => exact == BETA_GROUP,
+                        h if h == USER_ID_HEADER => !exact.is_empty(),
+                        _ => false,
+                    };
+                    if !ok {
+                        problems.push(format!(
+                            "{origin}: matches header {header}={exact:?}, which the frontend never sends"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    // Authorization: principals exist, and every call the app makes is allowed.
+    let principal = |sa: &str| format!("cluster.local/ns/{NAMESPACE}/sa/{sa}");
+    let known_external = [
+        "cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account",
+        "cluster.local/ns/istio-system/sa/prometheus",
+    ];
+    let mut allowed: Vec<(BTreeMap<String, String>, BTreeSet<String>)> = Vec::new();
+    for ap in &m.authorization_policies {
+        let name = ap.metadata.name.clone().unwrap_or_default();
+        let selector = ap
+            .spec
+            .selector
+            .as_ref()
+            .and_then(|s| s.match_labels.clone())
+            .unwrap_or_default();
+        let mut principals = BTreeSet::new();
+        for rule in ap.spec.rules.clone().unwrap_or_default() {
+            for from in rule.from.unwrap_or_default() {
+                for p in from.source.and_then(|s| s.principals).unwrap_or_default() {
+                    let local = p.strip_prefix(&format!("cluster.local/ns/{NAMESPACE}/sa/"));
+                    let exists = match local {
+                        Some(sa) => sas.contains(sa),
+                        None => known_external.contains(&p.as_str()),
+                    };
+                    if !exists {
+                        problems.push(format!(
+                            "AuthorizationPolicy {name}: principal {p} is no service account"
+                        ));
+                    }
+                    principals.insert(p);
+                }
+            }
+        }
+        allowed.push((selector, principals));
+    }
+    if !m.authorization_policies.is_empty() {
+        // Calls: every URL in a workload's env that names a Service.
+        for (name, template, _) in workloads(m) {
+            let pod = pod_spec(template);
+            let caller = principal(pod.service_account_name.as_deref().unwrap_or_default());
+            for c in &pod.containers {
+                for e in c.env.clone().unwrap_or_default() {
+                    let Some((host, _)) = e.value.as_deref().and_then(url_host) else {
+                        continue;
+                    };
+                    let Some(svc) = services.get(&host) else {
+                        continue;
+                    };
+                    let selector = svc
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.selector.clone())
+                        .unwrap_or_default();
+                    let ok = allowed.iter().any(|(sel, ps)| {
+                        !sel.is_empty() && selects(sel, &selector) && ps.contains(&caller)
+                    });
+                    if !ok {
+                        problems.push(format!(
+                            "{name} calls {host} ({}), but no AuthorizationPolicy allows {caller}",
+                            e.name
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    problems
+}
+
+fn shipped() -> Manifests {
+    let mut problems = Vec::new();
+    let m = parse(&shipped_files(), &mut problems);
+    assert!(problems.is_empty(), "parsing:\n{}", problems.join("\n"));
+    m
+}
+
+#[test]
+fn the_shipped_manifests_parse_strictly_and_cross_check() {
+    let m = shipped();
+    assert_eq!(m.deployments.len(), 5);
+    assert!(m.virtual_services.len() >= 7);
+    let problems = check(&m);
+    assert!(problems.is_empty(), "problems:\n{}", problems.join("\n"));
+
+    // The kind cluster, Istio install and scripts agree with each other.
+    let cluster = std::fs::read_to_string(repo().join("k8s/kind/cluster.yaml")).unwrap();
+    let operator = std::fs::read_to_string(repo().join("k8s/kind/istio-operator.yaml")).unwrap();
+    assert!(cluster.contains("containerPort: 30080") && cluster.contains("hostPort: 8080"));
+    assert!(operator.contains("nodePort: 30080"));
+    let provider = m.telemetries[0].spec.tracing.clone().unwrap()[0]
+        .providers
+        .clone()
+        .unwrap()[0]
+        .name
+        .clone();
+    assert!(
+        operator.contains(&format!("- name: {provider}")),
+        "Telemetry provider {provider} is defined"
+    );
+    let up = std::fs::read_to_string(repo().join("k8s/kind/up.sh")).unwrap();
+    let kustomization =
+        std::fs::read_to_string(repo().join("k8s/base/kustomization.yaml")).unwrap();
+    let tag = m.deployments[0]
+        .spec
+        .clone()
+        .unwrap()
+        .template
+        .spec
+        .unwrap()
+        .containers[0]
+        .image
+        .clone()
+        .unwrap();
+    assert!(
+        up.contains(&format!("image=\"{tag}\"")),
+        "up.sh builds {tag}"
+    );
+    assert!(kustomization.contains(&format!("newTag: {}", tag.split(':').nth(1).unwrap())));
+}
+
+/// Applies `edit` to one shipped file and returns the problems found.
+fn problems_after(file: &str, edit: impl Fn(&str) -> String) -> Vec<String> {
+    let files: Vec<(String, String)> = shipped_files()
+        .into_iter()
+        .map(|(p, t)| {
+            if p == file {
+                let e = edit(&t);
+                assert_ne!(e, t, "edit of {file} changed nothing");
+                (p, e)
+            } else {
+                (p, t)
+            }
+        })
+        .collect();
+    let mut problems = Vec::new();
+    let m = parse(&files, &mut problems);
+    problems.extend(check(&m));
+    problems
+}
+
+#[test]
+fn deliberately_broken_manifests_are_caught() {
+    let cases: Vec<Break> = vec![
+        (
+            "istio/canary/virtual-service.yaml",
+            Box::new(|t| t.replace("weight: 10", "wieght: 10")),
+            "unknown field",
+        ),
+        (
+            "istio/canary/virtual-service.yaml",
+            Box::new(|t| t.replace("weight: 10", "weight: 20")),
+            "do not sum to 100",
+        ),
+        (
+            "istio/sticky/virtual-service.yaml",
+            Box::new(|t| t.replace("x-mlmesh-cohort", "x-cohort")),
+            "never sends",
+        ),
+        (
+            "istio/sticky/virtual-service.yaml",
+            Box::new(|t| t.replace("exact: candidate", "exact: canary")),
+            "never sends",
+        ),
+        (
+            "istio/promote/virtual-service.yaml",
+            Box::new(|t| t.replace("subset: v2", "subset: v3")),
+            "in no DestinationRule",
+        ),
+        (
+            "istio/baseline/virtual-service.yaml",
+            Box::new(|t| {
+                t.replace(
+                    "host: model-inference.mlmesh",
+                    "host: model-inferense.mlmesh",
+                )
+            }),
+            "not a Service",
+        ),
+        (
+            "istio/destination-rules.yaml",
+            Box::new(|t| t.replace("version: v2", "version: v02")),
+            "select no pod template",
+        ),
+        (
+            "istio/shadow/virtual-service.yaml",
+            Box::new(|t| {
+                t.replace("      mirrors:", "      mirror:\n        host: model-inference.mlmesh.svc.cluster.local\n        subset: v2\n      mirrors:")
+            }),
+            "both mirror and mirrors",
+        ),
+        (
+            "istio/security/authorization.yaml",
+            Box::new(|t| {
+                t.replacen(
+                    "cluster.local/ns/mlmesh/sa/frontend",
+                    "cluster.local/ns/mlmesh/sa/front-end",
+                    1,
+                )
+            }),
+            "no service account",
+        ),
+        (
+            "istio/security/authorization.yaml",
+            Box::new(|t| t.replace("              - cluster.local/ns/mlmesh/sa/seed\n", "")),
+            "no AuthorizationPolicy allows cluster.local/ns/mlmesh/sa/seed",
+        ),
+        (
+            "k8s/base/deployments.yaml",
+            Box::new(|t| t.replacen("image: mlmesh:0.1.0", "image: mlmesh:latest", 1)),
+            "not pinned",
+        ),
+        (
+            "k8s/base/deployments.yaml",
+            Box::new(|t| {
+                t.replacen(
+                    "readOnlyRootFilesystem: true",
+                    "readOnlyRootFilesystem: false",
+                    1,
+                )
+            }),
+            "readOnlyRootFilesystem",
+        ),
+        (
+            "k8s/base/deployments.yaml",
+            Box::new(|t| t.replacen("          readinessProbe:", "          readinessProbes:", 1)),
+            "unknown field",
+        ),
+        (
+            "k8s/base/deployments.yaml",
+            Box::new(|t| t.replacen("- name: CANARY_PERCENT", "- name: CANARY_PERCENTAGE", 1)),
+            "reads no env CANARY_PERCENTAGE",
+        ),
+        (
+            "k8s/base/deployments.yaml",
+            Box::new(|t| {
+                t.replacen(
+                    "terminationDrainDuration: 5s",
+                    "terminationDrainDuration: 20s",
+                    1,
+                )
+            }),
+            "terminationDrainDuration must match",
+        ),
+        (
+            "k8s/base/seed-job.yaml",
+            Box::new(|t| t.replace("--quit-istio-proxy", "--quit-sidecar")),
+            "has no flag --quit-sidecar",
+        ),
+        (
+            "k8s/base/services.yaml",
+            Box::new(|t| t.replacen("      appProtocol: http\n", "", 1)),
+            "needs a name and appProtocol",
+        ),
+    ];
+    for (file, edit, expect) in cases {
+        let problems = problems_after(file, edit);
+        assert!(
+            problems.iter().any(|p| p.contains(expect)),
+            "breaking {file} should report {expect:?}; got {problems:#?}"
+        );
+    }
+}
