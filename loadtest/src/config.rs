@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+// The same probability parser every mlmesh service uses for its rate flags.
+pub use mesh_kit::config::parse_fraction;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Target {
@@ -132,18 +134,6 @@ impl Config {
     /// Closed-loop concurrency (when not in open-loop mode).
     pub fn connections(&self) -> usize {
         self.concurrency.unwrap_or(16).max(1)
-    }
-}
-
-pub fn parse_fraction(s: &str) -> Result<f64, String> {
-    let v: f64 = s
-        .trim()
-        .parse()
-        .map_err(|_| format!("`{s}` is not a number"))?;
-    if (0.0..=1.0).contains(&v) {
-        Ok(v)
-    } else {
-        Err(format!("`{s}` must be between 0 and 1"))
     }
 }
 
