@@ -82,7 +82,10 @@ impl Plan {
         let u = &self.users[user];
         let builder = match self.target {
             Target::Frontend => {
-                let mut b = Request::get(format!("{}/predict?user_id={}", self.base, u.id));
+                // The id in the header too, as a mesh client would: Envoy can
+                // only key routing and rate limits on headers, not the query.
+                let mut b = Request::get(format!("{}/predict?user_id={}", self.base, u.id))
+                    .header("x-user-id", u.id.as_str());
                 if u.beta {
                     b = b.header("x-user-group", "beta");
                 }

@@ -3,7 +3,7 @@
 //! generated from Istio 1.27's CRDs) structs and any field those types do not
 //! know fails, then the whole set is cross-checked the way `istioctl analyze`
 //! would, against the binary and the header names the frontend really uses.
-//! A second test breaks the real manifests on purpose and requires each break
+//! A second test breaks the real manifests on purpose (21 ways) and requires each break
 //! to be reported.
 
 mod common;
@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use istio_api_rs::networking::v1::destination_rule::DestinationRule;
 use istio_api_rs::networking::v1::gateway::Gateway;
 use istio_api_rs::networking::v1::virtual_service::VirtualService;
+use istio_api_rs::networking::v1alpha3::envoy_filter::EnvoyFilter;
 use istio_api_rs::security::v1::authorization_policy::AuthorizationPolicy;
 use istio_api_rs::security::v1::peer_authentication::PeerAuthentication;
 use istio_api_rs::telemetry::v1::telemetry::Telemetry;
@@ -49,6 +50,7 @@ struct Manifests {
     peer_authentications: Vec<PeerAuthentication>,
     authorization_policies: Vec<AuthorizationPolicy>,
     telemetries: Vec<Telemetry>,
+    envoy_filters: Vec<EnvoyFilter>,
 }
 
 /// `T` from `v`, with every field `T` does not know reported (a typo must not pass).
@@ -113,6 +115,9 @@ fn parse(files: &[(String, String)], problems: &mut Vec<String>) -> Manifests {
                 }
                 ("telemetry.istio.io/v1", "Telemetry") => {
                     m.telemetries.extend(typed(v, &origin, problems))
+                }
+                ("networking.istio.io/v1alpha3", "EnvoyFilter") => {
+                    m.envoy_filters.extend(typed(v, &origin, problems))
                 }
                 _ => problems.push(format!("{origin}: unexpected {api} {kind}")),
             }
@@ -530,6 +535,58 @@ fn check(m: &Manifests) -> Vec<String> {
         }
     }
 
+    // EnvoyFilters: select a workload, patch a vhost of a port its Service
+    // really has, and key rate limits on headers the frontend really sends.
+    for ef in &m.envoy_filters {
+        let name = ef.metadata.name.clone().unwrap_or_default();
+        let sel = ef
+            .spec
+            .workload_selector
+            .as_ref()
+            .and_then(|w| w.labels.clone())
+            .unwrap_or_default();
+        if sel.is_empty()
+            || !workloads(m)
+                .iter()
+                .any(|(_, t, _)| selects(&sel, &labels(t)))
+        {
+            problems.push(format!(
+                "EnvoyFilter {name}: workloadSelector {sel:?} selects no pod template"
+            ));
+        }
+        let ports: BTreeSet<i32> = m
+            .services
+            .iter()
+            .filter_map(|s| s.spec.as_ref())
+            .filter(|s| s.selector.as_ref().is_some_and(|ss| selects(ss, &sel)))
+            .flat_map(|s| s.ports.clone().unwrap_or_default())
+            .map(|p| p.port)
+            .collect();
+        for patch in ef.spec.config_patches.clone().unwrap_or_default() {
+            let vhost = patch
+                .r#match
+                .as_ref()
+                .and_then(|m| m.route_configuration.as_ref())
+                .and_then(|r| r.vhost.as_ref())
+                .and_then(|v| v.name.clone());
+            if let Some(vhost) = vhost {
+                let port = vhost.rsplit('|').next().and_then(|p| p.parse::<i32>().ok());
+                if !port.is_some_and(|p| ports.contains(&p)) {
+                    problems.push(format!("EnvoyFilter {name}: vhost {vhost} is no port of the selected Service ({ports:?})"));
+                }
+            }
+            let value = serde_json::to_value(patch.patch.and_then(|p| p.value).unwrap_or_default())
+                .unwrap();
+            let mut headers = Vec::new();
+            collect_key(&value, "header_name", &mut headers);
+            for h in headers {
+                if h != USER_ID_HEADER && h != USER_GROUP_HEADER && h != COHORT_HEADER {
+                    problems.push(format!("EnvoyFilter {name}: keys on header {h}, which the frontend never receives or sends"));
+                }
+            }
+        }
+    }
+
     // Authorization: principals exist, and every call the app makes is allowed.
     let principal = |sa: &str| format!("cluster.local/ns/{NAMESPACE}/sa/{sa}");
     let known_external = [
@@ -597,6 +654,24 @@ fn check(m: &Manifests) -> Vec<String> {
         }
     }
     problems
+}
+
+/// Every string value under `key`, at any depth.
+fn collect_key(v: &serde_json::Value, key: &str, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m {
+                if k == key
+                    && let Some(s) = x.as_str()
+                {
+                    out.push(s.to_owned());
+                }
+                collect_key(x, key, out);
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|x| collect_key(x, key, out)),
+        _ => {}
+    }
 }
 
 fn shipped() -> Manifests {
