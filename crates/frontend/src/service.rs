@@ -203,8 +203,13 @@ impl AppState {
         // resolved user and cohort, however the caller expressed them.
         fwd.insert(USER_ID_HEADER, header_value(&user_id));
         fwd.insert(COHORT_HEADER, HeaderValue::from_static(cohort));
+        // The group goes on as resolved, so a mesh rule matching
+        // `x-user-group: beta` never disagrees with the cohort (a caller may
+        // send the header and leave the group with `?group=none`).
         if beta {
             fwd.insert(USER_GROUP_HEADER, HeaderValue::from_static(BETA_GROUP));
+        } else {
+            fwd.remove(USER_GROUP_HEADER);
         }
         let request_id = header_str(headers, REQUEST_ID_HEADER)
             .unwrap_or_default()

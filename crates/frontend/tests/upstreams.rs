@@ -213,4 +213,24 @@ async fn mesh_mode_sends_one_url_the_cohort_and_the_callers_trace_and_ids() {
             .unwrap();
         assert!(budget > 0 && budget <= 1000, "{budget}");
     }
+
+    // Leaving the group wins over the header, and the mesh sees the same
+    // answer the frontend gave: no x-user-group, the baseline cohort.
+    let user = baseline_user(&args);
+    let left = send(
+        &app,
+        Request::get(format!("/predict?user_id={user}&group=none"))
+            .header("x-user-group", "beta")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(left.json["cohort"], "baseline");
+    let last = models.seen().pop().unwrap();
+    assert!(
+        last.headers.get("x-user-group").is_none(),
+        "{:?}",
+        last.headers
+    );
+    assert_eq!(last.headers["x-mlmesh-cohort"], "baseline");
 }

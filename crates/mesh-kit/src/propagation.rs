@@ -97,6 +97,11 @@ impl Forwarded {
         self.0.insert(name, value);
     }
 
+    /// Stops a header from travelling on (e.g. a group the caller left).
+    pub fn remove(&mut self, name: &'static str) {
+        self.0.remove(name);
+    }
+
     pub fn headers(&self) -> &HeaderMap {
         &self.0
     }
