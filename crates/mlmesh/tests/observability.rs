@@ -64,6 +64,10 @@ async fn busy_stack(extra_env: &[(&str, String)]) -> (Stack, tokio::task::JoinHa
         // build answers scrapes late, and late scrapes leave gaps in rate().
         "--rate",
         "60/s",
+        // One request per customer: ~360 distinct customers, so some of the
+        // offers are accepted (about 1 in 8) and the acceptance panel has data.
+        "--requests-per-user",
+        "1",
     ])
     .unwrap();
     cfg.users_file = common::models().join("customers.csv");
@@ -72,6 +76,11 @@ async fn busy_stack(extra_env: &[(&str, String)]) -> (Stack, tokio::task::JoinHa
     let traffic = tokio::spawn(async move {
         let r = loadtest::run::run(&cfg, users).await.unwrap();
         assert!(r.requests > 100, "{}", r.render());
+        assert!(
+            r.all.accepted > 0,
+            "no accepted offers to chart:\n{}",
+            r.render()
+        );
     });
     (stack, traffic)
 }
