@@ -40,10 +40,10 @@ fn dashboard_exprs() -> Vec<String> {
     exprs
 }
 
-/// A stack with every kind of traffic the dashboard shows: both versions,
-/// shadow mirroring, injected v2 errors (degraded decisions), feedback.
-async fn busy_stack(extra_env: &[(&str, String)]) -> (Stack, tokio::task::JoinHandle<()>) {
-    let stack = Stack::start(
+/// A stack set up for every kind of traffic the dashboard shows: both
+/// versions, shadow mirroring, injected v2 errors (degraded decisions).
+fn experiment_stack() -> Stack {
+    Stack::start(
         Stack::ports(),
         &[
             "--canary-percent",
@@ -52,8 +52,12 @@ async fn busy_stack(extra_env: &[(&str, String)]) -> (Stack, tokio::task::JoinHa
             "--set",
             "v2.FAULT_ERROR_RATE=0.2",
         ],
-        extra_env,
-    );
+        &[],
+    )
+}
+
+/// Six seconds of customers, with feedback, against `stack`.
+fn traffic(stack: &Stack) -> tokio::task::JoinHandle<()> {
     let mut cfg = loadtest::Config::try_parse_from([
         "mlmesh-loadtest",
         &stack.frontend,
@@ -73,7 +77,7 @@ async fn busy_stack(extra_env: &[(&str, String)]) -> (Stack, tokio::task::JoinHa
     cfg.users_file = common::models().join("customers.csv");
     cfg.quiet = true;
     let users = loadtest::users::load(&cfg.users_file, false, 0.0, 1).unwrap();
-    let traffic = tokio::spawn(async move {
+    tokio::spawn(async move {
         let r = loadtest::run::run(&cfg, users).await.unwrap();
         assert!(r.requests > 100, "{}", r.render());
         assert!(
@@ -81,8 +85,7 @@ async fn busy_stack(extra_env: &[(&str, String)]) -> (Stack, tokio::task::JoinHa
             "no accepted offers to chart:\n{}",
             r.render()
         );
-    });
-    (stack, traffic)
+    })
 }
 
 /// Sample name → (label name → values seen), from OpenMetrics text.
@@ -167,8 +170,8 @@ fn check_expr(expr: &str, exposed: &Exposed) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_and_label_the_dashboard_uses_is_exposed() {
-    let (stack, traffic) = busy_stack(&[]).await;
-    traffic.await.unwrap();
+    let stack = experiment_stack();
+    traffic(&stack).await.unwrap();
     let bases = [
         stack.frontend.clone(),
         format!("http://127.0.0.1:{}", stack.feature_store_port),
@@ -326,7 +329,7 @@ async fn query(prom: &Prometheus, expr: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_prometheus_scrapes_the_stack_and_every_dashboard_query_has_data() {
-    let (stack, traffic) = busy_stack(&[]).await;
+    let stack = experiment_stack();
     let prom = prometheus(&stack).await;
 
     // All four targets up.
@@ -349,7 +352,10 @@ async fn real_prometheus_scrapes_the_stack_and_every_dashboard_query_has_data() 
         assert!(Instant::now() < deadline, "targets not all up: {active:?}");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    traffic.await.unwrap();
+    // Traffic only once every target is being scraped, so each rate() window
+    // sees the counters move (scraped only after the traffic, every rate is 0
+    // and every ratio NaN).
+    traffic(&stack).await.unwrap();
 
     // Every query must return data; scrapes land once a second, so give the
     // slowest series (two points in a rate window) a few seconds to arrive.
@@ -373,6 +379,13 @@ async fn real_prometheus_scrapes_the_stack_and_every_dashboard_query_has_data() 
             }
         }
         empty = still;
+    }
+    if !empty.is_empty() {
+        let raw = query(&prom, "mlmesh_frontend_decisions_total").await;
+        eprintln!("raw decisions series: {raw}");
+        for e in &empty {
+            eprintln!("{e} => {}", query(&prom, e).await);
+        }
     }
     assert!(
         empty.is_empty(),
