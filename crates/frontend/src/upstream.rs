@@ -370,18 +370,19 @@ impl Upstreams {
             .timeout(self.timeout)
             .body(body.clone());
         let metrics = self.metrics.clone();
+        let timeout = self.timeout;
         tokio::spawn(
             async move {
                 let started = Instant::now();
-                let result = request.send().await;
-                let error = match &result {
+                // One classification of failures for live and mirrored calls.
+                let error = match request.send().await {
                     Ok(r) if r.status().is_success() => None,
                     Ok(r) => {
                         tracing::Span::current()
                             .record("http.response.status_code", r.status().as_u16());
                         Some("status")
                     }
-                    Err(e) => Some(transport_kind(e)),
+                    Err(e) => Some(transport_error(SHADOW, timeout, e).kind()),
                 };
                 metrics.upstream_call(SHADOW, started.elapsed().as_secs_f64(), error);
                 metrics.shadow(if error.is_some() { "failed" } else { "sent" });
@@ -474,10 +475,6 @@ fn client_span(upstream: &'static str, method: &Method, url: &str) -> tracing::S
         http.response.status_code = field::Empty,
         error.type = field::Empty,
     )
-}
-
-fn transport_kind(e: &reqwest::Error) -> &'static str {
-    if e.is_timeout() { "timeout" } else { "connect" }
 }
 
 fn transport_error(upstream: &'static str, budget: Duration, e: reqwest::Error) -> UpstreamError {
