@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod metrics;
+pub mod render;
 pub mod schema;
 pub mod service;
 pub mod store;

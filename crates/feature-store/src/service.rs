@@ -10,8 +10,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::ser::SerializeMap;
-use serde::{Deserialize, Serialize, Serializer};
+use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use mesh_kit::error::{check_entity_id, parse_json};
@@ -19,6 +18,7 @@ use mesh_kit::{ApiError, Health, ServerArgs, Service};
 
 use crate::config::StoreArgs;
 use crate::metrics::{LookupStatus, StoreMetrics};
+use crate::render::{Renderer, Row, format_time};
 use crate::schema::{FeatureSchema, SeedError, read_seed_file};
 use crate::store::{Backend, MemoryStore, Record, RedisStore, StoreError};
 
@@ -38,6 +38,7 @@ pub struct AppState(Arc<Inner>);
 struct Inner {
     backend: Backend,
     schema: FeatureSchema,
+    renderer: Renderer,
     max_age: Option<Duration>,
     max_batch: usize,
     max_body_bytes: usize,
@@ -76,6 +77,7 @@ impl AppState {
         );
         let state = Self(Arc::new(Inner {
             backend,
+            renderer: Renderer::new(&schema),
             schema,
             max_age: args.max_age,
             max_batch: args.max_batch_entities as usize,
@@ -161,33 +163,14 @@ impl AppState {
         Ok(picked)
     }
 
-    /// One response row, with statuses, and the lookup counted.
-    fn row<'a>(
-        &'a self,
-        entity_id: &'a str,
-        record: Option<&Record>,
-        wanted: &[usize],
-        now: i64,
-    ) -> Row<'a> {
+    /// One response row, with its staleness decided and the lookup counted.
+    fn row<'a>(&self, entity_id: &'a str, record: Option<&'a Record>, now: i64) -> Row<'a> {
         let stale = match (record, self.0.max_age) {
             (Some(r), Some(max_age)) => {
                 now.saturating_sub(r.event_time_ms) > max_age.as_millis() as i64
             }
             _ => false,
         };
-        let names = self.0.schema.names();
-        let mut features = Vec::with_capacity(wanted.len());
-        let mut statuses = Vec::with_capacity(wanted.len());
-        for &i in wanted {
-            let value = record.and_then(|r| r.values[i]);
-            let status = match value {
-                None => FeatureStatus::NotFound,
-                Some(_) if stale => FeatureStatus::Stale,
-                Some(_) => FeatureStatus::Present,
-            };
-            features.push((names[i].as_str(), value));
-            statuses.push((names[i].as_str(), status));
-        }
         let status = match record {
             None => LookupStatus::NotFound,
             Some(_) if stale => LookupStatus::Stale,
@@ -196,52 +179,19 @@ impl AppState {
         self.0.metrics.lookups(status, 1);
         Row {
             entity_id,
-            found: record.is_some(),
-            features: Ordered(features),
-            statuses: Ordered(statuses),
-            event_time: record.map(|r| format_time(r.event_time_ms)),
+            record,
+            stale,
         }
     }
 }
 
-fn format_time(ms: i64) -> String {
-    let t = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
-    humantime::format_rfc3339_millis(t).to_string()
-}
-
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum FeatureStatus {
-    Present,
-    NotFound,
-    Stale,
-}
-
-/// Serializes as a JSON object in schema order (a map would sort by name).
-struct Ordered<'a, V>(Vec<(&'a str, V)>);
-
-impl<V: Serialize> Serialize for Ordered<'_, V> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut map = s.serialize_map(Some(self.0.len()))?;
-        for (k, v) in &self.0 {
-            map.serialize_entry(k, v)?;
-        }
-        map.end()
-    }
-}
-
-#[derive(Serialize)]
-struct BatchResponse<'a> {
-    rows: Vec<Row<'a>>,
-}
-
-#[derive(Serialize)]
-struct Row<'a> {
-    entity_id: &'a str,
-    found: bool,
-    features: Ordered<'a, Option<f64>>,
-    statuses: Ordered<'a, FeatureStatus>,
-    event_time: Option<String>,
+/// A JSON body written by the renderer.
+fn json_body(body: Vec<u8>) -> Response {
+    (
+        [(http::header::CONTENT_TYPE, "application/json")],
+        Bytes::from(body),
+    )
+        .into_response()
 }
 
 #[derive(Deserialize)]
@@ -257,13 +207,15 @@ async fn get_one(
     check_entity_id(&entity_id)?;
     let wanted = s.wanted(q.features.as_deref().map(|f| f.split(',').map(str::trim)))?;
     let record = s.lookup(&[&entity_id]).await?.pop().flatten();
-    let row = s.row(&entity_id, record.as_ref(), &wanted, now_ms());
-    if !row.found {
+    let row = s.row(&entity_id, record.as_ref(), now_ms());
+    if row.record.is_none() {
         return Err(ApiError::not_found(format!(
             "entity '{entity_id}' not found"
         )));
     }
-    Ok(Json(row).into_response())
+    let mut body = Vec::with_capacity(s.0.renderer.row_capacity(&wanted));
+    s.0.renderer.row(&mut body, &row, &wanted);
+    Ok(json_body(body))
 }
 
 #[derive(Deserialize)]
@@ -301,10 +253,9 @@ async fn get_batch(
     let rows: Vec<Row> = ids
         .iter()
         .zip(&records)
-        .map(|(id, r)| s.row(id, r.as_ref(), &wanted, now))
+        .map(|(id, r)| s.row(id, r.as_ref(), now))
         .collect();
-    // A typed body: going through serde_json::Value would re-sort every row's keys.
-    Ok(Json(BatchResponse { rows }).into_response())
+    Ok(json_body(s.0.renderer.batch(&rows, &wanted)))
 }
 
 #[derive(Deserialize)]

@@ -318,3 +318,44 @@ fn strip_event_times(v: &mut Value) {
         _ => {}
     }
 }
+
+/// Redis is shared: whatever another writer left there is read without a
+/// panic, and a value that is not a finite number is never passed on.
+#[tokio::test]
+async fn foreign_data_in_redis_is_read_safely() {
+    let redis = RedisServer::start();
+    seed(&redis).await;
+    let key = "mlmesh:fs:v1:42";
+    // Past year 9999 (RFC 3339's limit), not a number, not finite, unknown field.
+    redis.query(&["HSET", key, "_event_time_ms", "9999999999999999"]);
+    redis.query(&[
+        "HSET", key, "MOSTYPE", "abc", "MAANTHUI", "inf", "MGEMOMV", "NaN",
+    ]);
+    redis.query(&["HSET", key, "NOT_A_FEATURE", "1"]);
+    redis.query(&["SET", "mlmesh:fs:v1:43", "a string, not a hash"]);
+    let (app, _) = app(&store_args(Some(&redis))).await;
+
+    let a = get(&app, "/v1/features/42").await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.json);
+    assert_eq!(a.json["event_time"], "9999-12-31T23:59:59.999Z");
+    for name in ["MOSTYPE", "MAANTHUI", "MGEMOMV"] {
+        assert_eq!(a.json["features"][name], Value::Null, "{name}");
+        assert_eq!(a.json["statuses"][name], "NOT_FOUND", "{name}");
+    }
+    assert_eq!(a.json["statuses"]["MGEMLEEF"], "PRESENT");
+    assert!(a.json["features"].get("NOT_A_FEATURE").is_none());
+
+    // A key of the wrong type is the store failing, said as such.
+    let a = post(
+        &app,
+        "/v1/features:batch",
+        &json!({ "entity_ids": ["42", "43"] }),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{}", a.json);
+    assert!(
+        a.json["error"].as_str().unwrap().contains("WRONGTYPE"),
+        "{}",
+        a.json
+    );
+}
