@@ -98,7 +98,7 @@ impl StoreMetrics {
         );
         registry.register(
             "feature_store_reconnects",
-            "Times the backend became reachable again",
+            "Times a Redis connection was re-established after it broke",
             reconnects_f.clone(),
         );
         registry.register(

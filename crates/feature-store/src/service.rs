@@ -56,19 +56,23 @@ impl AppState {
     /// registers metrics and starts the readiness watcher.
     pub async fn start(args: &StoreArgs, svc: &mut Service) -> Result<Self, StartError> {
         let (schema, rows) = read_seed_file(&args.seed_file)?;
+        let backend_name = if args.redis_url.is_some() {
+            "redis"
+        } else {
+            "memory"
+        };
+        let metrics = StoreMetrics::register(svc.registry_mut(), backend_name);
         let backend = match &args.redis_url {
-            Some(url) => Backend::Redis(RedisStore::connect(
-                url,
-                schema.clone(),
-                args.redis_timeout,
-            )?),
+            Some(url) => Backend::Redis(
+                RedisStore::connect(url, schema.clone(), args.redis_timeout)?
+                    .count_reconnects(metrics.reconnects.clone()),
+            ),
             None => {
                 let store = Backend::Memory(MemoryStore::new(&schema));
                 store.load(&rows, now_ms()).await?;
                 store
             }
         };
-        let metrics = StoreMetrics::register(svc.registry_mut(), backend.name());
         tracing::info!(
             backend = backend.name(),
             features = schema.len(),
@@ -102,10 +106,7 @@ impl AppState {
             let ready = ok.is_ok();
             if ready != was_ready {
                 match &ok {
-                    Ok(()) if ever_ready => {
-                        self.0.metrics.reconnects.inc();
-                        tracing::info!("feature store reachable again");
-                    }
+                    Ok(()) if ever_ready => tracing::info!("feature store reachable again"),
                     Ok(()) => {}
                     Err(e) => {
                         tracing::warn!(error = %e, "feature store unreachable; readiness off")

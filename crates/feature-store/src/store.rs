@@ -13,11 +13,13 @@ use std::sync::RwLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
 use rustis::client::{Client, ReconnectionConfig};
 use rustis::resp::{CommandBuilder, cmd};
 use serde::de::{DeserializeSeed, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use tokio::sync::OnceCell;
+use tokio::sync::broadcast::error::RecvError;
 
 use crate::schema::{FeatureSchema, SeedRow};
 
@@ -166,6 +168,7 @@ pub struct RedisStore {
     clients: Vec<OnceCell<Client>>,
     /// Round-robin over `clients`.
     next: AtomicUsize,
+    reconnects: Counter,
     schema: FeatureSchema,
     timeout: Duration,
 }
@@ -197,9 +200,16 @@ impl RedisStore {
             config: Box::new(config),
             clients: (0..CONNECTIONS).map(|_| OnceCell::new()).collect(),
             next: Default::default(),
+            reconnects: Counter::default(),
             schema,
             timeout,
         })
+    }
+
+    /// Counts every re-established connection into `counter`.
+    pub fn count_reconnects(mut self, counter: Counter) -> Self {
+        self.reconnects = counter;
+        self
     }
 
     async fn client(&self) -> Result<&Client, StoreError> {
@@ -208,9 +218,24 @@ impl RedisStore {
     }
 
     async fn connected<'a>(&self, cell: &'a OnceCell<Client>) -> Result<&'a Client, StoreError> {
-        cell.get_or_try_init(|| Client::connect((*self.config).clone()))
-            .await
-            .map_err(StoreError::from)
+        cell.get_or_try_init(|| async {
+            let client = Client::connect((*self.config).clone()).await?;
+            let mut reconnected = client.on_reconnect();
+            let counter = self.reconnects.clone();
+            // Ends when the client is dropped and the channel closes.
+            tokio::spawn(async move {
+                loop {
+                    match reconnected.recv().await {
+                        Ok(()) => counter.inc(),
+                        Err(RecvError::Lagged(n)) => counter.inc_by(n),
+                        Err(RecvError::Closed) => break,
+                    };
+                }
+            });
+            Ok::<_, rustis::Error>(client)
+        })
+        .await
+        .map_err(StoreError::from)
     }
 
     /// Every Redis call is bounded, whatever the client's own retries do.

@@ -60,4 +60,14 @@ async fn redis_killed_and_restarted_mid_traffic() {
         let a = get(&app, "/v1/features/42").await;
         assert_eq!(a.status, StatusCode::OK, "{}", a.json);
     }
+    // Every connection broke and came back; the metric counts re-established
+    // connections, not requests.
+    let text = test_support::http::get_text(&app, "/metrics").await;
+    let reconnects = test_support::metrics::sample(
+        &text,
+        "mlmesh_feature_store_reconnects",
+        &[("backend", "redis")],
+    )
+    .value;
+    assert!(reconnects >= 1.0, "reconnects: {reconnects}");
 }
