@@ -101,6 +101,14 @@ impl Signer {
         format!("{payload}.{tag}")
     }
 
+    /// The first second (Unix) at which the id for `claims` no longer verifies.
+    pub fn expires_at(&self, claims: &Claims) -> u64 {
+        claims
+            .issued_at
+            .saturating_add(self.max_age.as_secs())
+            .saturating_add(1)
+    }
+
     pub fn verify(&self, token: &str, now: u64) -> Result<Claims, TokenError> {
         let (payload, tag) = token.split_once('.').ok_or(TokenError::Malformed)?;
         let tag = B64.decode(tag).map_err(|_| TokenError::Malformed)?;

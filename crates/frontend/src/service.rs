@@ -24,6 +24,7 @@ use mesh_kit::{ApiError, ServerArgs, Service};
 use crate::cohort::{Assigner, Assignment, BETA_GROUP, Reason};
 use crate::config::{FrontendArgs, RoutingMode};
 use crate::decision::{Claims, Decision, Signer, unix_now};
+use crate::feedback::{Ledger, Outcome, Recorded};
 use crate::metrics::{FrontendMetrics, UNKNOWN_VERSION};
 use crate::upstream::{ConfigError, Upstreams};
 
@@ -36,12 +37,17 @@ const MAX_BODY_BYTES: usize = 16 * 1024;
 
 const PAGE: &str = include_str!("page.html");
 
+/// Decisions whose outcome a replica remembers (~40 bytes each, ~4 MB): more
+/// than a day of feedback at lab rates, the default life of a decision id.
+const FEEDBACK_LEDGER_CAPACITY: usize = 100_000;
+
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
 
 struct Inner {
     assigner: Assigner,
     signer: Signer,
+    ledger: Ledger,
     threshold: f64,
     upstreams: Upstreams,
     metrics: FrontendMetrics,
@@ -76,6 +82,7 @@ impl AppState {
         Ok(Self(Arc::new(Inner {
             assigner: Assigner::new(args.experiment_salt.clone(), args.canary_percent),
             signer,
+            ledger: Ledger::new(FEEDBACK_LEDGER_CAPACITY),
             threshold: args.threshold,
             upstreams,
             metrics,
@@ -294,10 +301,11 @@ impl AppState {
     }
 
     fn feedback(&self, req: FeedbackRequest) -> Result<Response, ApiError> {
+        let now = unix_now();
         let claims = self
             .0
             .signer
-            .verify(&req.decision_id, unix_now())
+            .verify(&req.decision_id, now)
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
         if claims.decision == Decision::NoOffer {
             return Err(ApiError::new(
@@ -306,11 +314,32 @@ impl AppState {
             ));
         }
         let outcome = req.outcome.as_str();
-        self.0
-            .metrics
-            .outcome(&claims.model_version, claims.cohort.as_str(), outcome);
+        let expires_at = self.0.signer.expires_at(&claims);
+        let recorded = match self
+            .0
+            .ledger
+            .record(&req.decision_id, req.outcome, expires_at, now)
+        {
+            Recorded::New => {
+                self.0
+                    .metrics
+                    .outcome(&claims.model_version, claims.cohort.as_str(), outcome);
+                true
+            }
+            // A retry: same answer, counted once.
+            Recorded::Repeat => false,
+            Recorded::Conflict(first) => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "feedback for that decision was already recorded as {}",
+                        first.as_str()
+                    ),
+                ));
+            }
+        };
         Ok(Json(serde_json::json!({
-            "recorded": true,
+            "recorded": recorded,
             "outcome": outcome,
             "model_version": claims.model_version,
             "cohort": claims.cohort,
@@ -407,22 +436,6 @@ async fn predict_post(
     });
     let group = group_choice(None, &headers);
     s.predict(user_id, group, &headers, fwd).await
-}
-
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum Outcome {
-    Accepted,
-    Declined,
-}
-
-impl Outcome {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Accepted => "accepted",
-            Self::Declined => "declined",
-        }
-    }
 }
 
 #[derive(Deserialize)]

@@ -18,25 +18,57 @@ async fn decision_with(app: &axum::Router, want: &str) -> Value {
     panic!("no {want} among the first 200 users");
 }
 
+/// A decision among users `from..` whose decision is `want`.
+async fn decision_from(app: &axum::Router, want: &str, from: u32) -> Value {
+    for user in from..from + 200 {
+        let a = get(app, &format!("/predict?user_id={user}")).await;
+        if a.json["decision"] == want {
+            return a.json;
+        }
+    }
+    panic!("no {want} among 200 users from {from}");
+}
+
 #[tokio::test]
-async fn feedback_is_counted_under_the_deciding_version() {
+async fn feedback_is_counted_once_under_the_deciding_version() {
     let up = Upstreams::start().await;
     let mut args = up.args();
     args.canary_percent = 100; // every decision is v2's
     let app = frontend(&args);
-    let d = decision_with(&app, "offer").await;
-    assert_eq!(d["model_version"], "v2");
-    for outcome in ["accepted", "accepted", "declined"] {
-        let a = post_json(
-            &app,
-            "/feedback",
-            &json!({"decision_id": d["decision_id"], "outcome": outcome}),
-        )
-        .await;
-        assert_eq!(a.status, 200, "{}", a.json);
-        assert_eq!(a.json["model_version"], "v2");
-        assert_eq!(a.json["outcome"], outcome);
-    }
+    let first = decision_with(&app, "offer").await;
+    let user: u32 = first["user_id"].as_str().unwrap().parse().unwrap();
+    let second = decision_from(&app, "offer", user + 1).await;
+    assert_eq!(first["model_version"], "v2");
+    let send = |d: &Value, outcome: &str| {
+        let body = json!({"decision_id": d["decision_id"], "outcome": outcome});
+        let app = app.clone();
+        async move { post_json(&app, "/feedback", &body).await }
+    };
+
+    let a = send(&first, "accepted").await;
+    assert_eq!(a.status, 200, "{}", a.json);
+    assert_eq!(a.json["recorded"], true);
+    assert_eq!(a.json["model_version"], "v2");
+    assert_eq!(a.json["outcome"], "accepted");
+    // A retry (lost response, double click) is answered the same, not counted.
+    let a = send(&first, "accepted").await;
+    assert_eq!(a.status, 200, "{}", a.json);
+    assert_eq!(a.json["recorded"], false);
+    // Changing the answer is refused.
+    let a = send(&first, "declined").await;
+    assert_eq!(a.status, 409, "{}", a.json);
+    assert!(
+        a.json["error"]
+            .as_str()
+            .unwrap()
+            .contains("already recorded as accepted"),
+        "{}",
+        a.json
+    );
+    let a = send(&second, "declined").await;
+    assert_eq!(a.status, 200, "{}", a.json);
+    assert_eq!(a.json["recorded"], true);
+
     let text = test_support::http::get_text(&app, "/metrics").await;
     let outcomes = |o: &str| {
         sample(
@@ -50,7 +82,7 @@ async fn feedback_is_counted_under_the_deciding_version() {
         )
         .value
     };
-    assert_eq!(outcomes("accepted"), 2.0);
+    assert_eq!(outcomes("accepted"), 1.0);
     assert_eq!(outcomes("declined"), 1.0);
 }
 
