@@ -3,14 +3,14 @@
 //! a deadline on every call, and failures classified for metrics and answers.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::{OnceCell, Semaphore};
+use tokio::sync::Semaphore;
 use tracing::{Instrument, field};
 
 use mesh_kit::propagation::{DEADLINE_HEADER, Forwarded, MODEL_VERSION_HEADER};
@@ -85,6 +85,9 @@ pub struct Features {
 struct Layout {
     input_name: String,
     feature_names: Vec<String>,
+    /// The names as the metadata gave them, sent back with every infer call
+    /// so a model with another order refuses (409) instead of mis-scoring.
+    joined: String,
 }
 
 /// A scored user.
@@ -106,17 +109,34 @@ struct ModelTarget {
     metadata_url: String,
     /// In `direct` mode the version this URL serves even when it cannot say so.
     known_version: Option<&'static str>,
-    layout: OnceCell<Arc<Layout>>,
+    /// Read from the model's metadata on first use, and again after the
+    /// model refuses it (a new model version rolled out under this target).
+    layout: Mutex<Option<Arc<Layout>>>,
 }
 
 impl ModelTarget {
+    fn cached(&self) -> Option<Arc<Layout>> {
+        self.layout
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Drops `stale` unless another request already replaced it.
+    fn forget(&self, stale: &Arc<Layout>) {
+        let mut slot = self.layout.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.as_ref().is_some_and(|l| Arc::ptr_eq(l, stale)) {
+            *slot = None;
+        }
+    }
+
     fn new(base: &str, model: &str, known_version: Option<&'static str>) -> Self {
         let base = base.trim_end_matches('/');
         Self {
             infer_url: format!("{base}/v2/models/{model}/infer"),
             metadata_url: format!("{base}/v2/models/{model}"),
             known_version,
-            layout: OnceCell::new(),
+            layout: Mutex::new(None),
         }
     }
 }
@@ -240,23 +260,71 @@ impl Upstreams {
             error,
             model_version: version.or_else(|| target.known_version.map(str::to_owned)),
         };
-        let layout = target
-            .layout
-            .get_or_try_init(|| self.layout(target, fwd, deadline))
+        let layout = self
+            .layout_of(target, fwd, deadline)
             .await
             .map_err(|e| fail(e, None))?;
+        let answer = match self
+            .infer(target, &layout, features, fwd, deadline, request_id)
+            .await
+        {
+            // The model's feature order is no longer the one cached: re-read
+            // it and try once more, rather than scoring shuffled columns.
+            Err(UpstreamError::Status {
+                status: 409, detail, ..
+            }) => {
+                tracing::info!(url = %target.metadata_url, %detail, "model refused the cached feature order; re-reading its metadata");
+                target.forget(&layout);
+                let layout = self
+                    .layout_of(target, fwd, deadline)
+                    .await
+                    .map_err(|e| fail(e, None))?;
+                self.infer(target, &layout, features, fwd, deadline, request_id)
+                    .await
+            }
+            other => other,
+        }
+        .map_err(|e| {
+            let version = match &e {
+                UpstreamError::Status { model_version, .. } => model_version.clone(),
+                _ => None,
+            };
+            fail(e, version)
+        })?;
+        let version = answered_version(&answer.headers);
+        let probability = probability_of(&answer.body).map_err(|e| fail(e, version.clone()))?;
+        let model_version = version
+            .or_else(|| target.known_version.map(str::to_owned))
+            .unwrap_or_else(|| crate::metrics::UNKNOWN_VERSION.to_owned());
+        Ok(Scored {
+            probability,
+            model_version,
+        })
+    }
+
+    /// One OIP infer call for `features` laid out as `layout` says.
+    async fn infer(
+        &self,
+        target: &ModelTarget,
+        layout: &Layout,
+        features: &Features,
+        fwd: &Forwarded,
+        deadline: Instant,
+        request_id: &str,
+    ) -> Result<Answer, UpstreamError> {
         let mut data = Vec::with_capacity(layout.feature_names.len());
         for name in &layout.feature_names {
             match features.features.get(name) {
                 Some(Some(v)) => data.push(*v as f32),
                 _ => {
                     let detail = format!("no value for feature '{name}', which the model needs");
-                    return Err(fail(invalid(FEATURE_STORE, detail), None));
+                    return Err(invalid(FEATURE_STORE, detail));
                 }
             }
         }
         let body = json!({
             "id": request_id,
+            "parameters": {"feature_names": layout.joined},
             "inputs": [{
                 "name": layout.input_name,
                 "shape": [1, data.len()],
@@ -267,33 +335,32 @@ impl Upstreams {
         });
         let body = Bytes::from(serde_json::to_vec(&body).expect("infer body serializes"));
         self.mirror(&body, fwd);
-        let answer = self
-            .call(
-                MODEL,
-                Method::POST,
-                target.infer_url.clone(),
-                fwd,
-                Some(body),
-                deadline,
-                |s| s.is_success(),
-            )
-            .await
-            .map_err(|e| {
-                let version = match &e {
-                    UpstreamError::Status { model_version, .. } => model_version.clone(),
-                    _ => None,
-                };
-                fail(e, version)
-            })?;
-        let version = answered_version(&answer.headers);
-        let probability = probability_of(&answer.body).map_err(|e| fail(e, version.clone()))?;
-        let model_version = version
-            .or_else(|| target.known_version.map(str::to_owned))
-            .unwrap_or_else(|| crate::metrics::UNKNOWN_VERSION.to_owned());
-        Ok(Scored {
-            probability,
-            model_version,
-        })
+        self.call(
+            MODEL,
+            Method::POST,
+            target.infer_url.clone(),
+            fwd,
+            Some(body),
+            deadline,
+            |s| s.is_success(),
+        )
+        .await
+    }
+
+    /// The target's cached layout, read from its metadata when there is none.
+    async fn layout_of(
+        &self,
+        target: &ModelTarget,
+        fwd: &Forwarded,
+        deadline: Instant,
+    ) -> Result<Arc<Layout>, UpstreamError> {
+        if let Some(layout) = target.cached() {
+            return Ok(layout);
+        }
+        // Concurrent first requests may each read it; the answers are equal.
+        let layout = self.layout(target, fwd, deadline).await?;
+        *target.layout.lock().unwrap_or_else(|e| e.into_inner()) = Some(layout.clone());
+        Ok(layout)
     }
 
     async fn layout(
@@ -341,6 +408,7 @@ impl Upstreams {
         tracing::info!(url = %target.metadata_url, input = %input_name, features = feature_names.len(), "model layout read from OIP metadata");
         Ok(Arc::new(Layout {
             input_name,
+            joined: feature_names.join(","),
             feature_names,
         }))
     }

@@ -234,3 +234,116 @@ async fn mesh_mode_sends_one_url_the_cohort_and_the_callers_trace_and_ids() {
     );
     assert_eq!(last.headers["x-mlmesh-cohort"], "baseline");
 }
+
+/// The model behind a URL is replaced by one whose declared feature order
+/// differs (two columns swapped), as a rollout under the same Service would.
+/// The frontend must not keep sending its cached order: the model refuses it
+/// (409), the frontend re-reads the metadata and scores with the new order.
+#[tokio::test]
+async fn a_model_rolled_out_with_another_feature_order_is_never_fed_the_old_one() {
+    let dir = std::env::temp_dir().join(format!("mlmesh-swapped-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let original = models_dir().join("propensity-v2.onnx");
+    let bytes = std::fs::read(&original).unwrap();
+    let header = std::fs::read_to_string(models_dir().join("customers.csv")).unwrap();
+    let names: Vec<&str> = header.lines().next().unwrap().split(',').skip(3).collect();
+    let (a, b) = ("MGODRK", "MGODPR");
+    assert_eq!(
+        a.len(),
+        b.len(),
+        "equal lengths keep the protobuf's framing"
+    );
+    let joined = names.join(",");
+    let swapped = names
+        .iter()
+        .map(|n| match *n {
+            n if n == a => b,
+            n if n == b => a,
+            n => n,
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    let at: Vec<usize> = bytes
+        .windows(joined.len())
+        .enumerate()
+        .filter(|(_, w)| *w == joined.as_bytes())
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(at.len(), 1, "the model declares its feature order once");
+    let mut patched = bytes.clone();
+    patched[at[0]..at[0] + joined.len()].copy_from_slice(swapped.as_bytes());
+    let rolled_out = dir.join("propensity-v2-swapped.onnx");
+    std::fs::write(&rolled_out, patched).unwrap();
+
+    // One stable address whose model is replaced, as behind a Service.
+    let load = |path: std::path::PathBuf| {
+        let args = model_inference::ModelArgs::for_model(path, "v2");
+        model_inference::app(&args, mesh_kit::ServerArgs::for_tests())
+            .expect("model loads")
+            .0
+    };
+    let current = std::sync::Arc::new(std::sync::Mutex::new(load(original)));
+    let behind = current.clone();
+    let service = axum::Router::new().fallback(move |req: Request<Body>| {
+        let app = behind.lock().unwrap().clone();
+        async move { tower::ServiceExt::oneshot(app, req).await.unwrap() }
+    });
+    let model = test_support::serve::serve(service).await;
+    let features = feature_store().await;
+    let mut args = frontend::FrontendArgs::direct(features.base(), model.base(), model.base());
+    args.canary_percent = 100;
+    let app = frontend(&args);
+
+    // A user whose two swapped features differ, so the order matters.
+    let (user, row) = (1..200)
+        .map(|u: u32| u.to_string())
+        .find_map(|u| {
+            let rows = feature_rows(&u);
+            (rows[a] != rows[b]).then_some((u, rows))
+        })
+        .expect("a user with different values in the two columns");
+    let before = get(&app, &format!("/predict?user_id={user}")).await;
+    assert_eq!(before.json["degraded"], false, "{}", before.json);
+
+    *current.lock().unwrap() = load(rolled_out);
+    let after = get(&app, &format!("/predict?user_id={user}")).await;
+    assert_eq!(after.status, 200, "{}", after.json);
+    assert_eq!(after.json["degraded"], false, "{}", after.json);
+
+    // What the new model says for the user's features in its own order.
+    let data: Vec<f64> = swapped.split(',').map(|n| row[n]).collect();
+    let new_model = current.lock().unwrap().clone();
+    let direct = post_json(
+        &new_model,
+        "/v2/models/propensity/infer",
+        &serde_json::json!({"inputs": [{"name": "features", "shape": [1, data.len()], "datatype": "FP32", "data": data}]}),
+    )
+    .await;
+    let expected = direct.json["outputs"][1]["data"][0].as_f64().unwrap();
+    let got = after.json["score"].as_f64().unwrap();
+    assert!(
+        (got - expected).abs() < 1e-6,
+        "scored {got}, the new model's order gives {expected}"
+    );
+    assert_ne!(
+        before.json["score"], after.json["score"],
+        "swapping two differing columns changes the score"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The user's features straight from the seed file, by name.
+fn feature_rows(user: &str) -> std::collections::HashMap<String, f64> {
+    let text = std::fs::read_to_string(models_dir().join("customers.csv")).unwrap();
+    let mut lines = text.lines();
+    let names: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let line = lines
+        .find(|l| l.split(',').next() == Some(user))
+        .expect("user in the seed file");
+    names
+        .iter()
+        .zip(line.split(','))
+        .skip(3)
+        .map(|(n, v)| ((*n).to_owned(), v.parse().unwrap()))
+        .collect()
+}

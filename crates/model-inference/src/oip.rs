@@ -7,6 +7,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use axum::http::StatusCode;
 use mesh_kit::ApiError;
 
 use crate::engine::ModelSpec;
@@ -137,6 +138,49 @@ pub struct Validated {
     pub outputs: Vec<usize>,
 }
 
+/// The request (and metadata) parameter naming the input's columns in order.
+pub const FEATURE_NAMES: &str = "feature_names";
+
+/// A caller that sends `parameters.feature_names` (comma-separated, as the
+/// metadata gives them) states which column order it built its rows in. A
+/// model rolled out with another order would otherwise score every row with
+/// features in the wrong columns and still answer 200; this answers 409 so
+/// the caller re-reads the metadata instead.
+fn check_feature_order(names: &Value, spec: &ModelSpec) -> Result<(), ApiError> {
+    let Some(names) = names.as_str() else {
+        return Err(ApiError::bad_request(format!(
+            "parameters.{FEATURE_NAMES} must be a comma-separated string, as in the model metadata"
+        )));
+    };
+    if spec.feature_names.is_empty() {
+        return Ok(()); // nothing declared to compare against
+    }
+    let theirs: Vec<&str> = names.split(',').collect();
+    if theirs
+        .iter()
+        .copied()
+        .eq(spec.feature_names.iter().map(String::as_str))
+    {
+        return Ok(());
+    }
+    let at = theirs
+        .iter()
+        .zip(&spec.feature_names)
+        .position(|(a, b)| a != b)
+        .unwrap_or(theirs.len().min(spec.feature_names.len()));
+    Err(ApiError::new(
+        StatusCode::CONFLICT,
+        format!(
+            "the request's feature order differs from this model's at column {at} ({} vs {}); \
+             re-read the model metadata",
+            theirs.get(at).map_or("end of list", |n| *n),
+            spec.feature_names
+                .get(at)
+                .map_or("end of list", String::as_str),
+        ),
+    ))
+}
+
 /// Checks a parsed request against the model; every failure is a 4xx that
 /// says what to change.
 pub fn validate(
@@ -148,8 +192,11 @@ pub fn validate(
         id,
         inputs,
         outputs,
-        ..
+        parameters,
     } = req;
+    if let Some(names) = parameters.as_ref().and_then(|p| p.get(FEATURE_NAMES)) {
+        check_feature_order(names, spec)?;
+    }
     let mut input = None;
     for tensor in inputs {
         if tensor.name != spec.input_name {

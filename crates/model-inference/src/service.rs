@@ -170,7 +170,7 @@ impl AppState {
         let mut parameters = Map::new();
         if !spec.feature_names.is_empty() {
             parameters.insert(
-                "feature_names".into(),
+                oip::FEATURE_NAMES.into(),
                 Value::String(spec.feature_names.join(",")),
             );
         }

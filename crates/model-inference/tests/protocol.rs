@@ -630,3 +630,58 @@ async fn readme_example_requests_work() {
         "user 42 scores {got}"
     );
 }
+
+/// A caller may state the column order it built its rows in; a model with a
+/// different order refuses (409) instead of scoring shuffled features.
+#[tokio::test]
+async fn a_stated_feature_order_must_match_the_models() {
+    let app = app();
+    let meta = get(&app, "/v2/models/propensity").await;
+    let names = meta.json["parameters"]["feature_names"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let with = |parameters: Value| {
+        let mut body = tensor(
+            "features",
+            json!([1, N_FEATURES]),
+            "FP32",
+            json!(row_data(1)),
+        );
+        body["parameters"] = parameters;
+        body
+    };
+
+    let a = post_json(&app, INFER, &with(json!({ "feature_names": names }))).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.json);
+
+    let mut swapped: Vec<&str> = names.split(',').collect();
+    swapped.swap(3, 4);
+    let a = post_json(
+        &app,
+        INFER,
+        &with(json!({ "feature_names": swapped.join(",") })),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::CONFLICT, "{}", a.json);
+    let error = a.json["error"].as_str().unwrap();
+    assert!(
+        error.contains("column 3") && error.contains("metadata"),
+        "{error}"
+    );
+
+    let a = post_json(&app, INFER, &with(json!({ "feature_names": "MOSTYPE" }))).await;
+    assert_eq!(
+        a.status,
+        StatusCode::CONFLICT,
+        "a prefix is not the order: {}",
+        a.json
+    );
+
+    let a = post_json(&app, INFER, &with(json!({ "feature_names": ["MOSTYPE"] }))).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.json);
+
+    // Other parameters are still ignored, as OIP allows.
+    let a = post_json(&app, INFER, &with(json!({ "priority": 1 }))).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.json);
+}
