@@ -56,23 +56,22 @@ impl AppState {
     /// registers metrics and starts the readiness watcher.
     pub async fn start(args: &StoreArgs, svc: &mut Service) -> Result<Self, StartError> {
         let (schema, rows) = read_seed_file(&args.seed_file)?;
-        let backend_name = if args.redis_url.is_some() {
-            "redis"
-        } else {
-            "memory"
-        };
-        let metrics = StoreMetrics::register(svc.registry_mut(), backend_name);
-        let backend = match &args.redis_url {
-            Some(url) => Backend::Redis(
-                RedisStore::connect(url, schema.clone(), args.redis_timeout)?
-                    .count_reconnects(metrics.reconnects.clone()),
-            ),
+        let mut backend = match &args.redis_url {
+            Some(url) => Backend::Redis(RedisStore::connect(
+                url,
+                schema.clone(),
+                args.redis_timeout,
+            )?),
             None => {
                 let store = Backend::Memory(MemoryStore::new(&schema));
                 store.load(&rows, now_ms()).await?;
                 store
             }
         };
+        let metrics = StoreMetrics::register(svc.registry_mut(), backend.name());
+        if let Backend::Redis(redis) = &mut backend {
+            redis.count_reconnects(metrics.reconnects.clone());
+        }
         tracing::info!(
             backend = backend.name(),
             features = schema.len(),

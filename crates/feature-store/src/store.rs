@@ -206,10 +206,10 @@ impl RedisStore {
         })
     }
 
-    /// Counts every re-established connection into `counter`.
-    pub fn count_reconnects(mut self, counter: Counter) -> Self {
+    /// Counts every re-established connection into `counter` (set before
+    /// first use: each connection takes the counter when it connects).
+    pub fn count_reconnects(&mut self, counter: Counter) {
         self.reconnects = counter;
-        self
     }
 
     async fn client(&self) -> Result<&Client, StoreError> {
