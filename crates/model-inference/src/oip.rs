@@ -155,14 +155,15 @@ fn check_feature_order(names: &Value, spec: &ModelSpec) -> Result<(), ApiError> 
     if spec.feature_names.is_empty() {
         return Ok(()); // nothing declared to compare against
     }
-    let theirs: Vec<&str> = names.split(',').collect();
-    if theirs
-        .iter()
-        .copied()
+    // Every frontend call carries this: compare without allocating, and
+    // split into a list only to say where a mismatch is.
+    if names
+        .split(',')
         .eq(spec.feature_names.iter().map(String::as_str))
     {
         return Ok(());
     }
+    let theirs: Vec<&str> = names.split(',').collect();
     let at = theirs
         .iter()
         .zip(&spec.feature_names)
