@@ -245,15 +245,27 @@ async fn a_model_rolled_out_with_another_feature_order_is_never_fed_the_old_one(
     std::fs::create_dir_all(&dir).unwrap();
     let original = models_dir().join("propensity-v2.onnx");
     let bytes = std::fs::read(&original).unwrap();
-    let header = std::fs::read_to_string(models_dir().join("customers.csv")).unwrap();
-    let names: Vec<&str> = header.lines().next().unwrap().split(',').skip(3).collect();
+    // One stable address whose model is replaced, as behind a Service.
+    let load = |path: std::path::PathBuf| {
+        let args = model_inference::ModelArgs::for_model(path, "v2");
+        model_inference::app(&args, mesh_kit::ServerArgs::for_tests())
+            .expect("model loads")
+            .0
+    };
+    let current = std::sync::Arc::new(std::sync::Mutex::new(load(original)));
+    let first_model = current.lock().unwrap().clone();
+    let meta = get(&first_model, "/v2/models/propensity").await;
+    let joined = meta.json["parameters"]["feature_names"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let names: Vec<&str> = joined.split(',').collect();
     let (a, b) = ("MGODRK", "MGODPR");
     assert_eq!(
         a.len(),
         b.len(),
         "equal lengths keep the protobuf's framing"
     );
-    let joined = names.join(",");
     let swapped = names
         .iter()
         .map(|n| match *n {
@@ -275,14 +287,6 @@ async fn a_model_rolled_out_with_another_feature_order_is_never_fed_the_old_one(
     let rolled_out = dir.join("propensity-v2-swapped.onnx");
     std::fs::write(&rolled_out, patched).unwrap();
 
-    // One stable address whose model is replaced, as behind a Service.
-    let load = |path: std::path::PathBuf| {
-        let args = model_inference::ModelArgs::for_model(path, "v2");
-        model_inference::app(&args, mesh_kit::ServerArgs::for_tests())
-            .expect("model loads")
-            .0
-    };
-    let current = std::sync::Arc::new(std::sync::Mutex::new(load(original)));
     let behind = current.clone();
     let service = axum::Router::new().fallback(move |req: Request<Body>| {
         let app = behind.lock().unwrap().clone();
@@ -295,13 +299,15 @@ async fn a_model_rolled_out_with_another_feature_order_is_never_fed_the_old_one(
     let app = frontend(&args);
 
     // A user whose two swapped features differ, so the order matters.
-    let (user, row) = (1..200)
-        .map(|u: u32| u.to_string())
-        .find_map(|u| {
-            let rows = feature_rows(&u);
-            (rows[a] != rows[b]).then_some((u, rows))
-        })
-        .expect("a user with different values in the two columns");
+    let mut user_row = None;
+    for u in 1..200u32 {
+        let row = test_support::http::fetch_json(&features.url(&format!("/v1/features/{u}"))).await;
+        if row["features"][a] != row["features"][b] {
+            user_row = Some((u.to_string(), row["features"].clone()));
+            break;
+        }
+    }
+    let (user, row) = user_row.expect("a user with different values in the two columns");
     let before = get(&app, &format!("/predict?user_id={user}")).await;
     assert_eq!(before.json["degraded"], false, "{}", before.json);
 
@@ -311,7 +317,10 @@ async fn a_model_rolled_out_with_another_feature_order_is_never_fed_the_old_one(
     assert_eq!(after.json["degraded"], false, "{}", after.json);
 
     // What the new model says for the user's features in its own order.
-    let data: Vec<f64> = swapped.split(',').map(|n| row[n]).collect();
+    let data: Vec<f64> = swapped
+        .split(',')
+        .map(|n| row[n].as_f64().unwrap())
+        .collect();
     let new_model = current.lock().unwrap().clone();
     let direct = post_json(
         &new_model,
@@ -330,20 +339,4 @@ async fn a_model_rolled_out_with_another_feature_order_is_never_fed_the_old_one(
         "swapping two differing columns changes the score"
     );
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// The user's features straight from the seed file, by name.
-fn feature_rows(user: &str) -> std::collections::HashMap<String, f64> {
-    let text = std::fs::read_to_string(models_dir().join("customers.csv")).unwrap();
-    let mut lines = text.lines();
-    let names: Vec<&str> = lines.next().unwrap().split(',').collect();
-    let line = lines
-        .find(|l| l.split(',').next() == Some(user))
-        .expect("user in the seed file");
-    names
-        .iter()
-        .zip(line.split(','))
-        .skip(3)
-        .map(|(n, v)| ((*n).to_owned(), v.parse().unwrap()))
-        .collect()
 }
