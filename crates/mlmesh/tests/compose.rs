@@ -7,14 +7,9 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 
-use common::{RUNTIME_ENV, documented_env};
+use common::{RUNTIME_ENV, documented_env, repo};
 use serde_yaml_ng::Value;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 fn compose() -> Value {
     let text = std::fs::read_to_string(repo().join("docker/compose.yaml")).unwrap();

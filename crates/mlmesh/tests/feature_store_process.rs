@@ -1,17 +1,25 @@
 //! `mlmesh feature-store seed` as users run it, against a real redis-server.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+mod common;
+
+use std::process::Output;
 
 use test_support::RedisServer;
 use test_support::redis_server::free_port;
 
-fn seed(url: &str) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mlmesh"))
-        .args(["feature-store", "seed", "--redis-url", url, "--file"])
-        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/customers.csv"))
+/// `mlmesh feature-store seed` of the committed rows into `url`.
+fn seed_with(url: &str, extra: &[&str]) -> Output {
+    common::mlmesh()
+        .args(["feature-store", "seed", "--redis-url", url])
+        .args(extra)
+        .arg("--file")
+        .arg(common::models().join("customers.csv"))
         .output()
         .unwrap()
+}
+
+fn seed(url: &str) -> Output {
+    seed_with(url, &[])
 }
 
 #[test]
@@ -80,22 +88,9 @@ async fn a_seed_job_stops_its_istio_sidecar_only_after_success() {
     let redis = RedisServer::start();
     let ok_url = redis.url();
     let bad_url = format!("redis://127.0.0.1:{}", free_port());
-    let run = |url: String| {
-        tokio::task::spawn_blocking(move || {
-            Command::new(env!("CARGO_BIN_EXE_mlmesh"))
-                .args([
-                    "feature-store",
-                    "seed",
-                    "--quit-istio-proxy",
-                    "--redis-url",
-                    &url,
-                    "--file",
-                ])
-                .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/customers.csv"))
-                .output()
-                .unwrap()
-        })
-    };
+    // Blocking: the fake agent answers on this test's runtime meanwhile.
+    let run =
+        |url: String| tokio::task::spawn_blocking(move || seed_with(&url, &["--quit-istio-proxy"]));
     // Failed: the sidecar must stay, so the Job's retry still has a network.
     let failed = run(bad_url).await.unwrap();
     assert!(!failed.status.success());

@@ -31,10 +31,6 @@ use mesh_kit::propagation::{COHORT_HEADER, USER_GROUP_HEADER, USER_ID_HEADER};
 
 const NAMESPACE: &str = "mlmesh";
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 /// Every typed document of the set.
 #[derive(Default, Clone)]
 struct Manifests {
@@ -139,19 +135,23 @@ fn shipped_files() -> Vec<(String, String)> {
         }
     }
     let mut paths = Vec::new();
-    yaml_under(&repo().join("istio"), &mut paths);
+    yaml_under(&common::repo().join("istio"), &mut paths);
     let kustomization: Value = serde_yaml_ng::from_str(
-        &std::fs::read_to_string(repo().join("k8s/base/kustomization.yaml")).unwrap(),
+        &std::fs::read_to_string(common::repo().join("k8s/base/kustomization.yaml")).unwrap(),
     )
     .unwrap();
     for r in kustomization["resources"].as_sequence().unwrap() {
-        paths.push(repo().join("k8s/base").join(r.as_str().unwrap()));
+        paths.push(common::repo().join("k8s/base").join(r.as_str().unwrap()));
     }
     paths.sort();
     paths
         .into_iter()
         .map(|p| {
-            let rel = p.strip_prefix(repo()).unwrap_or(&p).display().to_string();
+            let rel = p
+                .strip_prefix(common::repo())
+                .unwrap_or(&p)
+                .display()
+                .to_string();
             (rel, std::fs::read_to_string(&p).unwrap())
         })
         .collect()
@@ -690,8 +690,9 @@ fn the_shipped_manifests_parse_strictly_and_cross_check() {
     assert!(problems.is_empty(), "problems:\n{}", problems.join("\n"));
 
     // The kind cluster, Istio install and scripts agree with each other.
-    let cluster = std::fs::read_to_string(repo().join("k8s/kind/cluster.yaml")).unwrap();
-    let operator = std::fs::read_to_string(repo().join("k8s/kind/istio-operator.yaml")).unwrap();
+    let cluster = std::fs::read_to_string(common::repo().join("k8s/kind/cluster.yaml")).unwrap();
+    let operator =
+        std::fs::read_to_string(common::repo().join("k8s/kind/istio-operator.yaml")).unwrap();
     assert!(cluster.contains("containerPort: 30080") && cluster.contains("hostPort: 8080"));
     assert!(operator.contains("nodePort: 30080"));
     let provider = m.telemetries[0].spec.tracing.clone().unwrap()[0]
@@ -704,9 +705,9 @@ fn the_shipped_manifests_parse_strictly_and_cross_check() {
         operator.contains(&format!("- name: {provider}")),
         "Telemetry provider {provider} is defined"
     );
-    let up = std::fs::read_to_string(repo().join("k8s/kind/up.sh")).unwrap();
+    let up = std::fs::read_to_string(common::repo().join("k8s/kind/up.sh")).unwrap();
     let kustomization =
-        std::fs::read_to_string(repo().join("k8s/base/kustomization.yaml")).unwrap();
+        std::fs::read_to_string(common::repo().join("k8s/base/kustomization.yaml")).unwrap();
     let tag = m.deployments[0]
         .spec
         .clone()

@@ -21,12 +21,8 @@ use test_support::redis_server::free_port;
 /// Labels Prometheus adds from the scrape config, not the services.
 const TARGET_LABELS: &[&str] = &["service", "version", "job", "instance"];
 
-fn docker_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docker")
-}
-
 fn dashboard_exprs() -> Vec<String> {
-    let path = docker_dir().join("grafana/dashboards/mlmesh-experiment.json");
+    let path = common::repo().join("docker/grafana/dashboards/mlmesh-experiment.json");
     let d: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     assert_eq!(d["title"], "mlmesh experiment");
     let exprs: Vec<String> = d["panels"]
@@ -197,7 +193,8 @@ async fn every_metric_and_label_the_dashboard_uses_is_exposed() {
 
     // The Prometheus config scrapes /metrics on the services' port, with the
     // target labels the dashboard relies on.
-    let prom = std::fs::read_to_string(docker_dir().join("prometheus/prometheus.yml")).unwrap();
+    let prom =
+        std::fs::read_to_string(common::repo().join("docker/prometheus/prometheus.yml")).unwrap();
     for needle in [
         "frontend:8080",
         "feature-store:8080",
@@ -271,7 +268,7 @@ async fn prometheus(stack: &Stack) -> Prometheus {
     let port = free_port();
     let dir = std::env::temp_dir().join(format!("mlmesh-prom-{port}"));
     std::fs::create_dir_all(&dir).unwrap();
-    let config = std::fs::read_to_string(docker_dir().join("prometheus/prometheus.yml"))
+    let config = std::fs::read_to_string(common::repo().join("docker/prometheus/prometheus.yml"))
         .unwrap()
         .replace("frontend:8080", &stack.frontend.replace("http://", ""))
         .replace(

@@ -10,8 +10,13 @@ use std::time::{Duration, Instant};
 
 use test_support::redis_server::free_port;
 
+/// The repository root, where `models/`, `docker/`, `k8s/` and `istio/` are.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
 pub fn models() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models")
+    repo().join("models")
 }
 
 /// The binary under test, with no inherited OTLP endpoint or service config.
