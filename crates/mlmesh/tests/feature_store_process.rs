@@ -5,7 +5,7 @@ mod common;
 use std::process::Output;
 
 use test_support::RedisServer;
-use test_support::redis_server::free_port;
+use test_support::redis_server::REFUSED_PORT;
 
 /// `mlmesh feature-store seed` of the committed rows into `url`.
 fn seed_with(url: &str, extra: &[&str]) -> Output {
@@ -49,8 +49,7 @@ fn seed_loads_every_row_idempotently_and_says_so() {
 
 #[test]
 fn seed_fails_loudly_when_redis_is_unreachable() {
-    let port = free_port();
-    let out = seed(&format!("redis://127.0.0.1:{port}"));
+    let out = seed(&format!("redis://127.0.0.1:{REFUSED_PORT}"));
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -87,7 +86,7 @@ async fn a_seed_job_stops_its_istio_sidecar_only_after_success() {
     let (_agent, calls) = fake_istio_agent().await;
     let redis = RedisServer::start();
     let ok_url = redis.url();
-    let bad_url = format!("redis://127.0.0.1:{}", free_port());
+    let bad_url = format!("redis://127.0.0.1:{REFUSED_PORT}");
     // Blocking: the fake agent answers on this test's runtime meanwhile.
     let run =
         |url: String| tokio::task::spawn_blocking(move || seed_with(&url, &["--quit-istio-proxy"]));

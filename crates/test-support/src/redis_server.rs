@@ -9,6 +9,13 @@ pub struct RedisServer {
     pub port: u16,
 }
 
+/// A loopback port where connections are refused, for "the server is down"
+/// cases. Not a freed ephemeral port: tests run in parallel, and the OS may
+/// hand that port to a server another test starts a moment later (seen in
+/// CI: a "Redis is unreachable" seed found a test's redis-server there).
+/// Port 1 is never what a bind to port 0 returns, and nothing here binds it.
+pub const REFUSED_PORT: u16 = 1;
+
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -75,11 +75,9 @@ pub fn frontend(args: &FrontendArgs) -> Router {
     frontend::app(args, ServerArgs::for_tests()).expect("frontend starts")
 }
 
-/// A URL nothing listens on (a port bound and released at once).
+/// A URL nothing listens on.
 pub fn dead_url() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    drop(l);
+    let port = test_support::redis_server::REFUSED_PORT;
     format!("http://127.0.0.1:{port}")
 }
 
