@@ -42,6 +42,16 @@ pub enum Reason {
     BetaGroup,
 }
 
+impl Reason {
+    /// As serialized (and as the `assignment` metric label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Bucket => "bucket",
+            Self::BetaGroup => "beta-group",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Assignment {
     pub cohort: Cohort,

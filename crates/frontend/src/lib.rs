@@ -9,6 +9,7 @@
 pub mod cohort;
 pub mod config;
 pub mod decision;
+pub mod exposure;
 pub mod feedback;
 pub mod metrics;
 pub mod service;

@@ -8,7 +8,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use mesh_kit::metrics::LATENCY_BUCKETS;
+use mesh_kit::metrics::{LATENCY_BUCKETS, names};
 
 /// Label value when no model version answered (the call failed before any
 /// response told us which version it reached).
@@ -27,6 +27,17 @@ struct OutcomeLabels {
     model_version: String,
     cohort: &'static str,
     outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UserLabels {
+    cohort: &'static str,
+    assignment: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabels {
+    model_version: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -49,6 +60,9 @@ struct ShadowLabels {
 pub struct FrontendMetrics {
     decisions: Family<DecisionLabels, Counter>,
     outcomes: Family<OutcomeLabels, Counter>,
+    user_outcomes: Family<OutcomeLabels, Counter>,
+    users: Family<UserLabels, Counter>,
+    model_seconds: Family<VersionLabels, Histogram>,
     upstream_seconds: Family<UpstreamLabels, Histogram>,
     upstream_errors: Family<UpstreamErrorLabels, Counter>,
     shadow: Family<ShadowLabels, Counter>,
@@ -59,6 +73,11 @@ impl FrontendMetrics {
         let m = Self {
             decisions: Family::default(),
             outcomes: Family::default(),
+            user_outcomes: Family::default(),
+            users: Family::default(),
+            model_seconds: Family::new_with_constructor(|| {
+                Histogram::new(LATENCY_BUCKETS.iter().copied())
+            }),
             upstream_seconds: Family::new_with_constructor(|| {
                 Histogram::new(LATENCY_BUCKETS.iter().copied())
             }),
@@ -66,14 +85,29 @@ impl FrontendMetrics {
             shadow: Family::default(),
         };
         registry.register(
-            "frontend_decisions",
+            names::FRONTEND_DECISIONS,
             "Decisions by the model version that made them, cohort, decision, and whether the fallback answered",
             m.decisions.clone(),
         );
         registry.register(
-            "frontend_outcomes",
+            names::FRONTEND_OUTCOMES,
             "Customer outcomes reported through /feedback, by the model version that decided",
             m.outcomes.clone(),
+        );
+        registry.register(
+            names::FRONTEND_USER_OUTCOMES,
+            "A user's first outcome on a version's offers at this replica: the acceptance rate per user, which repeated requests cannot inflate",
+            m.user_outcomes.clone(),
+        );
+        registry.register(
+            names::FRONTEND_USERS,
+            "Users seen for the first time at this replica, by cohort and assignment (bucket or beta-group): the sample-ratio check's unit",
+            m.users.clone(),
+        );
+        registry.register(
+            names::FRONTEND_MODEL_LATENCY,
+            "Model calls as the frontend saw them (retries included), by the version that answered",
+            m.model_seconds.clone(),
         );
         registry.register(
             "frontend_upstream_request_duration_seconds",
@@ -93,7 +127,7 @@ impl FrontendMetrics {
         let canary = Gauge::<i64>::default();
         canary.set(i64::from(canary_percent));
         registry.register(
-            "frontend_canary_percent",
+            names::FRONTEND_CANARY_PERCENT,
             "Percent of user buckets assigned to the candidate cohort",
             canary,
         );
@@ -125,6 +159,33 @@ impl FrontendMetrics {
                 outcome,
             })
             .inc();
+    }
+
+    /// A user's first feedback on `model_version`'s offers.
+    pub fn user_outcome(&self, model_version: &str, cohort: &'static str, outcome: &'static str) {
+        self.user_outcomes
+            .get_or_create(&OutcomeLabels {
+                model_version: model_version.to_owned(),
+                cohort,
+                outcome,
+            })
+            .inc();
+    }
+
+    /// A user's first exposure to the experiment.
+    pub fn user(&self, cohort: &'static str, assignment: &'static str) {
+        self.users
+            .get_or_create(&UserLabels { cohort, assignment })
+            .inc();
+    }
+
+    /// One model call, end to end (retries included), by the version that answered.
+    pub fn model_call(&self, model_version: &str, seconds: f64) {
+        self.model_seconds
+            .get_or_create(&VersionLabels {
+                model_version: model_version.to_owned(),
+            })
+            .observe(seconds);
     }
 
     pub fn upstream_call(&self, upstream: &'static str, seconds: f64, error: Option<&'static str>) {

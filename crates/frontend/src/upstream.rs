@@ -255,6 +255,31 @@ impl Upstreams {
         deadline: Instant,
         request_id: &str,
     ) -> Result<Scored, ScoreFailure> {
+        let started = Instant::now();
+        let result = self
+            .score_once(cohort, features, fwd, deadline, request_id)
+            .await;
+        // Per version, failures included: the latency guardrail compares
+        // what each version cost a decision.
+        let version = match &result {
+            Ok(s) => Some(s.model_version.as_str()),
+            Err(f) => f.model_version.as_deref(),
+        };
+        self.metrics.model_call(
+            version.unwrap_or(crate::metrics::UNKNOWN_VERSION),
+            started.elapsed().as_secs_f64(),
+        );
+        result
+    }
+
+    async fn score_once(
+        &self,
+        cohort: Cohort,
+        features: &Features,
+        fwd: &Forwarded,
+        deadline: Instant,
+        request_id: &str,
+    ) -> Result<Scored, ScoreFailure> {
         let target = &self.targets[usize::from(cohort == Cohort::Candidate)];
         let fail = |error, version: Option<String>| ScoreFailure {
             error,

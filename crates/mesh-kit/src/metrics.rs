@@ -22,6 +22,32 @@ pub const PREFIX: &str = "mlmesh";
 pub const OPENMETRICS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+/// Names of the metrics an experiment is decided on, as the services register
+/// them (without [`PREFIX`] and the `_total` suffix): one definition for the
+/// services that count and for `mlmesh analyze`, which reads them back.
+pub mod names {
+    /// Counter `{model_version, cohort, decision, degraded}`: one per answered decision.
+    pub const FRONTEND_DECISIONS: &str = "frontend_decisions";
+    /// Counter `{model_version, cohort, outcome}`: one per decision's feedback.
+    pub const FRONTEND_OUTCOMES: &str = "frontend_outcomes";
+    /// Counter `{model_version, cohort, outcome}`: a user's first feedback on
+    /// a version's offers (the per-user basis of the acceptance rate).
+    pub const FRONTEND_USER_OUTCOMES: &str = "frontend_user_outcomes";
+    /// Counter `{cohort, assignment}`: a user's first exposure (the randomization unit).
+    pub const FRONTEND_USERS: &str = "frontend_users";
+    /// Gauge: the configured canary percentage.
+    pub const FRONTEND_CANARY_PERCENT: &str = "frontend_canary_percent";
+    /// Histogram `{model_version}`: the model call as the frontend saw it.
+    pub const FRONTEND_MODEL_LATENCY: &str = "frontend_model_request_duration_seconds";
+    /// Histogram `{model, version, traffic}`: each row's predicted probability.
+    pub const PREDICTION_SCORE: &str = "prediction_score";
+
+    /// The name a metric is exposed under, e.g. `exposed(FRONTEND_USERS, "_total")`.
+    pub fn exposed(name: &str, suffix: &str) -> String {
+        format!("{}_{name}{suffix}", super::PREFIX)
+    }
+}
+
 /// Latency buckets from 100µs to 10s: in-process inference sits at the low
 /// end, a faulted or timed-out upstream at the high end.
 pub const LATENCY_BUCKETS: [f64; 16] = [

@@ -2,6 +2,7 @@
 //! the whole stack locally. Wiring only; each service lives in its own
 //! library crate.
 
+mod analyze;
 mod up;
 
 use anyhow::Context;
@@ -34,6 +35,10 @@ enum Command {
     /// Run the whole stack locally: feature store, model v1 and v2, and the
     /// frontend on 127.0.0.1:8080 with a 10% canary. Ctrl-C stops it.
     Up(up::UpArgs),
+    /// Decide an experiment from its metrics: promote, rollback, continue or
+    /// invalid, with sequential statistics (read from the stack's /metrics or
+    /// from Prometheus).
+    Analyze(analyze::AnalyzeArgs),
     /// Serve the web page and JSON API: sticky cohorts, features, the
     /// cohort's model, an offer decision, and feedback.
     Frontend {
@@ -87,8 +92,24 @@ enum FeatureStoreAction {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+async fn main() -> std::process::ExitCode {
+    let command = Cli::parse().command;
+    if let Command::Analyze(args) = command {
+        // Its own exit codes: the verdict's, or 2 for usage and source errors.
+        return analyze::run(args).await;
+    }
+    match run(command).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Analyze(_) => unreachable!("handled in main"),
         Command::Up(args) => up::run(args).await,
         Command::Healthcheck { url, timeout } => healthcheck(&url, timeout).await,
         Command::Frontend { server, frontend } => run_frontend(server, frontend).await,

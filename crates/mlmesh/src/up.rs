@@ -22,7 +22,7 @@ pub struct UpArgs {
 
     /// The frontend's port; the other services take the next three
     /// (feature store, model v1, model v2) unless given explicitly.
-    #[arg(long, env = "MLMESH_PORT", default_value_t = 8080)]
+    #[arg(long, env = "MLMESH_PORT", default_value_t = DEFAULT_PORT)]
     pub port: u16,
 
     #[arg(long)]
@@ -54,6 +54,12 @@ pub struct UpArgs {
     #[arg(long = "set", value_name = "SERVICE.VAR=VALUE", value_parser = parse_set)]
     pub sets: Vec<(String, String, String)>,
 }
+
+/// The frontend's port; the feature store, v1 and v2 follow it at these offsets.
+pub const DEFAULT_PORT: u16 = 8080;
+pub const FEATURE_STORE_OFFSET: u16 = 1;
+pub const V1_OFFSET: u16 = 2;
+pub const V2_OFFSET: u16 = 3;
 
 const SERVICES: [&str; 4] = ["frontend", "feature-store", "v1", "v2"];
 
@@ -110,9 +116,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         Ok(SocketAddr::new(args.host, port))
     };
     let frontend_addr = addr(Some(args.port), 0)?;
-    let fs_addr = addr(args.feature_store_port, 1)?;
-    let v1_addr = addr(args.model_v1_port, 2)?;
-    let v2_addr = addr(args.model_v2_port, 3)?;
+    let fs_addr = addr(args.feature_store_port, FEATURE_STORE_OFFSET)?;
+    let v1_addr = addr(args.model_v1_port, V1_OFFSET)?;
+    let v2_addr = addr(args.model_v2_port, V2_OFFSET)?;
     let url = |a: SocketAddr| format!("http://{a}");
 
     if let Some(redis) = &args.redis_url {

@@ -11,7 +11,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use mesh_kit::metrics::LATENCY_BUCKETS;
+use mesh_kit::metrics::{LATENCY_BUCKETS, names};
 
 /// Whether a request is a mirrored copy (Envoy appends `-shadow` to the Host
 /// of mirrored requests); shadow answers are discarded by Envoy, so they must
@@ -152,7 +152,7 @@ impl InferenceMetrics {
             requests_f.clone(),
         );
         registry.register(
-            "prediction_score",
+            names::PREDICTION_SCORE,
             "Predicted purchase probability, per row",
             scores_f.clone(),
         );

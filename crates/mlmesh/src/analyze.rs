@@ -1,0 +1,216 @@
+//! `mlmesh analyze`: reads the experiment's counters, asks the `experiment`
+//! crate for a verdict, prints it, writes the reports, and exits with the
+//! verdict's code. Wiring only.
+
+use std::io::IsTerminal as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Args;
+use experiment::source::{Prometheus, Scrape, Source};
+use experiment::{Analysis, Plan, Report, Snapshot, Verdict, render};
+
+use crate::up::{DEFAULT_PORT, V1_OFFSET, V2_OFFSET};
+
+#[derive(Debug, Clone, Args)]
+#[command(
+    after_help = "Exit codes: 0 promote, 1 rollback, 3 continue, 4 invalid, 2 usage or source error.\n\
+Without --window the figures are the counters' totals since the services started; with it, Prometheus takes \
+increase() over the window and --scrape the change since analyze's first reading."
+)]
+pub struct AnalyzeArgs {
+    /// Read from Prometheus' HTTP API, e.g. http://127.0.0.1:9090.
+    #[arg(long, value_name = "URL", conflicts_with = "scrape")]
+    pub prometheus: Option<String>,
+
+    /// Read the services' own /metrics (the default when --prometheus is not given).
+    #[arg(long)]
+    pub scrape: bool,
+
+    /// With --scrape: the frontend [default: http://127.0.0.1:8080].
+    #[arg(long, value_name = "URL")]
+    pub frontend_url: Option<String>,
+
+    /// With --scrape: each model-inference service, repeatable
+    /// [default: http://127.0.0.1:8082 and :8083, as `mlmesh up` runs them].
+    #[arg(long = "model-url", value_name = "URL")]
+    pub model_urls: Vec<String>,
+
+    /// The version in production (the `model_version` / `version` label).
+    #[arg(long, default_value = "v1")]
+    pub baseline: String,
+
+    /// The version under test.
+    #[arg(long, default_value = "v2")]
+    pub candidate: String,
+
+    /// Judge only this much of the recent past, e.g. 10m.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub window: Option<Duration>,
+
+    /// The experiment plan (YAML) [default: the built-in caravan-offer plan,
+    /// experiments/caravan-offer.yaml].
+    #[arg(long, value_name = "FILE")]
+    pub plan: Option<PathBuf>,
+
+    /// Look again every --interval until the verdict is not `continue`.
+    #[arg(long)]
+    pub watch: bool,
+
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
+
+    /// With --watch: give up (verdict `continue`) after this long.
+    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+    pub max_duration: Duration,
+
+    /// Per request to a source.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+
+    /// Write the report as JSON (schema mlmesh.analyze/v1).
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+
+    /// Write the experiment write-up as Markdown.
+    #[arg(long, value_name = "FILE")]
+    pub markdown: Option<PathBuf>,
+
+    /// Write a self-contained HTML report.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
+}
+
+/// Runs the analysis; any error is a usage or source error (exit 2).
+pub async fn run(args: AnalyzeArgs) -> ExitCode {
+    match analyze(args).await {
+        Ok(verdict) => ExitCode::from(verdict.exit_code()),
+        Err(e) => {
+            eprintln!("mlmesh analyze: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn analyze(args: AnalyzeArgs) -> anyhow::Result<Verdict> {
+    if args.baseline == args.candidate {
+        anyhow::bail!("--baseline and --candidate are both {}", args.baseline);
+    }
+    if args.interval.is_zero() {
+        anyhow::bail!("--interval must be more than 0");
+    }
+    let plan = match &args.plan {
+        Some(path) => Plan::load(path)?,
+        None => Plan::caravan_offer(),
+    };
+    match &args.prometheus {
+        Some(url) => {
+            let source = Prometheus::new(url, args.window, args.timeout);
+            // increase() over the window already is the delta.
+            looks(&args, plan, &source, false).await
+        }
+        None => {
+            let local = |port: u16| format!("http://127.0.0.1:{port}");
+            let frontend = args
+                .frontend_url
+                .clone()
+                .unwrap_or_else(|| local(DEFAULT_PORT));
+            let models = if args.model_urls.is_empty() {
+                vec![
+                    local(DEFAULT_PORT + V1_OFFSET),
+                    local(DEFAULT_PORT + V2_OFFSET),
+                ]
+            } else {
+                args.model_urls.clone()
+            };
+            let source = Scrape::new(&frontend, &models, args.timeout);
+            looks(&args, plan, &source, args.window.is_some()).await
+        }
+    }
+}
+
+async fn looks<S: Source + Sync>(
+    args: &AnalyzeArgs,
+    plan: Plan,
+    source: &S,
+    deltas: bool,
+) -> anyhow::Result<Verdict> {
+    let window = match (args.window, deltas) {
+        (None, _) => "the counters since the services started".to_owned(),
+        (Some(w), false) => format!("the last {}", humantime::format_duration(w)),
+        (Some(w), true) => format!(
+            "the change since analyze started (at least {})",
+            humantime::format_duration(w)
+        ),
+    };
+    let color = std::io::stdout().is_terminal();
+    let mut analysis = Analysis::new(
+        plan,
+        &args.baseline,
+        &args.candidate,
+        &source.describe(),
+        &window,
+    );
+    let first = if deltas {
+        let first = source.snapshot().await?;
+        let w = args.window.unwrap_or_default();
+        eprintln!(
+            "read the counters; waiting {} for the window",
+            humantime::format_duration(w)
+        );
+        tokio::time::sleep(w).await;
+        Some(first)
+    } else {
+        None
+    };
+    let started = Instant::now();
+    let mut report: Report;
+    loop {
+        let now = source.snapshot().await?;
+        let snap: Snapshot = match &first {
+            Some(f) => now.minus(f)?,
+            None => now,
+        };
+        report = analysis.look(&snap);
+        write_outputs(args, &report)?;
+        if !args.watch {
+            break;
+        }
+        println!("{}", render::look_line(&report, color));
+        if report.verdict != Verdict::Continue
+            || started.elapsed() + args.interval > args.max_duration
+        {
+            break;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(args.interval) => {}
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    if args.watch {
+        println!();
+    }
+    print!("{}", render::text(&report, color));
+    Ok(report.verdict)
+}
+
+fn write_outputs(args: &AnalyzeArgs, report: &Report) -> anyhow::Result<()> {
+    let write = |path: &PathBuf, body: String| {
+        std::fs::write(path, body).with_context(|| format!("writing {}", path.display()))
+    };
+    if let Some(p) = &args.json {
+        write(
+            p,
+            serde_json::to_string_pretty(report).context("encoding the report")? + "\n",
+        )?;
+    }
+    if let Some(p) = &args.markdown {
+        write(p, render::markdown(report))?;
+    }
+    if let Some(p) = &args.html {
+        write(p, render::html(report))?;
+    }
+    Ok(())
+}
