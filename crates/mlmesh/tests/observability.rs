@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use common::Stack;
+use common::prometheus::{prometheus, query};
 use regex::Regex;
 use serde_json::Value;
 use test_support::http::{fetch_json, fetch_text};
@@ -243,112 +244,12 @@ async fn every_metric_and_label_the_dashboard_uses_is_exposed() {
     );
 }
 
-struct Prometheus {
-    child: Child,
-    base: String,
-    _dir: PathBuf,
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self._dir);
-    }
-}
-
-/// Debian's Prometheus with docker/prometheus/prometheus.yml, its compose
-/// host names rewritten to the stack's loopback ports.
-async fn prometheus(stack: &Stack) -> Prometheus {
-    let bin = "/usr/bin/prometheus";
-    assert!(
-        std::path::Path::new(bin).exists(),
-        "{bin} is missing: apt-get install -y prometheus (scripts/test.sh checks for it)"
-    );
-    let port = free_port();
-    let dir = std::env::temp_dir().join(format!("mlmesh-prom-{port}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = std::fs::read_to_string(common::repo().join("docker/prometheus/prometheus.yml"))
-        .unwrap()
-        .replace("frontend:8080", &stack.frontend.replace("http://", ""))
-        .replace(
-            "feature-store:8080",
-            &format!("127.0.0.1:{}", stack.feature_store_port),
-        )
-        .replace(
-            "model-inference-v1:8080",
-            &format!("127.0.0.1:{}", stack.v1_port),
-        )
-        .replace(
-            "model-inference-v2:8080",
-            &format!("127.0.0.1:{}", stack.v2_port),
-        )
-        .replace("scrape_interval: 5s", "scrape_interval: 1s");
-    let config_path = dir.join("prometheus.yml");
-    std::fs::write(&config_path, config).unwrap();
-    let child = Command::new(bin)
-        .arg(format!("--config.file={}", config_path.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("data").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .arg("--enable-feature=exemplar-storage")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start prometheus");
-    let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !client
-        .get(format!("{base}/-/ready"))
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success())
-    {
-        assert!(Instant::now() < deadline, "prometheus never became ready");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    Prometheus {
-        child,
-        base,
-        _dir: dir,
-    }
-}
-
-async fn query(prom: &Prometheus, expr: &str) -> Value {
-    let url =
-        reqwest::Url::parse_with_params(&format!("{}/api/v1/query", prom.base), &[("query", expr)])
-            .unwrap();
-    fetch_json(url.as_str()).await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_prometheus_scrapes_the_stack_and_every_dashboard_query_has_data() {
     let stack = experiment_stack();
     let prom = prometheus(&stack).await;
 
-    // All four targets up.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let t = fetch_json(&format!("{}/api/v1/targets", prom.base)).await;
-        let active = t["data"]["activeTargets"].as_array().unwrap().clone();
-        let up: Vec<_> = active.iter().filter(|t| t["health"] == "up").collect();
-        if active.len() == 4 && up.len() == 4 {
-            let jobs: BTreeSet<&str> = up
-                .iter()
-                .map(|t| t["labels"]["job"].as_str().unwrap())
-                .collect();
-            assert_eq!(
-                jobs,
-                BTreeSet::from(["feature-store", "frontend", "model-inference"])
-            );
-            break;
-        }
-        assert!(Instant::now() < deadline, "targets not all up: {active:?}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    prom.wait_for_all_targets().await;
     // Traffic only once every target is being scraped, so each rate() window
     // sees the counters move (scraped only after the traffic, every rate is 0
     // and every ratio NaN).

@@ -100,7 +100,7 @@ pub fn text(r: &Report, color: bool) -> String {
     let _ = writeln!(out, "hypothesis: {}\n", r.hypothesis);
     let _ = writeln!(
         out,
-        "{:<11} {:<10} {:>10} {:>10} {:>30} {:>15}  {:<34} {}",
+        "{:<11} {:<10} {:>10} {:>10} {:>30} {:>15}  {:<38} {}",
         "metric", "role", r.baseline, r.candidate, "effect [CI]", "samples", "threshold", "status"
     );
     for c in &r.checks {
@@ -108,7 +108,7 @@ pub fn text(r: &Report, color: bool) -> String {
         let status = format!("{:<12}", c.status.as_str());
         let _ = writeln!(
             out,
-            "{:<11} {:<10} {:>10} {:>10} {:>30} {:>15}  {:<34} {}",
+            "{:<11} {:<10} {:>10} {:>10} {:>30} {:>15}  {:<38} {}",
             c.name,
             c.role.as_str(),
             value(c, c.baseline),

@@ -2,6 +2,8 @@
 //! stacks on free loopback ports, stopped with real signals.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod prometheus;
+
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
