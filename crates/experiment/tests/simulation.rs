@@ -199,10 +199,10 @@ fn a_a_experiments_looked_at_every_100_requests_rarely_alarm() {
         match run(&plan, sim, 100, 5_000) {
             (Some(Verdict::Rollback | Verdict::Invalid), checks, _) => {
                 false_alarms += 1;
-                for c in checks.iter().filter(|c| {
-                    c.status == Status::Fail && c.role.decides()
-                        || c.name == "srm" && c.status == Status::Fail
-                }) {
+                for c in checks
+                    .iter()
+                    .filter(|c| c.status == Status::Fail && (c.role.decides() || c.name == "srm"))
+                {
                     *alarms.entry(c.name.to_owned()).or_default() += 1;
                 }
             }

@@ -7,8 +7,6 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -17,7 +15,6 @@ use common::prometheus::{prometheus, query};
 use regex::Regex;
 use serde_json::Value;
 use test_support::http::{fetch_json, fetch_text};
-use test_support::redis_server::free_port;
 
 /// Labels Prometheus adds from the scrape config, not the services.
 const TARGET_LABELS: &[&str] = &["service", "version", "job", "instance"];

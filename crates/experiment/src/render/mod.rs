@@ -100,8 +100,8 @@ pub fn text(r: &Report, color: bool) -> String {
     let _ = writeln!(out, "hypothesis: {}\n", r.hypothesis);
     let _ = writeln!(
         out,
-        "{:<11} {:<10} {:>10} {:>10} {:>30} {:>15}  {:<38} {}",
-        "metric", "role", r.baseline, r.candidate, "effect [CI]", "samples", "threshold", "status"
+        "{:<11} {:<10} {:>10} {:>10} {:>30} {:>15}  {:<38} status",
+        "metric", "role", r.baseline, r.candidate, "effect [CI]", "samples", "threshold"
     );
     for c in &r.checks {
         let samples = format!("{}/{}", c.samples.baseline, c.samples.candidate);
