@@ -270,6 +270,8 @@ impl Context<'_> {
         let margin = pp(if lower_is_better { m.margin } else { -m.margin });
         let cmp = if lower_is_better { "≤" } else { "≥" };
         check.threshold = format!("pass {cmp} {margin}; fail if surely worse");
+        // The margin as an effect (candidate − baseline), for plots.
+        check.details["margin_effect"] = json!(if lower_is_better { m.margin } else { -m.margin });
         let Some((d, summary)) = judged else {
             return check;
         };
@@ -342,7 +344,7 @@ impl Context<'_> {
         let count = |v: &VersionCounts| Count::new(v.offers, v.decisions - v.degraded);
         let (mut check, judged) =
             self.rate_frame(m, (count(&b), count(&c)), "decisions", "offers to");
-        check.threshold = "report only: differs when the interval excludes 0".into();
+        check.threshold = "report: differs if the CI excludes 0".into();
         if let Some((d, summary)) = judged {
             (check.status, check.reason) = if d.contains(0.0) {
                 (Status::Pass, format!("{summary}: no difference detected"))
@@ -418,6 +420,7 @@ impl Context<'_> {
         check.ci = Some([cq.lo - bq.hi, cq.hi - bq.lo]);
         let allowance = (1.0 + m.margin) * bq.hi + m.slack_seconds;
         check.details["allowance_seconds"] = json!(allowance);
+        check.details["margin_effect"] = json!(allowance - bq.estimate);
         let summary = format!(
             "{} {label} {} (in ({}, {}]) vs {}'s {} (in ({}, {}])",
             self.candidate,

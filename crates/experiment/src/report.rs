@@ -275,3 +275,120 @@ impl Analysis {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::render;
+    use crate::snapshot::parse_exposition;
+
+    fn check(name: &'static str, role: Role, status: Status) -> Check {
+        Check {
+            name,
+            role,
+            status,
+            unit: "share",
+            baseline: None,
+            candidate: None,
+            effect: None,
+            ci: None,
+            samples: Default::default(),
+            threshold: String::new(),
+            reason: format!("{name} says {}", status.as_str()),
+            alpha: 0.01,
+            details: serde_json::Value::Null,
+        }
+    }
+
+    #[test]
+    fn the_verdict_follows_the_documented_order() {
+        use Role::*;
+        use Status::*;
+        let set = |srm, errors, latency, acceptance, report| {
+            decide(&[
+                check("srm", Validity, srm),
+                check("errors", Critical, errors),
+                check("latency", Guardrail, latency),
+                check("acceptance", Goal, acceptance),
+                check("scores", Report, report),
+            ])
+        };
+        // A critical failure rolls back even when the split is broken.
+        let (v, why) = set(Fail, Fail, Pass, Pass, Pass);
+        assert_eq!(v, Verdict::Rollback);
+        assert!(why[0].starts_with("errors (critical)"), "{why:?}");
+        // A broken split voids guardrail and goal failures.
+        assert_eq!(set(Fail, Pass, Fail, Fail, Pass).0, Verdict::Invalid);
+        assert_eq!(set(Pass, Pass, Fail, Pass, Pass).0, Verdict::Rollback);
+        assert_eq!(
+            set(Pass, Inconclusive, Pass, Fail, Pass).0,
+            Verdict::Rollback
+        );
+        // Report metrics never decide.
+        assert_eq!(set(Pass, Pass, Pass, Pass, Fail).0, Verdict::Promote);
+        let (v, why) = set(Pass, Pass, NoData, Pass, Pass);
+        assert_eq!(v, Verdict::Continue);
+        assert_eq!(
+            why,
+            vec!["latency (guardrail) no-data: latency says no-data"]
+        );
+        // The split need not be judged yet for a promotion to be refused.
+        assert_eq!(
+            set(Inconclusive, Pass, Pass, Inconclusive, Pass).0,
+            Verdict::Continue
+        );
+        assert_eq!(Verdict::Invalid.exit_code(), 4);
+        assert_eq!(Verdict::Continue.exit_code(), 3);
+    }
+
+    #[test]
+    fn a_report_renders_in_every_format_and_remembers_its_looks() {
+        let text = r#"mlmesh_frontend_canary_percent 50
+mlmesh_frontend_decisions_total{model_version="v1",cohort="baseline",decision="offer",degraded="false"} 300
+mlmesh_frontend_decisions_total{model_version="v2",cohort="candidate",decision="no_offer",degraded="true"} 150
+mlmesh_frontend_decisions_total{model_version="v2",cohort="candidate",decision="offer",degraded="false"} 150
+mlmesh_frontend_users_total{cohort="baseline",assignment="bucket"} 60
+mlmesh_frontend_users_total{cohort="candidate",assignment="bucket"} 60
+mlmesh_frontend_model_request_duration_seconds_bucket{model_version="v1",le="0.001"} 3000
+mlmesh_frontend_model_request_duration_seconds_bucket{model_version="v1",le="0.1"} 3000
+mlmesh_frontend_model_request_duration_seconds_bucket{model_version="v1",le="+Inf"} 3000
+mlmesh_frontend_model_request_duration_seconds_bucket{model_version="v2",le="0.001"} 0
+mlmesh_frontend_model_request_duration_seconds_bucket{model_version="v2",le="0.1"} 0
+mlmesh_frontend_model_request_duration_seconds_bucket{model_version="v2",le="+Inf"} 3000
+"#;
+        let snap = Snapshot::from_samples(&parse_exposition(text));
+        let mut a = Analysis::new(Plan::caravan_offer(), "v1", "v2", "test", "all");
+        a.look(&snap);
+        let r = a.look(&snap);
+        assert_eq!(r.looks.len(), 2);
+        assert_eq!(r.verdict, Verdict::Rollback);
+        assert_eq!(r.check("errors").unwrap().status, Status::Fail);
+        // v2's tail is beyond every edge: its p99 is unbounded above.
+        let latency = r.check("latency").unwrap();
+        assert_eq!(latency.status, Status::Fail, "{latency:?}");
+        assert!(
+            render::effect(latency).ends_with("+∞]"),
+            "{}",
+            render::effect(latency)
+        );
+        let t = render::text(&r, false);
+        assert!(
+            t.contains("verdict: ROLLBACK") && !t.contains('\x1b'),
+            "{t}"
+        );
+        assert!(render::text(&r, true).contains("\x1b[1;31mROLLBACK"));
+        assert!(render::look_line(&r, false).starts_with("look   2"));
+        let md = render::markdown(&r);
+        assert!(md.contains("## Decision process") && md.contains("**Verdict: `rollback`**"));
+        let html = render::html(&r);
+        assert!(html.contains("<svg") && html.contains("ROLLBACK") && !html.contains("<script"));
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["schema"], SCHEMA);
+        assert_eq!(json["verdict"], "rollback");
+        assert_eq!(json["checks"][1]["name"], "errors");
+        assert!(
+            json["checks"][2]["ci"][1].is_null(),
+            "an unbounded end is null"
+        );
+    }
+}

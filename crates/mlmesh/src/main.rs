@@ -5,6 +5,8 @@
 mod analyze;
 mod up;
 
+use std::process::ExitCode;
+
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use feature_store::{SeedArgs, StoreArgs};
@@ -92,28 +94,24 @@ enum FeatureStoreAction {
 }
 
 #[tokio::main]
-async fn main() -> std::process::ExitCode {
-    let command = Cli::parse().command;
-    if let Command::Analyze(args) = command {
-        // Its own exit codes: the verdict's, or 2 for usage and source errors.
-        return analyze::run(args).await;
-    }
-    match run(command).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+async fn main() -> ExitCode {
+    match run(Cli::parse().command).await {
+        Ok(code) => code,
         Err(e) => {
             eprintln!("Error: {e:?}");
-            std::process::ExitCode::FAILURE
+            ExitCode::FAILURE
         }
     }
 }
 
-async fn run(command: Command) -> anyhow::Result<()> {
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Analyze(_) => unreachable!("handled in main"),
-        Command::Up(args) => up::run(args).await,
-        Command::Healthcheck { url, timeout } => healthcheck(&url, timeout).await,
-        Command::Frontend { server, frontend } => run_frontend(server, frontend).await,
-        Command::ModelInference { server, model } => run_model_inference(server, model).await,
+        // Its own exit codes: the verdict's, or 2 for usage and source errors.
+        Command::Analyze(args) => return Ok(analyze::run(args).await),
+        Command::Up(args) => up::run(args).await?,
+        Command::Healthcheck { url, timeout } => healthcheck(&url, timeout).await?,
+        Command::Frontend { server, frontend } => run_frontend(server, frontend).await?,
+        Command::ModelInference { server, model } => run_model_inference(server, model).await?,
         Command::FeatureStore(FeatureStoreCmd {
             action:
                 Some(FeatureStoreAction::Seed {
@@ -126,14 +124,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
             if quit_istio_proxy {
                 quit_istio_proxy_sidecar().await;
             }
-            Ok(())
         }
         Command::FeatureStore(FeatureStoreCmd {
             action: None,
             server,
             store,
-        }) => run_feature_store(server, store).await,
+        }) => run_feature_store(server, store).await?,
     }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Runs one service with telemetry installed around it; spans are flushed

@@ -158,22 +158,11 @@ td.num{{text-align:right;font-variant-numeric:tabular-nums}} .pass{{color:#2e7d3
     o
 }
 
-/// The margin line of a check, in the effect's unit, where it has one.
+/// The margin line of a check, as an effect, where it has one.
 fn margin_of(c: &Check) -> Option<f64> {
-    let rule = &c.threshold;
-    let num = rule
-        .split_whitespace()
-        .find_map(|w| w.trim_end_matches("pp").parse::<f64>().ok());
-    match c.name {
-        "errors" | "acceptance" => num.map(|x| x / 100.0),
-        "latency" => c
-            .details
-            .get("allowance_seconds")
-            .and_then(|a| a.as_f64())
-            .zip(c.baseline)
-            .map(|(a, b)| a - b),
-        _ => None,
-    }
+    c.details
+        .get("margin_effect")
+        .and_then(serde_json::Value::as_f64)
 }
 
 fn effect_chart(r: &Report, c: &Check) -> String {

@@ -29,16 +29,7 @@ pub(crate) fn effect(c: &Check) -> String {
     let Some(e) = c.effect else { return "-".into() };
     let (fmt, scale): (fn(f64) -> String, f64) = match c.unit {
         "share" => (|x| format!("{x:+.2}"), 100.0),
-        "seconds" => (
-            |x| {
-                if x.is_finite() {
-                    format!("{:+.2}", x)
-                } else {
-                    "∞".into()
-                }
-            },
-            1e3,
-        ),
+        "seconds" => (|x| format!("{x:+.2}"), 1e3),
         _ => (|x| format!("{x:.3}"), 1.0),
     };
     let unit = match c.unit {
@@ -46,13 +37,18 @@ pub(crate) fn effect(c: &Check) -> String {
         "seconds" => " ms",
         _ => "",
     };
+    // An unbounded end (too few samples for a tail) prints as ±∞.
+    let bound = |x: f64| {
+        if x.is_finite() {
+            fmt(x * scale)
+        } else if x > 0.0 {
+            "+∞".to_owned()
+        } else {
+            "-∞".to_owned()
+        }
+    };
     match c.ci {
-        Some([lo, hi]) => format!(
-            "{}{unit} [{}, {}]",
-            fmt(e * scale),
-            fmt(lo * scale),
-            fmt(hi * scale)
-        ),
+        Some([lo, hi]) => format!("{}{unit} [{}, {}]", fmt(e * scale), bound(lo), bound(hi)),
         None => format!("{}{unit}", fmt(e * scale)),
     }
 }
