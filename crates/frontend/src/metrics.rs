@@ -151,25 +151,24 @@ impl FrontendMetrics {
             .inc();
     }
 
-    pub fn outcome(&self, model_version: &str, cohort: &'static str, outcome: &'static str) {
-        self.outcomes
-            .get_or_create(&OutcomeLabels {
-                model_version: model_version.to_owned(),
-                cohort,
-                outcome,
-            })
-            .inc();
-    }
-
-    /// A user's first feedback on `model_version`'s offers.
-    pub fn user_outcome(&self, model_version: &str, cohort: &'static str, outcome: &'static str) {
-        self.user_outcomes
-            .get_or_create(&OutcomeLabels {
-                model_version: model_version.to_owned(),
-                cohort,
-                outcome,
-            })
-            .inc();
+    /// One decision's feedback; `first_for_user` also counts it as the
+    /// user's answer to this version's offers.
+    pub fn outcome(
+        &self,
+        model_version: &str,
+        cohort: &'static str,
+        outcome: &'static str,
+        first_for_user: bool,
+    ) {
+        let labels = OutcomeLabels {
+            model_version: model_version.to_owned(),
+            cohort,
+            outcome,
+        };
+        self.outcomes.get_or_create(&labels).inc();
+        if first_for_user {
+            self.user_outcomes.get_or_create(&labels).inc();
+        }
     }
 
     /// A user's first exposure to the experiment.

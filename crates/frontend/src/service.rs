@@ -341,17 +341,14 @@ impl AppState {
             .record(&req.decision_id, req.outcome, expires_at, now)
         {
             Recorded::New => {
-                self.0
-                    .metrics
-                    .outcome(&claims.model_version, claims.cohort.as_str(), outcome);
                 let key = (claims.model_version.as_str(), claims.user_id.as_str());
-                if self.0.user_outcomes_seen.first(key) {
-                    self.0.metrics.user_outcome(
-                        &claims.model_version,
-                        claims.cohort.as_str(),
-                        outcome,
-                    );
-                }
+                let first_for_user = self.0.user_outcomes_seen.first(key);
+                self.0.metrics.outcome(
+                    &claims.model_version,
+                    claims.cohort.as_str(),
+                    outcome,
+                    first_for_user,
+                );
                 true
             }
             // A retry: same answer, counted once.
