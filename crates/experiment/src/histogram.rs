@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::stats::{Interval, cs_half_width};
+use crate::stats::cs_half_width;
 
 /// Cumulative counts at ascending finite upper edges, plus the total (the
 /// `+Inf` bucket).
@@ -146,16 +146,6 @@ impl Histogram {
             }
         }
         Some(sum / self.count as f64)
-    }
-}
-
-impl Quantile {
-    pub fn interval(&self) -> Interval {
-        Interval {
-            estimate: self.estimate,
-            lo: self.lo,
-            hi: self.hi,
-        }
     }
 }
 

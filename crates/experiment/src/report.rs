@@ -161,10 +161,6 @@ pub struct Data {
 }
 
 impl Report {
-    pub fn exit_code(&self) -> u8 {
-        self.verdict.exit_code()
-    }
-
     pub fn check(&self, name: &str) -> Option<&Check> {
         self.checks.iter().find(|c| c.name == name)
     }
@@ -192,10 +188,6 @@ impl Analysis {
             started: None,
             looks: Vec::new(),
         }
-    }
-
-    pub fn plan(&self) -> &Plan {
-        &self.plan
     }
 
     /// Evaluates one snapshot, remembers the look, and returns the report.

@@ -90,17 +90,6 @@ pub fn rate_difference(
     })
 }
 
-/// One rate with its confidence sequence, clipped to [0, 1].
-pub fn rate_interval(count: Count, tau: f64, alpha: f64) -> Option<Interval> {
-    let p = count.rate()?;
-    let hw = cs_half_width(count.variance(), tau, alpha);
-    Some(Interval {
-        estimate: p,
-        lo: (p - hw).max(0.0),
-        hi: (p + hw).min(1.0),
-    })
-}
-
 /// Pearson's chi-square goodness-of-fit of a two-way split against the
 /// expected candidate share: (statistic, p-value), 1 degree of freedom.
 pub fn split_chi_square(
