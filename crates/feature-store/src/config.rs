@@ -19,6 +19,12 @@ pub struct StoreArgs {
     #[arg(long, env = "SEED_FILE", default_value_os_t = default_seed_path())]
     pub seed_file: PathBuf,
 
+    /// When Redis has lost the seed rows (a memory-only Redis restarted),
+    /// load them again from --seed-file instead of staying unready until
+    /// someone runs `mlmesh feature-store seed`. compose and k8s/ turn it on.
+    #[arg(long, env = "RESEED", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub reseed: bool,
+
     /// Values whose event time is older than this come back as STALE, e.g. `24h`.
     #[arg(long, env = "MAX_AGE", value_parser = humantime::parse_duration)]
     pub max_age: Option<Duration>,
@@ -46,6 +52,7 @@ impl StoreArgs {
         Self {
             redis_url: None,
             seed_file: seed_file.into(),
+            reseed: false,
             max_age: None,
             redis_timeout: Duration::from_millis(250),
             health_interval: Duration::from_secs(1),

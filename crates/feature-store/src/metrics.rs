@@ -65,6 +65,8 @@ pub struct StoreMetrics {
     pub lookup_seconds: Histogram,
     pub batch_entities: Histogram,
     pub reconnects: Counter,
+    /// Times the service found the seed rows gone and loaded them again.
+    pub reseeds: Counter,
 }
 
 impl StoreMetrics {
@@ -81,6 +83,12 @@ impl StoreMetrics {
             Histogram::new([1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0])
         });
         let reconnects_f = Family::<BackendLabels, Counter>::default();
+        let reseeds = Counter::default();
+        registry.register(
+            "feature_store_reseeds",
+            "Times the seed rows were found missing in Redis and loaded again (--reseed)",
+            reseeds.clone(),
+        );
         registry.register(
             "feature_lookups",
             "Entity lookups by status",
@@ -131,6 +139,7 @@ impl StoreMetrics {
             lookup_seconds: seconds_f.get_or_create(&b).clone(),
             batch_entities: batch_f.get_or_create(&b).clone(),
             reconnects: reconnects_f.get_or_create(&b).clone(),
+            reseeds,
         }
     }
 

@@ -19,7 +19,7 @@ use mesh_kit::{ApiError, Health, ServerArgs, Service};
 use crate::config::StoreArgs;
 use crate::metrics::{LookupStatus, StoreMetrics};
 use crate::render::{Renderer, Row, format_time};
-use crate::schema::{FeatureSchema, SeedError, read_seed_file};
+use crate::schema::{FeatureSchema, SeedError, SeedRow, read_seed_file};
 use crate::store::{Backend, MemoryStore, Record, RedisStore, StoreError};
 
 pub use mesh_kit::error::MAX_ENTITY_ID_LEN;
@@ -43,6 +43,8 @@ struct Inner {
     max_batch: usize,
     max_body_bytes: usize,
     metrics: StoreMetrics,
+    /// The seed rows, kept when `--reseed` may need them again.
+    reseed: Option<Vec<SeedRow>>,
 }
 
 pub fn now_ms() -> i64 {
@@ -76,8 +78,10 @@ impl AppState {
             backend = backend.name(),
             features = schema.len(),
             seed_rows = rows.len(),
+            reseed = args.reseed,
             "feature store open"
         );
+        let reseed = (args.reseed && matches!(backend, Backend::Redis(_))).then_some(rows);
         let state = Self(Arc::new(Inner {
             backend,
             renderer: Renderer::new(&schema),
@@ -86,6 +90,7 @@ impl AppState {
             max_batch: args.max_batch_entities as usize,
             max_body_bytes: args.max_body_bytes,
             metrics,
+            reseed,
         }));
         tokio::spawn(
             state
@@ -95,21 +100,20 @@ impl AppState {
         Ok(state)
     }
 
-    /// Pings the backend on an interval: readiness follows reachability, and
-    /// the service recovers by itself when Redis comes back.
+    /// Checks the backend on an interval: readiness follows reachability and
+    /// the presence of the seed rows, and the service recovers by itself
+    /// when Redis comes back (re-seeding it first with `--reseed`).
     async fn watch_readiness(self, health: Health, every: Duration) {
         let mut was_ready = false;
         let mut ever_ready = false;
         loop {
-            let ok = self.0.backend.ping().await;
-            let ready = ok.is_ok();
+            let state = self.serving_state().await;
+            let ready = state.is_ok();
             if ready != was_ready {
-                match &ok {
-                    Ok(()) if ever_ready => tracing::info!("feature store reachable again"),
+                match &state {
+                    Ok(()) if ever_ready => tracing::info!("feature store ready again"),
                     Ok(()) => {}
-                    Err(e) => {
-                        tracing::warn!(error = %e, "feature store unreachable; readiness off")
-                    }
+                    Err(why) => tracing::warn!(reason = %why, "feature store not ready"),
                 }
                 health.set_ready(ready);
                 was_ready = ready;
@@ -117,6 +121,37 @@ impl AppState {
             }
             tokio::time::sleep(every).await;
         }
+    }
+
+    /// `Ok` when the store answers and holds the seed rows; otherwise why not.
+    async fn serving_state(&self) -> Result<(), String> {
+        let inner = &self.0;
+        inner
+            .backend
+            .ping()
+            .await
+            .map_err(|e| format!("unreachable: {e}"))?;
+        if inner.backend.is_seeded().await.map_err(|e| e.to_string())? {
+            return Ok(());
+        }
+        let Some(rows) = &inner.reseed else {
+            // Why not ready: every lookup would answer NOT_FOUND, and the
+            // frontend would serve degraded decisions while this said "ready".
+            return Err(
+                "the seed rows are missing from Redis (restarted without persistence?); \
+                 run `mlmesh feature-store seed` or start with --reseed"
+                    .to_owned(),
+            );
+        };
+        tracing::warn!("the seed rows are missing from Redis; loading them again (--reseed)");
+        let n = inner
+            .backend
+            .load(rows, now_ms())
+            .await
+            .map_err(|e| format!("re-seeding failed: {e}"))?;
+        inner.metrics.reseeds.inc();
+        tracing::info!(entities = n, "re-seeded Redis");
+        Ok(())
     }
 
     /// Reads entities, timing and counting the lookup.

@@ -6,7 +6,9 @@
 //! one hash per entity at `mlmesh:fs:v1:<entity_id>`, one field per feature
 //! name holding the value as a decimal string, and `_event_time_ms` holding
 //! the Unix time in milliseconds when the values were observed. Reads are one
-//! pipelined HGETALL per entity over RESP3 (rustis).
+//! pipelined HGETALL per entity over RESP3 (rustis). A bulk load ends by
+//! setting [`SEEDED_KEY`], so a Redis that lost its data (a restart of a
+//! memory-only Redis) is told apart from one that was seeded.
 
 use std::collections::HashMap;
 use std::sync::RwLock;
@@ -25,6 +27,9 @@ use crate::schema::{FeatureSchema, SeedRow};
 
 pub const KEY_PREFIX: &str = "mlmesh:fs:v1:";
 pub const EVENT_TIME_FIELD: &str = "_event_time_ms";
+/// Set last by every bulk load: "the seed rows are here". Outside
+/// `KEY_PREFIX`, so no entity id can collide with it.
+pub const SEEDED_KEY: &str = "mlmesh:fs-meta:v1:seeded";
 /// Entities per pipeline when bulk-loading.
 const LOAD_CHUNK: usize = 500;
 /// Redis connections per service. One multiplexed connection frames every
@@ -98,7 +103,7 @@ impl Backend {
         }
     }
 
-    /// Replaces the rows of every seed entity; idempotent.
+    /// Replaces the rows of every seed entity, then marks the store seeded; idempotent.
     pub async fn load(&self, rows: &[SeedRow], event_time_ms: i64) -> Result<usize, StoreError> {
         match self {
             Self::Memory(m) => Ok(m.load(rows, event_time_ms)),
@@ -107,8 +112,17 @@ impl Backend {
                 for chunk in rows.chunks(LOAD_CHUNK) {
                     r.bounded(r.load_chunk(chunk, event_time_ms)).await?;
                 }
+                r.bounded(r.mark_seeded(rows.len(), event_time_ms)).await?;
                 Ok(rows.len())
             }
+        }
+    }
+
+    /// Whether the seed rows are in the store (always, for memory).
+    pub async fn is_seeded(&self) -> Result<bool, StoreError> {
+        match self {
+            Self::Memory(_) => Ok(true),
+            Self::Redis(r) => r.bounded(r.is_seeded()).await,
         }
     }
 }
@@ -337,6 +351,21 @@ impl RedisStore {
         }
         pipe.execute::<()>().await?;
         Ok(())
+    }
+
+    async fn mark_seeded(&self, rows: usize, event_time_ms: i64) -> Result<(), StoreError> {
+        let value = format!("{rows} entities at {event_time_ms} ms");
+        let client = self.client().await?;
+        client
+            .send::<()>(cmd("SET").key(SEEDED_KEY).arg(value), None)
+            .await?;
+        Ok(())
+    }
+
+    async fn is_seeded(&self) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let n: u64 = client.send(cmd("EXISTS").key(SEEDED_KEY), None).await?;
+        Ok(n == 1)
     }
 
     /// Every connection, so readiness never reports one that is down.

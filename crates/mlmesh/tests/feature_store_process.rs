@@ -37,7 +37,12 @@ fn seed_loads_every_row_idempotently_and_says_so() {
             stdout.contains("seeded 5822 entities (85 features each)"),
             "{stdout}"
         );
-        assert_eq!(redis.query(&["DBSIZE"]), "5822", "re-seeding adds nothing");
+        // 5,822 rows and the "seeded" marker the feature store's readiness checks.
+        assert_eq!(redis.query(&["DBSIZE"]), "5823", "re-seeding adds nothing");
+        assert_eq!(
+            redis.query(&["EXISTS", feature_store::store::SEEDED_KEY]),
+            "1"
+        );
     }
     assert_eq!(redis.query(&["HGET", "mlmesh:fs:v1:42", "MOSTYPE"]), "11");
     assert_eq!(
