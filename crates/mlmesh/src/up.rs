@@ -120,6 +120,24 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let v1_addr = addr(args.model_v1_port, V1_OFFSET)?;
     let v2_addr = addr(args.model_v2_port, V2_OFFSET)?;
     let url = |a: SocketAddr| format!("http://{a}");
+    // Said up front and by name: otherwise a busy port surfaces as one
+    // child's bind error in the middle of the others' startup logs.
+    for (name, a) in [
+        ("frontend", frontend_addr),
+        ("feature store", fs_addr),
+        ("model v1", v1_addr),
+        ("model v2", v2_addr),
+    ] {
+        if let Err(e) = std::net::TcpListener::bind(a) {
+            bail!(
+                "port {} on {} (for the {name}) is not free: {e}. Is docker compose, the kind \
+                 cluster or another `mlmesh up` running? Pick other ports with --port / MLMESH_PORT \
+                 (the others follow it) or --feature-store-port, --model-v1-port, --model-v2-port",
+                a.port(),
+                a.ip()
+            );
+        }
+    }
 
     if let Some(redis) = &args.redis_url {
         let status = Command::new(&exe)
@@ -138,7 +156,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         let mut fs = service(&exe, "feature-store", fs_addr);
         fs.env("SEED_FILE", &seed);
         match &args.redis_url {
-            Some(r) => fs.env("REDIS_URL", r),
+            // A restarted Redis is seeded again by the feature store itself.
+            Some(r) => fs.env("REDIS_URL", r).env("RESEED", "true"),
             None => fs.env_remove("REDIS_URL"),
         };
         running.push(spawn("feature-store", fs, &args)?);
