@@ -194,8 +194,15 @@ async fn healthcheck(url: &str, timeout: std::time::Duration) -> anyhow::Result<
         .send()
         .await
         .with_context(|| format!("GET {url}"))?;
-    anyhow::ensure!(res.status().is_success(), "GET {url}: {}", res.status());
-    Ok(())
+    let status = res.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    // The body says who refused: Envoy's `RBAC: access denied`, or the
+    // service's own JSON error. Bounded: this runs as a probe.
+    let body = res.text().await.unwrap_or_default();
+    let reason: String = body.trim().chars().take(200).collect();
+    anyhow::bail!("GET {url}: {status}: {reason}")
 }
 
 /// Best effort: without a sidecar (compose, `mlmesh up`) there is nothing to stop.

@@ -209,3 +209,32 @@ async fn exports_the_server_span_over_otlp_continuing_the_b3_trace_and_flushes_o
     );
     assert_eq!(server.kind, 2, "SPAN_KIND_SERVER");
 }
+
+/// `mlmesh healthcheck` (the image's probe, and the tool the README's
+/// authorization demo runs in the app container): 0 on 2xx; otherwise exit 1
+/// with the status and the refusal's body, so `RBAC: access denied` shows.
+#[test]
+fn healthcheck_passes_on_ready_and_shows_why_a_call_was_refused() {
+    let (mut child, addr) = start(&[]);
+    let check = |path: &str| {
+        Command::new(env!("CARGO_BIN_EXE_mlmesh"))
+            .args(["healthcheck", &format!("http://{addr}{path}")])
+            .output()
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !check("/readyz").status.success() {
+        assert!(std::time::Instant::now() < deadline, "never ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = check("/v2/models/nope");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("404 Not Found"), "{stderr}");
+    assert!(
+        stderr.contains(r#"{"error":"#),
+        "the body is shown: {stderr}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
