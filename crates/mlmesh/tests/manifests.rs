@@ -405,11 +405,23 @@ fn check(m: &Manifests) -> Vec<String> {
                 if annotations.get("prometheus.io/scrape").map(String::as_str) != Some("true") {
                     problems.push(format!("{origin}: no prometheus.io/scrape annotation"));
                 }
-                if !env_value(c, "OTEL_EXPORTER_OTLP_ENDPOINT")
-                    .is_some_and(|u| u.contains("jaeger-collector.istio-system"))
-                {
+                let otlp = env_value(c, "OTEL_EXPORTER_OTLP_ENDPOINT").unwrap_or_default();
+                if !otlp.contains("jaeger-collector.istio-system") {
                     problems.push(format!(
                         "{origin}: OTLP endpoint must be the Jaeger addon's collector"
+                    ));
+                }
+                // Through the sidecar (100% tracing), every export POST would
+                // be traced itself: Jaeger fills with one-span export traces.
+                let excluded = annotations
+                    .get("traffic.sidecar.istio.io/excludeOutboundPorts")
+                    .cloned()
+                    .unwrap_or_default();
+                if let Some((_, port)) = url_host(&otlp)
+                    && !excluded.split(',').any(|p| p.trim() == port.to_string())
+                {
+                    problems.push(format!(
+                        "{origin}: OTLP port {port} is not in traffic.sidecar.istio.io/excludeOutboundPorts ({excluded:?})"
                     ));
                 }
             }
@@ -448,6 +460,35 @@ fn check(m: &Manifests) -> Vec<String> {
             .as_ref()
             .and_then(|s| s.selector.clone())
             .unwrap_or_default();
+        // Outlier detection must never eject the last pod: Istio's default
+        // minHealthPercent is 0 (no panic mode), so an all-ejected pool is
+        // "no healthy upstream" until the ejection ends.
+        if let Some(od) = dr
+            .spec
+            .traffic_policy
+            .as_ref()
+            .and_then(|t| t.outlier_detection.as_ref())
+        {
+            let replicas: i32 = m
+                .deployments
+                .iter()
+                .filter(|d| {
+                    d.spec
+                        .as_ref()
+                        .is_some_and(|s| selects(&selector, &labels(&s.template)))
+                })
+                .map(|d| d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1))
+                .sum();
+            let max = od.max_ejection_percent.unwrap_or(10);
+            let min_health = od.min_health_percent.unwrap_or(0);
+            // Envoy may eject one host whatever the percentage says.
+            let ejectable = (i64::from(replicas) * i64::from(max) / 100).max(1);
+            if max >= 100 || (ejectable >= i64::from(replicas) && min_health == 0) {
+                problems.push(format!(
+                    "DestinationRule {host}: outlier detection can eject all {replicas} pod(s) (maxEjectionPercent {max}, minHealthPercent {min_health})"
+                ));
+            }
+        }
         for (name, sl) in subsets.get(host).into_iter().flatten() {
             let mut all = selector.clone();
             all.extend(sl.clone());
@@ -589,10 +630,9 @@ fn check(m: &Manifests) -> Vec<String> {
 
     // Authorization: principals exist, and every call the app makes is allowed.
     let principal = |sa: &str| format!("cluster.local/ns/{NAMESPACE}/sa/{sa}");
-    let known_external = [
-        "cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account",
-        "cluster.local/ns/istio-system/sa/prometheus",
-    ];
+    // Only callers that have a sidecar have a principal: the Prometheus
+    // addon has none (it scrapes port 15020, outside authorization).
+    let known_external = ["cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"];
     let mut allowed: Vec<(BTreeMap<String, String>, BTreeSet<String>)> = Vec::new();
     for ap in &m.authorization_policies {
         let name = ap.metadata.name.clone().unwrap_or_default();
@@ -602,6 +642,21 @@ fn check(m: &Manifests) -> Vec<String> {
             .as_ref()
             .and_then(|s| s.match_labels.clone())
             .unwrap_or_default();
+        // A namespace-wide rule with HTTP fields also lands on Redis (TCP),
+        // where Istio drops the HTTP-only conditions and the rule means
+        // something else than it says.
+        let http_fields = ap.spec.rules.iter().flatten().any(|r| {
+            r.to.iter().flatten().any(|t| {
+                t.operation
+                    .as_ref()
+                    .is_some_and(|o| o.methods.is_some() || o.paths.is_some())
+            })
+        });
+        if selector.is_empty() && http_fields {
+            problems.push(format!(
+                "AuthorizationPolicy {name}: HTTP methods/paths without a selector also apply to TCP workloads (redis)"
+            ));
+        }
         let mut principals = BTreeSet::new();
         for rule in ap.spec.rules.clone().unwrap_or_default() {
             for from in rule.from.unwrap_or_default() {
@@ -694,6 +749,11 @@ fn the_shipped_manifests_parse_strictly_and_cross_check() {
     let operator =
         std::fs::read_to_string(common::repo().join("k8s/kind/istio-operator.yaml")).unwrap();
     assert!(cluster.contains("containerPort: 30080") && cluster.contains("hostPort: 8080"));
+    let up_sh = std::fs::read_to_string(common::repo().join("k8s/kind/up.sh")).unwrap();
+    assert!(
+        up_sh.contains("s/hostPort: 8080/hostPort: $port/"),
+        "up.sh rewrites cluster.yaml's host port to MLMESH_PORT"
+    );
     assert!(operator.contains("nodePort: 30080"));
     let provider = m.telemetries[0].spec.tracing.clone().unwrap()[0]
         .providers
@@ -749,6 +809,40 @@ fn problems_after(file: &str, edit: impl Fn(&str) -> String) -> Vec<String> {
 #[test]
 fn deliberately_broken_manifests_are_caught() {
     let cases: Vec<Break> = vec![
+        (
+            "istio/resilience/feature-store.yaml",
+            Box::new(|t| t.replace("maxEjectionPercent: 50", "maxEjectionPercent: 100")),
+            "can eject all",
+        ),
+        (
+            "k8s/base/deployments.yaml",
+            Box::new(|t| {
+                t.replacen(
+                    "excludeOutboundPorts: \"4318\"",
+                    "excludeOutboundPorts: \"15020\"",
+                    1,
+                )
+            }),
+            "not in traffic.sidecar.istio.io/excludeOutboundPorts",
+        ),
+        (
+            "istio/security/authorization.yaml",
+            Box::new(|t| {
+                format!(
+                    "{t}---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: prometheus-scrape\n  namespace: mlmesh\nspec:\n  action: ALLOW\n  rules:\n    - from:\n        - source:\n            principals: [cluster.local/ns/istio-system/sa/prometheus]\n      to:\n        - operation:\n            methods: [GET]\n            paths: [/metrics]\n"
+                )
+            }),
+            "without a selector also apply to TCP",
+        ),
+        (
+            "istio/security/authorization.yaml",
+            Box::new(|t| {
+                format!(
+                    "{t}---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: prometheus-scrape\n  namespace: mlmesh\nspec:\n  selector:\n    matchLabels:\n      app: frontend\n  action: ALLOW\n  rules:\n    - from:\n        - source:\n            principals: [cluster.local/ns/istio-system/sa/prometheus]\n"
+                )
+            }),
+            "is no service account",
+        ),
         (
             "istio/canary/virtual-service.yaml",
             Box::new(|t| t.replace("weight: 10", "wieght: 10")),
