@@ -19,10 +19,21 @@ use test_support::http::{fetch_json, fetch_text};
 /// Labels Prometheus adds from the scrape config, not the services.
 const TARGET_LABELS: &[&str] = &["service", "version", "job", "instance"];
 
+const COMPOSE_DASHBOARD: &str = "docker/grafana/dashboards/mlmesh-experiment.json";
+/// The same dashboard for Istio's Grafana addon (k8s/addons/grafana/).
+const K8S_DASHBOARD: &str = "k8s/addons/grafana/mlmesh-experiment.json";
+
+fn read_json(rel: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(common::repo().join(rel)).unwrap()).unwrap()
+}
+
 fn dashboard_exprs() -> Vec<String> {
-    let path = common::repo().join("docker/grafana/dashboards/mlmesh-experiment.json");
-    let d: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let d = read_json(COMPOSE_DASHBOARD);
     assert_eq!(d["title"], "mlmesh experiment");
+    exprs_of(&d)
+}
+
+fn exprs_of(d: &Value) -> Vec<String> {
     let exprs: Vec<String> = d["panels"]
         .as_array()
         .unwrap()
@@ -252,36 +263,7 @@ async fn real_prometheus_scrapes_the_stack_and_every_dashboard_query_has_data() 
     // and every ratio NaN).
     traffic(&stack).await.unwrap();
 
-    // Every query must return data; scrapes land once a second, so give the
-    // slowest series (two points in a rate window) a few seconds to arrive.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut empty = dashboard_exprs();
-    while !empty.is_empty() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let mut still = Vec::new();
-        for e in empty {
-            let r = query(&prom, &e).await;
-            assert_eq!(r["status"], "success", "Prometheus rejected {e}: {r}");
-            let series = r["data"]["result"].as_array().unwrap();
-            let has_number = series.iter().any(|s| {
-                s["value"][1]
-                    .as_str()
-                    .and_then(|v| v.parse::<f64>().ok())
-                    .is_some_and(f64::is_finite)
-            });
-            if !has_number {
-                still.push(e);
-            }
-        }
-        empty = still;
-    }
-    if !empty.is_empty() {
-        let raw = query(&prom, "mlmesh_frontend_decisions_total").await;
-        eprintln!("raw decisions series: {raw}");
-        for e in &empty {
-            eprintln!("{e} => {}", query(&prom, e).await);
-        }
-    }
+    let empty = queries_without_data(&prom, dashboard_exprs()).await;
     assert!(
         empty.is_empty(),
         "dashboard queries without data:\n{}",
@@ -323,4 +305,220 @@ async fn real_prometheus_scrapes_the_stack_and_every_dashboard_query_has_data() 
         .collect();
     assert!(!trace_ids.is_empty(), "no exemplars: {ex}");
     assert!(trace_ids.iter().all(|t| t.len() == 32));
+}
+
+/// The expressions Prometheus answers with no finite number. Scrapes land
+/// once a second, so the slowest series (two points in a rate window) get a
+/// few seconds to arrive.
+async fn queries_without_data(
+    prom: &common::prometheus::Prometheus,
+    exprs: Vec<String>,
+) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut empty = exprs;
+    while !empty.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut still = Vec::new();
+        for e in empty {
+            let r = query(prom, &e).await;
+            assert_eq!(r["status"], "success", "Prometheus rejected {e}: {r}");
+            let series = r["data"]["result"].as_array().unwrap();
+            let has_number = series.iter().any(|s| {
+                s["value"][1]
+                    .as_str()
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .is_some_and(f64::is_finite)
+            });
+            if !has_number {
+                still.push(e);
+            }
+        }
+        empty = still;
+    }
+    if !empty.is_empty() {
+        let raw = query(prom, "mlmesh_frontend_decisions_total").await;
+        eprintln!("raw decisions series: {raw}");
+        for e in &empty {
+            eprintln!("{e} => {}", query(prom, e).await);
+        }
+    }
+    empty
+}
+
+// === the dashboard on Kubernetes (Istio's addons) ===
+
+/// The compose dashboard rewritten for Istio's addons: the addon Prometheus'
+/// `kubernetes-pods` job labels targets with the pod's labels (`app`,
+/// `version`), `namespace` and `pod`; there is no `service` label. Its
+/// Grafana datasource has no fixed uid, so panels take it from a variable.
+fn kubernetes_dashboard(compose: &Value) -> Value {
+    let selector = Regex::new(r#"\bservice(\s*(?:=~|!~|!=|=)\s*")"#).unwrap();
+    let by = Regex::new(r"\bby\s*\(([^)]*)\)").unwrap();
+    fn walk(v: &mut Value, f: &dyn Fn(&str, &mut Value)) {
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m.iter_mut() {
+                    f(k, x);
+                    walk(x, f);
+                }
+            }
+            Value::Array(a) => a.iter_mut().for_each(|x| walk(x, f)),
+            _ => {}
+        }
+    }
+    let mut d = compose.clone();
+    walk(&mut d, &|key, v| match (key, v) {
+        ("expr", Value::String(e)) => {
+            let e2 = selector.replace_all(e, "app$1");
+            let e3 = by.replace_all(&e2, |c: &regex::Captures| {
+                let labels: Vec<&str> = c[1]
+                    .split(',')
+                    .map(str::trim)
+                    .map(|l| if l == "service" { "app" } else { l })
+                    .collect();
+                format!("by ({})", labels.join(", "))
+            });
+            *e = e3.into_owned();
+        }
+        ("legendFormat", Value::String(l)) => *l = l.replace("{{service}}", "{{app}}"),
+        ("datasource", Value::Object(ds)) if ds.get("type") == Some(&"prometheus".into()) => {
+            ds.insert("uid".into(), "${datasource}".into());
+        }
+        _ => {}
+    });
+    d["uid"] = "mlmesh-experiment-k8s".into();
+    d["title"] = "mlmesh experiment (Kubernetes)".into();
+    d["description"] = format!(
+        "{} Generated from docker/grafana/dashboards/ for Istio's Prometheus addon (pod labels app/version).",
+        compose["description"].as_str().unwrap_or_default()
+    )
+    .into();
+    d["templating"]["list"] = serde_json::json!([{
+        "name": "datasource",
+        "label": "Prometheus",
+        "type": "datasource",
+        "query": "prometheus",
+        "current": {},
+        "hide": 0
+    }]);
+    d
+}
+
+#[test]
+fn the_kubernetes_dashboard_is_the_compose_one_over_pod_labels() {
+    let want = kubernetes_dashboard(&read_json(COMPOSE_DASHBOARD));
+    let path = common::repo().join(K8S_DASHBOARD);
+    if std::env::var("MLMESH_BLESS").is_ok_and(|v| v == "1") {
+        let text = serde_json::to_string_pretty(&want).unwrap() + "\n";
+        std::fs::write(&path, text).unwrap();
+    }
+    let have = read_json(K8S_DASHBOARD);
+    assert!(
+        have == want,
+        "{K8S_DASHBOARD} is stale: regenerate it with MLMESH_BLESS=1 cargo test -p mlmesh --test observability"
+    );
+    for e in exprs_of(&have) {
+        assert!(!e.contains("service="), "compose's target label in {e}");
+        assert!(
+            !Regex::new(r"by \([^)]*\bservice\b").unwrap().is_match(&e),
+            "{e}"
+        );
+    }
+    // The kustomization packs exactly this file, and the patch mounts it
+    // where the provider looks.
+    let k = std::fs::read_to_string(common::repo().join("k8s/addons/grafana/kustomization.yaml"))
+        .unwrap();
+    assert!(k.contains("- mlmesh-experiment.json") && k.contains("- mlmesh-provider.yaml"));
+    let provider =
+        std::fs::read_to_string(common::repo().join("k8s/addons/grafana/mlmesh-provider.yaml"))
+            .unwrap();
+    let patch =
+        std::fs::read_to_string(common::repo().join("k8s/addons/grafana/grafana-patch.yaml"))
+            .unwrap();
+    let path_line = provider
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("path: "))
+        .unwrap();
+    assert!(
+        patch.contains(&format!("mountPath: {path_line}")),
+        "{path_line}"
+    );
+    assert!(patch.contains("subPath: mlmesh-provider.yaml"));
+    assert!(
+        patch.contains("name: mlmesh-grafana-dashboards")
+            && k.contains("name: mlmesh-grafana-dashboards")
+    );
+    // Istio's addon names its container `grafana`: the strategic merge keys on it.
+    assert!(patch.contains("- name: grafana"));
+}
+
+/// What the addon's `kubernetes-pods` job makes of a pod: its labels (with
+/// `labelmap`'s renaming), `namespace` and `pod`, under `honor_labels`.
+fn pod_target_labels(deployment: &str) -> BTreeMap<String, String> {
+    let text = std::fs::read_to_string(common::repo().join("k8s/base/deployments.yaml")).unwrap();
+    for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+        let v: serde_yaml_ng::Value = serde::Deserialize::deserialize(doc).unwrap();
+        if v["metadata"]["name"].as_str() != Some(deployment) {
+            continue;
+        }
+        let mut labels: BTreeMap<String, String> = v["spec"]["template"]["metadata"]["labels"]
+            .as_mapping()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| {
+                let k = k.as_str().unwrap().replace(['.', '/', '-'], "_");
+                (k, v.as_str().unwrap().to_owned())
+            })
+            .collect();
+        labels.insert("namespace".into(), "mlmesh".into());
+        labels.insert("pod".into(), format!("{deployment}-6d4b9c7f5-x2x9q"));
+        return labels;
+    }
+    panic!("no Deployment {deployment} in k8s/base/deployments.yaml");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_the_istio_addons_pod_labels_every_kubernetes_dashboard_query_has_data() {
+    let stack = experiment_stack();
+    let mut config = String::from(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: kubernetes-pods\n    honor_labels: true\n    metrics_path: /metrics\n    static_configs:\n",
+    );
+    for (deployment, port) in [
+        (
+            "frontend",
+            stack.frontend.rsplit(':').next().unwrap().parse().unwrap(),
+        ),
+        ("feature-store", stack.feature_store_port),
+        ("model-inference-v1", stack.v1_port),
+        ("model-inference-v2", stack.v2_port),
+    ] {
+        config.push_str(&format!(
+            "      - targets: [\"127.0.0.1:{port}\"]\n        labels:\n"
+        ));
+        for (k, v) in pod_target_labels(deployment) {
+            config.push_str(&format!("          {k}: \"{v}\"\n"));
+        }
+    }
+    let prom = common::prometheus::start(config).await;
+    prom.wait_for_targets(&["kubernetes-pods"]).await;
+    traffic(&stack).await.unwrap();
+
+    let exprs = exprs_of(&read_json(K8S_DASHBOARD));
+    let empty = queries_without_data(&prom, exprs.clone()).await;
+    assert!(
+        empty.is_empty(),
+        "Kubernetes dashboard queries without data:\n{}",
+        empty.join("\n")
+    );
+    // Not vacuous: the compose dashboard's `service` queries find nothing here.
+    let compose_only: Vec<String> = dashboard_exprs()
+        .into_iter()
+        .filter(|e| e.contains("service=\"model-inference\""))
+        .collect();
+    assert!(!compose_only.is_empty());
+    let r = query(&prom, &compose_only[0]).await;
+    assert!(
+        r["data"]["result"].as_array().unwrap().is_empty(),
+        "compose's labels should match nothing under the addon's: {r}"
+    );
 }

@@ -29,14 +29,6 @@ impl Drop for Prometheus {
 /// Debian's Prometheus with docker/prometheus/prometheus.yml, its compose
 /// host names rewritten to the stack's loopback ports.
 pub async fn prometheus(stack: &Stack) -> Prometheus {
-    let bin = "/usr/bin/prometheus";
-    assert!(
-        std::path::Path::new(bin).exists(),
-        "{bin} is missing: apt-get install -y prometheus (scripts/test.sh checks for it)"
-    );
-    let port = free_port();
-    let dir = std::env::temp_dir().join(format!("mlmesh-prom-{port}"));
-    std::fs::create_dir_all(&dir).unwrap();
     let config = std::fs::read_to_string(super::repo().join("docker/prometheus/prometheus.yml"))
         .unwrap()
         .replace("frontend:8080", &stack.frontend.replace("http://", ""))
@@ -53,6 +45,19 @@ pub async fn prometheus(stack: &Stack) -> Prometheus {
             &format!("127.0.0.1:{}", stack.v2_port),
         )
         .replace("scrape_interval: 5s", "scrape_interval: 1s");
+    start(config).await
+}
+
+/// Debian's Prometheus with `config` (scrape intervals the caller's).
+pub async fn start(config: String) -> Prometheus {
+    let bin = "/usr/bin/prometheus";
+    assert!(
+        std::path::Path::new(bin).exists(),
+        "{bin} is missing: apt-get install -y prometheus (scripts/test.sh checks for it)"
+    );
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("mlmesh-prom-{port}"));
+    std::fs::create_dir_all(&dir).unwrap();
     let config_path = dir.join("prometheus.yml");
     std::fs::write(&config_path, config).unwrap();
     let child = Command::new(bin)
@@ -97,6 +102,12 @@ impl Prometheus {
     /// Waits until the four services are scraped and up, under the compose
     /// config's three jobs.
     pub async fn wait_for_all_targets(&self) {
+        self.wait_for_targets(&["feature-store", "frontend", "model-inference"])
+            .await
+    }
+
+    /// Waits until four targets are up, under exactly `jobs`.
+    pub async fn wait_for_targets(&self, jobs_wanted: &[&str]) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let t = fetch_json(&format!("{}/api/v1/targets", self.base)).await;
@@ -107,10 +118,8 @@ impl Prometheus {
                     .iter()
                     .map(|t| t["labels"]["job"].as_str().unwrap())
                     .collect();
-                assert_eq!(
-                    jobs,
-                    BTreeSet::from(["feature-store", "frontend", "model-inference"])
-                );
+                let want: BTreeSet<&str> = jobs_wanted.iter().copied().collect();
+                assert_eq!(jobs, want);
                 return;
             }
             assert!(Instant::now() < deadline, "targets not all up: {active:?}");
