@@ -2,22 +2,49 @@
 # Runs every test of the workspace. Needs a Rust toolchain, Redis (tests start
 # their own redis-server processes), Chromium with ChromeDriver (the web page
 # is tested in a real headless browser) and Prometheus (the compose config is
-# run against the real services); it checks for everything up front and says
-# exactly how to get what is missing.
+# run against the real services). On Debian or Ubuntu it installs what is
+# missing with apt-get (through sudo when not root), saying what first;
+# elsewhere it names what is missing and how to get it.
+#
+# With a Docker engine running, the image is built and the compose stack is
+# run for real (crates/mlmesh/tests/docker.rs); without one those tests say
+# so and pass.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-missing=()
-need() { # need <command> <how to install>
-    command -v "$1" >/dev/null 2>&1 || missing+=("$1 — $2")
-}
-need cargo "install Rust from https://rustup.rs"
-need redis-server "Debian/Ubuntu: sudo apt-get install -y redis-server; macOS: brew install redis"
-need redis-cli "comes with redis-server (Debian: redis-tools)"
-# The browser test drives these exact paths (Debian's packages).
-[[ -x /usr/bin/chromium ]] || missing+=("/usr/bin/chromium — Debian/Ubuntu: sudo apt-get install -y chromium")
-[[ -x /usr/bin/chromedriver ]] || missing+=("/usr/bin/chromedriver — Debian/Ubuntu: sudo apt-get install -y chromium-driver")
-[[ -x /usr/bin/prometheus ]] || missing+=("/usr/bin/prometheus — Debian/Ubuntu: sudo apt-get install -y prometheus")
+# command-or-path  Debian package  how elsewhere
+prereqs=(
+    "redis-server redis-server brew install redis"
+    "redis-cli redis-tools brew install redis"
+    "/usr/bin/chromium chromium (Debian/Ubuntu's package: the browser test drives this path)"
+    "/usr/bin/chromedriver chromium-driver (Debian/Ubuntu's package)"
+    "/usr/bin/prometheus prometheus (Debian/Ubuntu's package)"
+)
+have() { if [[ "$1" == /* ]]; then [[ -x "$1" ]]; else command -v "$1" >/dev/null 2>&1; fi; }
+
+command -v cargo >/dev/null 2>&1 || { echo "scripts/test.sh: cargo is missing: install Rust from https://rustup.rs" >&2; exit 1; }
+
+missing=() packages=()
+for p in "${prereqs[@]}"; do
+    read -r what pkg how <<<"$p"
+    have "$what" || { missing+=("$what — $pkg; $how"); packages+=("$pkg"); }
+done
+
+if ((${#packages[@]})) && command -v apt-get >/dev/null 2>&1; then
+    sudo=()
+    if [[ $(id -u) != 0 ]]; then
+        command -v sudo >/dev/null 2>&1 || { echo "scripts/test.sh: not root and no sudo to install: ${packages[*]}" >&2; exit 1; }
+        sudo=(sudo)
+    fi
+    echo "scripts/test.sh: installing with apt-get: ${packages[*]}"
+    "${sudo[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${packages[@]}" >/dev/null
+    missing=()
+    for p in "${prereqs[@]}"; do
+        read -r what pkg how <<<"$p"
+        have "$what" || missing+=("$what — apt-get installed $pkg, but it is still not there")
+    done
+fi
 
 if ((${#missing[@]})); then
     echo "scripts/test.sh: missing prerequisites:" >&2

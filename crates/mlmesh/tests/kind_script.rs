@@ -89,6 +89,18 @@ impl Sandbox {
             .unwrap()
     }
 
+    /// Runs up.sh, which must succeed; returns its stdout and the calls.
+    fn run_ok(&self, port: u16) -> (String, Vec<String>) {
+        let out = self.run(port);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (stdout, self.calls())
+    }
+
     fn calls(&self) -> Vec<String> {
         std::fs::read_to_string(self.dir.join("calls.log"))
             .unwrap_or_default()
@@ -110,14 +122,7 @@ fn has(calls: &[String], needle: &str) -> bool {
 fn a_first_run_creates_the_cluster_on_the_chosen_port_and_applies_the_baseline() {
     let sb = Sandbox::new("first", false, true);
     let port = free_port();
-    let out = sb.run(port);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let calls = sb.calls();
+    let (stdout, calls) = sb.run_ok(port);
     let config = std::fs::read_to_string(sb.dir.join("cluster-config.yaml")).unwrap();
     assert!(config.contains(&format!("hostPort: {port}")), "{config}");
     assert!(config.contains("containerPort: 30080"));
@@ -144,13 +149,7 @@ fn a_first_run_creates_the_cluster_on_the_chosen_port_and_applies_the_baseline()
 #[test]
 fn a_rerun_reloads_the_image_into_running_pods_and_keeps_the_users_experiment() {
     let sb = Sandbox::new("rerun", true, true);
-    let out = sb.run(free_port());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let calls = sb.calls();
+    let (_, calls) = sb.run_ok(free_port());
     assert!(!has(&calls, "kind create"), "{calls:#?}");
     assert!(
         !has(&calls, "istio/baseline/"),
@@ -180,13 +179,7 @@ fn a_rerun_reloads_the_image_into_running_pods_and_keeps_the_users_experiment() 
 #[test]
 fn without_buildx_the_classic_builder_is_used() {
     let sb = Sandbox::new("classic", false, false);
-    let out = sb.run(free_port());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let calls = sb.calls();
+    let (_, calls) = sb.run_ok(free_port());
     assert!(has(&calls, "docker build -f"), "{calls:#?}");
     assert!(
         !has(&calls, "--provenance"),
