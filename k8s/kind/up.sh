@@ -55,7 +55,7 @@ else
 fi
 kubectl config use-context "kind-$cluster" >/dev/null
 
-step "Istio (demo profile, ingress on localhost:8080)"
+step "Istio (demo profile, ingress on localhost:$port)"
 "$ISTIO_DIR/bin/istioctl" install -y -f "$here/istio-operator.yaml"
 
 step "Addons: Prometheus, Grafana, Jaeger, Kiali"
