@@ -276,6 +276,7 @@ fn compose_cmd() -> Vec<String> {
 
 struct Project {
     argv: Vec<String>,
+    name: String,
     _down: Cleanup,
 }
 
@@ -295,6 +296,7 @@ impl Project {
         let rm = vec!["rm".into(), "-rf".into(), dir];
         Self {
             argv,
+            name: name.to_owned(),
             _down: Cleanup(vec![down, rm]),
         }
     }
@@ -321,12 +323,11 @@ impl Project {
     fn container(&self, service: &str) -> String {
         // `ps -q` lists stopped containers too with `-a` only in v2; the seed
         // job has exited, so ask docker by the compose labels instead.
-        let project = &self.argv[self.argv.iter().position(|a| a == "-p").unwrap() + 1];
         docker(&[
             "ps",
             "-aq",
             "--filter",
-            &format!("label=com.docker.compose.project={project}"),
+            &format!("label=com.docker.compose.project={}", self.name),
             "--filter",
             &format!("label=com.docker.compose.service={service}"),
         ])
@@ -345,9 +346,10 @@ impl Project {
 /// port published on an ephemeral loopback port so parallel tests and
 /// anything on 8080 cannot collide.
 fn test_compose_file(dir: &Path) -> (PathBuf, Vec<String>) {
+    let compose = compose_cmd();
     let resolved = stdout(
-        Command::new(&compose_cmd()[0])
-            .args(&compose_cmd()[1..])
+        Command::new(&compose[0])
+            .args(&compose[1..])
             .args(["-f", "docker/compose.yaml", "config"])
             .current_dir(repo())
             .env_remove("CANARY_PERCENT")
