@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use clap::builder::TypedValueParser as _;
 use clap::{Args, ValueEnum};
 
 use crate::fault::FaultArgs;
@@ -26,6 +27,20 @@ pub struct ServerArgs {
     #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
 
+    /// A connection that has not sent a whole request head within this time
+    /// is closed: new, idle between keep-alive requests, or trickling bytes
+    /// (slowloris). A proxy in front that reuses a connection at the very
+    /// instant it closes sees a reset; Envoy notices idle closes, so this is
+    /// rare, and shorter proxy idle timeouts avoid it entirely.
+    #[arg(long, env = "HEADER_READ_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// Most open client connections; past it new ones are closed at once.
+    /// Bounded in turn by the open-files limit (raised to its hard limit at
+    /// startup).
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000).map(|v| v as usize))]
+    pub max_connections: usize,
+
     /// Log line format on stderr. Filter with RUST_LOG (default: info).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -47,6 +62,8 @@ impl ServerArgs {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             drain_delay: Duration::ZERO,
             shutdown_timeout: Duration::from_secs(5),
+            header_read_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
             log_format: LogFormat::Text,
             faults: FaultArgs::default(),
         }
@@ -78,5 +95,41 @@ mod tests {
         assert!(parse_fraction("-0.1").is_err());
         assert!(parse_fraction("NaN").is_err());
         assert!(parse_fraction("half").is_err());
+    }
+}
+
+/// `url` safe to print: any userinfo (`user:password@`) becomes `***@`.
+/// Conservative on purpose: everything before the last `@` of a URL goes,
+/// so a password with an unescaped `/` or `?` cannot slip through either.
+pub fn redact_url(url: &str) -> String {
+    let Some(at) = url.rfind('@') else {
+        return url.to_owned();
+    };
+    match url.split_once("://") {
+        Some((scheme, _)) if scheme.len() < at => format!("{scheme}://***@{}", &url[at + 1..]),
+        _ => format!("***@{}", &url[at + 1..]),
+    }
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::redact_url;
+
+    #[test]
+    fn userinfo_never_survives() {
+        for (url, shown) in [
+            (
+                "redis://:pw@127.0.0.1:6379/0",
+                "redis://***@127.0.0.1:6379/0",
+            ),
+            ("redis://default:pw@redis:6379", "redis://***@redis:6379"),
+            ("rediss://u:p/a?s#s@host", "rediss://***@host"),
+            ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
+            (":pw@host", "***@host"),
+            ("not a url", "not a url"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+            assert!(!redact_url(url).contains("pw"));
+        }
     }
 }

@@ -8,7 +8,9 @@
 //! once, so no service can forget part of it.
 
 pub mod config;
+pub mod conn;
 pub mod error;
+pub mod extract;
 pub mod fault;
 pub mod health;
 pub mod metrics;

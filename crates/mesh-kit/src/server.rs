@@ -3,9 +3,9 @@
 //! Shutdown order matters under a mesh: on SIGTERM readiness fails first, then
 //! the service keeps serving for the drain delay while Kubernetes and Envoy take
 //! it out of rotation, then the listener closes and in-flight requests get up
-//! to the shutdown timeout to finish.
+//! to the shutdown timeout to finish (the connection handling is in
+//! [`crate::conn`]).
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +15,6 @@ use axum::http::{HeaderName, HeaderValue};
 use axum::middleware;
 use axum::response::Response;
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -25,6 +24,7 @@ use tracing::{Level, Span, field};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::config::ServerArgs;
+pub use crate::conn::{ServeOptions, connection_capacity, serve_on};
 use crate::error;
 use crate::health::Health;
 use crate::metrics::{self, HttpMetrics};
@@ -112,6 +112,12 @@ impl Service {
         for (name, value) in self.response_headers {
             app = app.layer(SetResponseHeaderLayer::overriding(name, value));
         }
+        // Every answer is what its Content-Type says: no browser sniffs a
+        // JSON error that quotes client input into HTML.
+        app = app.layer(SetResponseHeaderLayer::if_not_present(
+            axum::http::header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ));
         let request_id = HeaderName::from_static(REQUEST_ID_HEADER);
         // Outermost, so the id exists before the span records it and is echoed on every answer.
         app.layer(PropagateRequestIdLayer::new(request_id.clone()))
@@ -123,65 +129,21 @@ impl Service {
         let listener = TcpListener::bind(self.args.listen).await?;
         tracing::info!(service = self.name, addr = %listener.local_addr()?, "listening");
         let health = self.health.clone();
-        let timing = ShutdownTiming::from(&self.args);
+        let mut opts = ServeOptions::from(&self.args);
+        opts.max_connections = connection_capacity(opts.max_connections);
+        tracing::info!(
+            max_connections = opts.max_connections,
+            header_read_timeout = ?opts.header_read_timeout,
+            "connection limits"
+        );
         serve_on(
             listener,
             self.router(business, probes),
             health,
-            timing,
+            opts,
             shutdown_signal(),
         )
         .await
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-pub struct ShutdownTiming {
-    pub drain_delay: Duration,
-    pub shutdown_timeout: Duration,
-}
-
-impl From<&ServerArgs> for ShutdownTiming {
-    fn from(a: &ServerArgs) -> Self {
-        Self {
-            drain_delay: a.drain_delay,
-            shutdown_timeout: a.shutdown_timeout,
-        }
-    }
-}
-
-/// Serves `app` on `listener` until `signal` resolves, then drains (see module docs).
-pub async fn serve_on(
-    listener: TcpListener,
-    app: Router,
-    health: Health,
-    timing: ShutdownTiming,
-    signal: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let (closed_tx, mut closed_rx) = tokio::sync::watch::channel(false);
-    let drain = async move {
-        signal.await;
-        health.begin_drain();
-        tracing::info!(drain_delay = ?timing.drain_delay, "shutdown requested: readiness off, still serving while the mesh drains");
-        tokio::time::sleep(timing.drain_delay).await;
-        tracing::info!("closing the listener; waiting for in-flight requests");
-        let _ = closed_tx.send(true);
-    };
-    let deadline = async move {
-        let _ = closed_rx.wait_for(|closed| *closed).await;
-        tokio::time::sleep(timing.shutdown_timeout).await;
-    };
-    // Nagle + delayed ACKs would add ~40ms to small keep-alive responses.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let server = axum::serve(listener, app).with_graceful_shutdown(drain);
-    tokio::select! {
-        res = server.into_future() => res,
-        () = deadline => {
-            tracing::warn!(timeout = ?timing.shutdown_timeout, "in-flight requests outlived the shutdown timeout; exiting anyway");
-            Ok(())
-        }
     }
 }
 

@@ -95,6 +95,70 @@ async fn sigterm_fails_readiness_then_drains_in_flight_requests() {
     assert!(status.success(), "clean exit after drain: {status:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_sigterm_moves_every_keep_alive_client_and_fails_none() {
+    let (mut child, addr) = start(&[("DRAIN_DELAY", "1s")]);
+    // 16 keep-alive clients, each on its own pooled connection, infer in a
+    // loop until an answer says `Connection: close` (a client then goes to
+    // another replica). Before the fix, the listener's close dropped their
+    // idle connections under them.
+    let url = format!("http://{addr}/v2/models/propensity/infer");
+    let clients: Vec<_> = (0..16)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let client = reqwest::Client::builder()
+                    .pool_max_idle_per_host(1)
+                    .build()
+                    .unwrap();
+                let (mut answered, mut failed) = (0usize, Vec::new());
+                loop {
+                    match client.post(&url).json(&body()).send().await {
+                        Ok(r) => {
+                            let close = r
+                                .headers()
+                                .get("connection")
+                                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+                            if r.status() == 200 {
+                                answered += 1;
+                            } else {
+                                failed.push(format!("status {}", r.status()));
+                            }
+                            if close {
+                                return (answered, true, failed);
+                            }
+                        }
+                        Err(e) => {
+                            failed.push(format!("{e:?}"));
+                            return (answered, false, failed);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sigterm(&child);
+    let (mut answered, mut told, mut failed) = (0, 0, Vec::new());
+    for c in clients {
+        let (n, close, f) = c.await.unwrap();
+        answered += n;
+        told += usize::from(close);
+        failed.extend(f);
+    }
+    println!(
+        "SIGTERM under 16 keep-alive clients: {answered} answered, {told} told to close, {} failed",
+        failed.len()
+    );
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(told, 16);
+    let status =
+        tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(10)))
+            .await
+            .unwrap();
+    assert!(status.success(), "clean exit after drain: {status:?}");
+}
+
 #[test]
 fn a_model_that_fails_to_load_exits_non_zero_naming_file_and_reason() {
     let out = Command::new(env!("CARGO_BIN_EXE_mlmesh"))

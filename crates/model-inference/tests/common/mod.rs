@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use mesh_kit::server::{ShutdownTiming, serve_on};
+use mesh_kit::server::{ServeOptions, serve_on};
 use mesh_kit::{Health, ServerArgs};
 use model_inference::ModelArgs;
 use serde::Deserialize;
@@ -63,7 +63,7 @@ pub struct TestApp {
 impl TestApp {
     pub async fn spawn(model: ModelArgs, server: ServerArgs) -> Self {
         mesh_kit::telemetry::init_for_tests();
-        let timing = ShutdownTiming::from(&server);
+        let timing = ServeOptions::from(&server);
         let (svc, state) = model_inference::build(&model, server).expect("model loads");
         let health = svc.health();
         let app = svc.router(
