@@ -9,9 +9,10 @@ use crate::schema::default_seed_path;
 
 #[derive(Debug, Clone, Args)]
 pub struct StoreArgs {
-    /// Redis to serve from, e.g. redis://localhost:6379. Without it the
+    /// Redis to serve from, e.g. redis://localhost:6379 (its value is never
+    /// printed: it may carry a password). Without it the
     /// service serves from an in-memory store seeded from --seed-file.
-    #[arg(long, env = "REDIS_URL")]
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
 
     /// Seed rows (CSV with user_id,held_out,purchase,<features>); its header
@@ -66,7 +67,7 @@ impl StoreArgs {
 #[derive(Debug, Clone, Args)]
 pub struct SeedArgs {
     /// Redis to load into.
-    #[arg(long, env = "REDIS_URL")]
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: String,
 
     /// Seed rows to load.

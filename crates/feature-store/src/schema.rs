@@ -68,6 +68,12 @@ pub struct SeedRow {
     pub values: Vec<f64>,
 }
 
+/// A value the model can take as input: finite once narrowed to FP32 (the
+/// models' input type). Writes and seed rows are held to this.
+pub fn fits_model_input(v: f64) -> bool {
+    v.is_finite() && (v as f32).is_finite()
+}
+
 /// Reads the seed file: the schema from its header and every row.
 pub fn read_seed_file(path: &Path) -> Result<(FeatureSchema, Vec<SeedRow>), SeedError> {
     let text = std::fs::read_to_string(path).map_err(|source| SeedError::Io {
@@ -108,9 +114,20 @@ pub fn read_seed_file(path: &Path) -> Result<(FeatureSchema, Vec<SeedRow>), Seed
         }
         let values = cells[LEADING.len()..]
             .iter()
-            .map(|c| c.trim().parse::<f64>().ok().filter(|v| v.is_finite()))
+            .map(|c| {
+                c.trim()
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|v| fits_model_input(*v))
+            })
             .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| format(line_no, "feature values must be finite numbers".into()))?;
+            .ok_or_else(|| {
+                format(
+                    line_no,
+                    "feature values must be numbers finite as 32-bit floats (the model's input)"
+                        .into(),
+                )
+            })?;
         rows.push(SeedRow {
             entity_id: cells[0].to_owned(),
             values,
@@ -123,4 +140,36 @@ pub fn read_seed_file(path: &Path) -> Result<(FeatureSchema, Vec<SeedRow>), Seed
 /// root, or the container's working directory where it is baked in).
 pub fn default_seed_path() -> PathBuf {
     PathBuf::from("models/customers.csv")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seed(body: &str) -> Result<(FeatureSchema, Vec<SeedRow>), SeedError> {
+        let path = std::env::temp_dir().join(format!(
+            "mlmesh-seed-{}-{}.csv",
+            std::process::id(),
+            body.len()
+        ));
+        std::fs::write(&path, format!("user_id,held_out,purchase,A,B\n{body}")).unwrap();
+        let res = read_seed_file(&path);
+        std::fs::remove_file(&path).unwrap();
+        res
+    }
+
+    #[test]
+    fn rows_the_model_cannot_read_are_refused_with_their_line() {
+        let (_, rows) = seed("1,0,0,3.4e38,-2\n").unwrap();
+        assert_eq!(rows[0].values, vec![3.4e38, -2.0]);
+        for bad in [
+            "1,0,0,1e39,0\n",
+            "1,0,0,0,-1e39\n",
+            "1,0,0,NaN,0\n",
+            "1,0,0,inf,0\n",
+        ] {
+            let e = seed(&format!("2,0,0,1,1\n{bad}")).unwrap_err().to_string();
+            assert!(e.contains("line 3") && e.contains("32-bit"), "{bad}: {e}");
+        }
+    }
 }

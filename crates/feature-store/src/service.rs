@@ -5,11 +5,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use mesh_kit::extract::{Path, Query};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -92,25 +93,36 @@ impl AppState {
             metrics,
             reseed,
         }));
-        tokio::spawn(
-            state
-                .clone()
-                .watch_readiness(svc.health(), args.health_interval),
-        );
+        tokio::spawn(Self::watch_readiness(
+            Arc::downgrade(&state.0),
+            svc.health(),
+            args.health_interval,
+        ));
         Ok(state)
     }
 
     /// Checks the backend on an interval: readiness follows reachability and
     /// the presence of the seed rows, and the service recovers by itself
     /// when Redis comes back (re-seeding it first with `--reseed`).
-    async fn watch_readiness(self, health: Health, every: Duration) {
+    ///
+    /// Its owner is the service: the task holds only a weak reference and
+    /// ends once the last `AppState` is gone (a test's app dropped), or when
+    /// draining begins (readiness is off for good then).
+    async fn watch_readiness(state: std::sync::Weak<Inner>, health: Health, every: Duration) {
         let mut was_ready = false;
         let mut ever_ready = false;
         loop {
-            let state = self.serving_state().await;
-            let ready = state.is_ok();
+            let Some(inner) = state.upgrade() else {
+                tracing::debug!("feature store gone; readiness watch ends");
+                return;
+            };
+            if health.is_draining() {
+                return;
+            }
+            let status = Self(inner).serving_state().await;
+            let ready = status.is_ok();
             if ready != was_ready {
-                match &state {
+                match &status {
                     Ok(()) if ever_ready => tracing::info!("feature store ready again"),
                     Ok(()) => {}
                     Err(why) => tracing::warn!(reason = %why, "feature store not ready"),
@@ -182,14 +194,24 @@ impl AppState {
         let Some(names) = names else {
             return Ok((0..self.0.schema.len()).collect());
         };
-        let picked = names
-            .map(|n| {
-                self.0
-                    .schema
-                    .position(n)
-                    .ok_or_else(|| ApiError::bad_request(format!("unknown feature '{n}'")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        // Each name at most once: a repeated name would repeat its value in
+        // every row, so a small request could ask for a huge answer
+        // (117 KB of names made a 348 MB response). With duplicates refused
+        // an answer is at most max_batch x schema features.
+        let mut seen = vec![false; self.0.schema.len()];
+        let mut picked = Vec::new();
+        for n in names {
+            let i =
+                self.0.schema.position(n).ok_or_else(|| {
+                    ApiError::bad_request(format!("unknown feature '{}'", clip(n)))
+                })?;
+            if std::mem::replace(&mut seen[i], true) {
+                return Err(ApiError::bad_request(format!(
+                    "feature '{n}' is listed twice"
+                )));
+            }
+            picked.push(i);
+        }
         if picked.is_empty() {
             return Err(ApiError::bad_request(
                 "the feature subset is empty; omit it to get every feature",
@@ -218,6 +240,14 @@ impl AppState {
             stale,
         }
     }
+}
+
+/// How far in the future a written `event_time` may lie (clock skew).
+pub const MAX_FUTURE_EVENT_TIME: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Client text quoted back in an error, at most 80 characters.
+fn clip(s: &str) -> String {
+    s.chars().take(80).collect()
 }
 
 /// A JSON body written by the renderer.
@@ -319,24 +349,43 @@ async fn put_one(
             s.0.schema
                 .position(name)
                 .ok_or_else(|| ApiError::bad_request(format!("unknown feature '{name}'")))?;
-        let v = value.as_f64().filter(|v| v.is_finite()).ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "feature '{name}' must be a finite number, got {value}"
-            ))
-        })?;
+        // As the model reads it: FP32. 1e39 is a finite f64 but +inf as f32,
+        // and would degrade every later decision for this entity.
+        let v = value
+            .as_f64()
+            .filter(|v| crate::schema::fits_model_input(*v))
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "feature '{name}' must be a number the model can read (finite as 32-bit float, |x| <= {:e}), got {value}",
+                    f32::MAX
+                ))
+            })?;
         updates.push((i, v));
     }
     let event_time_ms = match &req.event_time {
         None => now_ms(),
-        Some(t) => humantime::parse_rfc3339_weak(t)
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map(|d| d.as_millis() as i64)
-            .ok_or_else(|| {
-                ApiError::bad_request(format!(
-                    "event_time '{t}' is not an RFC 3339 time after 1970"
-                ))
-            })?,
+        Some(t) => {
+            let ms = humantime::parse_rfc3339_weak(t)
+                .ok()
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map(|d| d.as_millis() as i64)
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "event_time '{}' is not an RFC 3339 time after 1970",
+                        clip(t)
+                    ))
+                })?;
+            // A value from the future would never turn stale (year 9999 was
+            // accepted); clocks may disagree by a little, not by more.
+            if ms > now_ms() + MAX_FUTURE_EVENT_TIME.as_millis() as i64 {
+                return Err(ApiError::bad_request(format!(
+                    "event_time '{}' is more than {} in the future",
+                    clip(t),
+                    humantime::format_duration(MAX_FUTURE_EVENT_TIME)
+                )));
+            }
+            ms
+        }
     };
     s.0.backend
         .put(&entity_id, &updates, event_time_ms)

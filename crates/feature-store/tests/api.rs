@@ -235,16 +235,108 @@ async fn bad_input_gets_4xx_json_errors_and_nothing_is_written() {
             String::new(),
             404,
         ),
+        // Each of these answered text/plain from axum's own extractors.
+        (
+            "features given twice in the query",
+            "GET",
+            "/v1/features/1?features=MOSTYPE&features=MAANTHUI".into(),
+            None,
+            String::new(),
+            400,
+        ),
+        (
+            "invalid UTF-8 in the id",
+            "GET",
+            "/v1/features/%FF".into(),
+            None,
+            String::new(),
+            400,
+        ),
+        (
+            "invalid UTF-8 in a write's id",
+            "PUT",
+            "/v1/features/%FF".into(),
+            ct,
+            json!({"features": {"MOSTYPE": 1}}).to_string(),
+            400,
+        ),
+        // Amplification: a repeated name repeated its value in every row.
+        (
+            "duplicate feature in subset",
+            "GET",
+            "/v1/features/1?features=MOSTYPE,MOSTYPE".into(),
+            None,
+            String::new(),
+            400,
+        ),
+        (
+            "duplicate feature in batch",
+            "POST",
+            batch.into(),
+            ct,
+            json!({"entity_ids": ["1"], "features": vec!["MOSTYPE"; 20_000]}).to_string(),
+            400,
+        ),
+        // FP32 is what the model reads: 1e39 is +inf there.
+        (
+            "write: 1e39 (infinite as f32)",
+            "PUT",
+            "/v1/features/1".into(),
+            ct,
+            "{\"features\": {\"MOSTYPE\": 1e39}}".into(),
+            400,
+        ),
+        (
+            "write: -1e39",
+            "PUT",
+            "/v1/features/1".into(),
+            ct,
+            "{\"features\": {\"MOSTYPE\": -1e39}}".into(),
+            400,
+        ),
+        (
+            "write: year 9999",
+            "PUT",
+            "/v1/features/1".into(),
+            ct,
+            json!({"features": {"MOSTYPE": 1}, "event_time": "9999-12-31T23:59:59Z"}).to_string(),
+            400,
+        ),
+        (
+            "write: two hours ahead",
+            "PUT",
+            "/v1/features/1".into(),
+            ct,
+            json!({"features": {"MOSTYPE": 1}, "event_time": humantime::format_rfc3339(std::time::SystemTime::now() + std::time::Duration::from_secs(7200)).to_string()}).to_string(),
+            400,
+        ),
     ];
     for (what, method, path, content_type, body, want) in cases {
+        // `call` fails on any answer that is not JSON.
         let a = call(&app, method, &path, content_type, Body::from(body)).await;
         assert_eq!(a.status.as_u16(), want, "{what}: {}", a.json);
+        assert_eq!(a.headers["content-type"], "application/json", "{what}");
+        assert_eq!(a.headers["x-content-type-options"], "nosniff", "{what}");
         assert!(
             a.json["error"].as_str().is_some_and(|m| !m.is_empty()),
             "{what}: {}",
             a.json
         );
     }
+    // The largest value FP32 holds, and a time a minute ahead (clock skew),
+    // are accepted.
+    let ok = call(
+        &app,
+        "PUT",
+        "/v1/features/2",
+        ct,
+        Body::from(
+            json!({"features": {"MOSTYPE": f64::from(f32::MAX)}, "event_time": humantime::format_rfc3339(std::time::SystemTime::now() + std::time::Duration::from_secs(60)).to_string()})
+                .to_string(),
+        ),
+    )
+    .await;
+    assert_eq!(ok.status, 200, "{}", ok.json);
     // None of the rejected writes touched customer 1.
     let a = get(&app, "/v1/features/1?features=MOSTYPE").await;
     assert_eq!(a.json["features"]["MOSTYPE"], 33.0);

@@ -136,3 +136,29 @@ async fn with_reseed_a_redis_restart_heals_itself() {
     let reseeds = test_support::metrics::sample(&text, "mlmesh_feature_store_reseeds", &[]).value;
     assert_eq!(reseeds, 1.0);
 }
+
+#[tokio::test]
+async fn a_dropped_service_lets_go_of_redis_and_its_readiness_watch_ends() {
+    let redis = RedisServer::start();
+    seed(&redis).await;
+    let (app, health) = app(&store_args(Some(&redis))).await;
+    assert_eq!(get(&app, "/v1/features/42").await.status, StatusCode::OK);
+    let ours = || {
+        redis
+            .query(&["CLIENT", "LIST"])
+            .lines()
+            .filter(|l| l.contains("name=mlmesh-feature-store"))
+            .count()
+    };
+    assert!(ours() > 0, "the store is connected");
+    // The readiness watch held the service forever (and its connections
+    // with it); now it holds a weak reference and ends with its owner.
+    drop(app);
+    drop(health);
+    wait_for(
+        "the store's Redis connections to close",
+        Duration::from_secs(10),
+        || ours() == 0,
+    )
+    .await;
+}

@@ -114,16 +114,15 @@ struct RequestLabels {
 
 #[derive(Clone)]
 pub struct InferenceMetrics {
-    requests: Vec<Counter>,
-    scores: Vec<Histogram>,
+    /// Each counter beside the labels it was created with, found by them:
+    /// an index computed from enum order could silently count one outcome
+    /// under another's label. Ten entries: a scan costs nothing.
+    requests: Vec<((Traffic, Outcome), Counter)>,
+    scores: Vec<(Traffic, Histogram)>,
     pub queue_wait: Histogram,
     pub compute: Histogram,
     pub batch_rows: Histogram,
     pub queue_depth: Gauge,
-}
-
-fn slot(traffic: Traffic, outcome: Outcome) -> usize {
-    traffic as usize * OUTCOMES.len() + outcome as usize
 }
 
 impl InferenceMetrics {
@@ -187,14 +186,14 @@ impl InferenceMetrics {
                     traffic,
                     outcome,
                 };
-                requests.push(requests_f.get_or_create(&l).clone());
+                requests.push(((traffic, outcome), requests_f.get_or_create(&l).clone()));
             }
             let l = TrafficLabels {
                 model: ml.model.clone(),
                 version: ml.version.clone(),
                 traffic,
             };
-            scores.push(scores_f.get_or_create(&l).clone());
+            scores.push((traffic, scores_f.get_or_create(&l).clone()));
         }
         Self {
             requests,
@@ -207,13 +206,16 @@ impl InferenceMetrics {
     }
 
     pub fn request(&self, traffic: Traffic, outcome: Outcome) {
-        self.requests[slot(traffic, outcome)].inc();
+        if let Some((_, c)) = self.requests.iter().find(|(k, _)| *k == (traffic, outcome)) {
+            c.inc();
+        }
     }
 
     pub fn scores(&self, traffic: Traffic, scores: impl IntoIterator<Item = f32>) {
-        let h = &self.scores[traffic as usize];
-        for s in scores {
-            h.observe(f64::from(s));
+        if let Some((_, h)) = self.scores.iter().find(|(t, _)| *t == traffic) {
+            for s in scores {
+                h.observe(f64::from(s));
+            }
         }
     }
 }
@@ -221,6 +223,32 @@ impl InferenceMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_outcome_is_counted_under_its_own_labels() {
+        let mut registry = Registry::default();
+        let m = InferenceMetrics::register(&mut registry, "propensity", "v1");
+        for (i, traffic) in TRAFFIC.into_iter().enumerate() {
+            for (j, outcome) in OUTCOMES.into_iter().enumerate() {
+                for _ in 0..(1 + i * OUTCOMES.len() + j) {
+                    m.request(traffic, outcome);
+                }
+            }
+        }
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for (i, traffic) in TRAFFIC.into_iter().enumerate() {
+            for (j, outcome) in OUTCOMES.into_iter().enumerate() {
+                let line = format!(
+                    "inference_requests_total{{model=\"propensity\",version=\"v1\",traffic=\"{}\",outcome=\"{}\"}} {}",
+                    traffic.as_str(),
+                    outcome.as_str(),
+                    1 + i * OUTCOMES.len() + j
+                );
+                assert!(text.contains(&line), "missing {line}\n{text}");
+            }
+        }
+    }
 
     #[test]
     fn shadow_host_detection() {
