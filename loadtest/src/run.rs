@@ -27,6 +27,22 @@ const SHARDS: usize = 64;
 pub enum RunError {
     #[error("base URL {0:?} is not an absolute http:// URL")]
     BaseUrl(String),
+    /// A worker panicked: its requests are missing from the figures, so the
+    /// run is reported as failed rather than as a smaller, wrong result.
+    #[error("{0} load worker(s) panicked: {1}; the figures would be incomplete")]
+    WorkerPanicked(usize, String),
+}
+
+/// The panic message of a failed task, for the report.
+fn panic_text(e: tokio::task::JoinError) -> String {
+    match e.try_into_panic() {
+        Ok(p) => p
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a non-text panic".to_owned()),
+        Err(e) => e.to_string(),
+    }
 }
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
@@ -282,13 +298,26 @@ pub async fn run(cfg: &Config, users: Vec<User>) -> Result<Report, RunError> {
                     })
                 })
                 .collect();
+            let mut panics = Vec::new();
             for w in workers {
-                let _ = w.await;
+                if let Err(e) = w.await {
+                    panics.push(panic_text(e));
+                }
+            }
+            if !panics.is_empty() {
+                plan.stop.store(true, Ordering::Relaxed);
+                return Err(RunError::WorkerPanicked(
+                    panics.len(),
+                    panics.swap_remove(0),
+                ));
             }
             format!("closed ({connections} connections)")
         }
         Some(rate) => {
-            open_loop(&plan, rate).await;
+            if let Err((n, first)) = open_loop(&plan, rate).await {
+                plan.stop.store(true, Ordering::Relaxed);
+                return Err(RunError::WorkerPanicked(n, first));
+            }
             format!("open ({rate} req/s)")
         }
     };
@@ -310,11 +339,13 @@ pub async fn run(cfg: &Config, users: Vec<User>) -> Result<Report, RunError> {
     ))
 }
 
-/// Starts request `i` at `start + i / rate`, whatever earlier requests are doing.
-async fn open_loop(plan: &Arc<Plan>, rate: f64) {
+/// Starts request `i` at `start + i / rate`, whatever earlier requests are
+/// doing. Errs with the number of panicked tasks and the first message.
+async fn open_loop(plan: &Arc<Plan>, rate: f64) -> Result<(), (usize, String)> {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_OPEN_IN_FLIGHT));
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
+    let mut panics = Vec::new();
     while let Some(i) = plan.claim() {
         let scheduled = start + Duration::from_secs_f64(i as f64 / rate);
         tokio::time::sleep_until(scheduled.into()).await;
@@ -327,9 +358,23 @@ async fn open_loop(plan: &Arc<Plan>, rate: f64) {
             drop(permit);
         });
         // Reap finished tasks so the set does not grow with the run.
-        while tasks.try_join_next().is_some() {}
+        while let Some(done) = tasks.try_join_next() {
+            note_panic(done, &mut panics);
+        }
     }
-    while tasks.join_next().await.is_some() {}
+    while let Some(done) = tasks.join_next().await {
+        note_panic(done, &mut panics);
+    }
+    match panics.len() {
+        0 => Ok(()),
+        n => Err((n, panics.swap_remove(0))),
+    }
+}
+
+fn note_panic(done: Result<(), tokio::task::JoinError>, panics: &mut Vec<String>) {
+    if let Err(e) = done {
+        panics.push(panic_text(e));
+    }
 }
 
 /// A progress bar on a terminal; a plain line every 5 s otherwise (CI logs).
@@ -383,5 +428,23 @@ async fn report_progress(plan: Arc<Plan>, limit: Option<u64>) {
             }
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod panic_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_task_is_reported_with_its_message() {
+        let mut panics = Vec::new();
+        let failed = tokio::spawn(async { panic!("worker exploded at request 7") }).await;
+        note_panic(failed, &mut panics);
+        note_panic(tokio::spawn(async {}).await, &mut panics);
+        assert_eq!(panics, vec!["worker exploded at request 7".to_owned()]);
+        let owned = tokio::spawn(async { panic!("{}", String::from("formatted")) }).await;
+        assert_eq!(panic_text(owned.unwrap_err()), "formatted");
+        let e = RunError::WorkerPanicked(3, "boom".into()).to_string();
+        assert!(e.contains("3 load worker(s) panicked: boom"), "{e}");
     }
 }

@@ -80,6 +80,13 @@ pub struct FrontendArgs {
     #[arg(long, env = "DECISION_KEY", hide_env_values = true)]
     pub decision_key: Option<String>,
 
+    /// File holding the decision key, used when `--decision-key` is unset.
+    /// When the file does not exist, a random key is written to it first
+    /// (mode 0600), so every replica sharing the file, and every restart,
+    /// sign with the same key without anyone choosing one (compose does this).
+    #[arg(long, env = "DECISION_KEY_FILE")]
+    pub decision_key_file: Option<std::path::PathBuf>,
+
     /// Feedback for decisions older than this is rejected.
     #[arg(long, env = "DECISION_MAX_AGE", default_value = "24h", value_parser = humantime::parse_duration)]
     pub decision_max_age: Duration,
@@ -101,7 +108,8 @@ impl FrontendArgs {
             experiment_salt: "mlmesh-experiment-1".into(),
             threshold: 0.1,
             upstream_timeout: Duration::from_secs(1),
-            decision_key: Some("test-key".into()),
+            decision_key: Some("mlmesh-test-decision-key".into()),
+            decision_key_file: None,
             decision_max_age: Duration::from_secs(24 * 3600),
         }
     }

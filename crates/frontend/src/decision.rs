@@ -5,6 +5,7 @@
 //! like a JWT without the header: small enough for a URL, readable by anyone,
 //! trusted only when the MAC verifies under the frontend's key.
 
+use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -71,6 +72,88 @@ pub struct Signer {
     max_age: Duration,
 }
 
+/// Keys shipped in this repository's examples (older compose files and
+/// `k8s/base` had them): anyone can sign with them, so the frontend warns
+/// loudly when it runs with one.
+pub const KNOWN_DEMO_KEYS: &[&str] = &[
+    "compose-demo-key-change-me",
+    "mlmesh-lab-demo-key-change-me",
+    "change-me",
+];
+
+/// A key shorter than this is guessable by brute force offline from one
+/// decision id (HMAC-SHA256 adds no stretching).
+pub const MIN_KEY_LEN: usize = 16;
+
+/// Why `key` should not sign a real experiment's decisions, if it should not.
+pub fn weak_key_reason(key: &[u8]) -> Option<&'static str> {
+    if KNOWN_DEMO_KEYS.iter().any(|k| k.as_bytes() == key) {
+        Some("it is a demo key published in mlmesh's repository: anyone can forge feedback")
+    } else if key.len() < MIN_KEY_LEN {
+        Some("it is shorter than 16 bytes: it can be guessed offline from one decision id")
+    } else {
+        None
+    }
+}
+
+/// 32 bytes from the operating system's CSPRNG. Not fastrand: its state is
+/// seeded from the clock and thread id, and a key made from it was recovered
+/// from one decision id and the process's start time.
+pub fn random_key() -> [u8; 32] {
+    let mut key = [0u8; 32];
+    // Fails only without any OS entropy source (no getrandom(2), no
+    // /dev/urandom): nothing could be signed safely then.
+    getrandom::fill(&mut key).expect("the operating system's random source is available");
+    key
+}
+
+/// `random_key` as 64 hex digits, for a key passed through the environment
+/// or written to a file.
+pub fn random_key_hex() -> String {
+    random_key().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The key in `path` (surrounding whitespace trimmed); when the file does not
+/// exist, a fresh `random_key_hex` is written there first. Replicas racing to
+/// create it agree: the key is written to a private temporary file and
+/// hard-linked into place, which fails for all but the first.
+pub fn load_or_create_key_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::{ErrorKind, Write as _};
+    use std::os::unix::fs::OpenOptionsExt as _;
+    match std::fs::read(path) {
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(random_key_hex().as_bytes())?;
+            f.sync_all()?;
+            drop(f);
+            let linked = std::fs::hard_link(&tmp, path);
+            let _ = std::fs::remove_file(&tmp);
+            match linked {
+                Ok(()) => tracing::info!(path = %path.display(), "wrote a new random decision key"),
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Err(e) => return Err(e),
+        Ok(_) => {}
+    }
+    let key = std::fs::read(path)?;
+    let key = key.trim_ascii();
+    if key.is_empty() {
+        return Err(std::io::Error::new(
+            ErrorKind::InvalidData,
+            "the file is empty",
+        ));
+    }
+    Ok(key.to_vec())
+}
+
 pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -87,10 +170,7 @@ impl Signer {
 
     /// A random key: feedback then verifies only in this process.
     pub fn ephemeral(max_age: Duration) -> Self {
-        let key: Vec<u8> = std::iter::repeat_with(|| fastrand::u8(..))
-            .take(32)
-            .collect();
-        Self::new(&key, max_age)
+        Self::new(&random_key(), max_age)
     }
 
     pub fn sign(&self, claims: &Claims) -> String {
@@ -145,6 +225,57 @@ mod tests {
 
     fn signer() -> Signer {
         Signer::new(b"k1", Duration::from_secs(3600))
+    }
+
+    #[test]
+    fn random_keys_are_fresh_and_full_length() {
+        let keys: std::collections::HashSet<[u8; 32]> = (0..1000).map(|_| random_key()).collect();
+        assert_eq!(keys.len(), 1000, "a CSPRNG never repeats a 256-bit key");
+        let hex = random_key_hex();
+        assert_eq!(hex.len(), 64);
+        assert!(hex.bytes().all(|b| b.is_ascii_hexdigit()));
+        // Two signers made at the same instant on the same thread (what a
+        // clock-and-thread seeded generator gets wrong) sign differently.
+        let (a, b) = (
+            Signer::ephemeral(Duration::from_secs(60)),
+            Signer::ephemeral(Duration::from_secs(60)),
+        );
+        assert_ne!(a.sign(&claims()), b.sign(&claims()));
+    }
+
+    #[test]
+    fn a_key_file_is_created_once_and_then_reused() {
+        let dir = std::env::temp_dir().join(format!("mlmesh-key-{}", random_key_hex()));
+        std::fs::create_dir(&dir).unwrap();
+        let path = dir.join("decision-key");
+        let first = load_or_create_key_file(&path).unwrap();
+        assert_eq!(first.len(), 64);
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "readable by others: {mode:o}");
+        assert_eq!(load_or_create_key_file(&path).unwrap(), first);
+        std::fs::write(&path, "  my-own-key-of-some-length\n").unwrap();
+        assert_eq!(
+            load_or_create_key_file(&path).unwrap(),
+            b"my-own-key-of-some-length"
+        );
+        std::fs::write(&path, "\n").unwrap();
+        assert!(
+            load_or_create_key_file(&path).is_err(),
+            "an empty key file is refused"
+        );
+        let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "temporary files are removed");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn demo_and_short_keys_are_weak() {
+        for k in KNOWN_DEMO_KEYS {
+            assert!(weak_key_reason(k.as_bytes()).unwrap().contains("demo key"));
+        }
+        assert!(weak_key_reason(b"secret").unwrap().contains("shorter"));
+        assert_eq!(weak_key_reason(random_key_hex().as_bytes()), None);
     }
 
     #[test]

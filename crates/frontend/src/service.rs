@@ -4,12 +4,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use mesh_kit::extract::Query;
 use opentelemetry::trace::TraceContextExt;
 use serde::{Deserialize, Serialize};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -23,11 +24,11 @@ use mesh_kit::{ApiError, ServerArgs, Service};
 
 use crate::cohort::{Assigner, Assignment, BETA_GROUP, Reason};
 use crate::config::{FrontendArgs, RoutingMode};
-use crate::decision::{Claims, Decision, Signer, unix_now};
+use crate::decision::{self, Claims, Decision, Signer, unix_now};
 use crate::exposure::Seen;
 use crate::feedback::{Ledger, Outcome, Recorded};
 use crate::metrics::{FrontendMetrics, UNKNOWN_VERSION};
-use crate::upstream::{ConfigError, Upstreams};
+use crate::upstream::{ConfigError, UpstreamError, Upstreams};
 
 /// The browser's equivalent of `x-user-group: beta`: set by `?group=beta`
 /// (or the header), cleared by `?group=none`, so the choice survives reloads.
@@ -64,15 +65,7 @@ impl AppState {
     pub fn new(args: &FrontendArgs, svc: &mut Service) -> Result<Self, ConfigError> {
         let metrics = FrontendMetrics::register(svc.registry_mut(), args.canary_percent);
         let upstreams = Upstreams::new(args, metrics.clone())?;
-        let signer = match args.decision_key.as_deref().filter(|k| !k.is_empty()) {
-            Some(key) => Signer::new(key.as_bytes(), args.decision_max_age),
-            None => {
-                tracing::warn!(
-                    "DECISION_KEY is not set: using a random key, so feedback verifies only at this replica and not across restarts"
-                );
-                Signer::ephemeral(args.decision_max_age)
-            }
-        };
+        let signer = signer(args)?;
         tracing::info!(
             routing = ?args.routing,
             canary_percent = args.canary_percent,
@@ -246,7 +239,7 @@ impl AppState {
             Ok(None) => {
                 return Err(ApiError::not_found(format!("user '{user_id}' not found")));
             }
-            Err(e) => return Ok(self.degraded(&answer, None, e.to_string(), group)),
+            Err(e) => return Ok(self.degraded(&answer, None, &e, group)),
         };
         let scored = match self
             .0
@@ -256,8 +249,7 @@ impl AppState {
         {
             Ok(s) => s,
             Err(f) => {
-                let reason = f.error.to_string();
-                return Ok(self.degraded(&answer, f.model_version.as_deref(), reason, group));
+                return Ok(self.degraded(&answer, f.model_version.as_deref(), &f.error, group));
             }
         };
         let decision = if scored.probability >= self.0.threshold {
@@ -294,12 +286,14 @@ impl AppState {
         &self,
         answer: &Answer<'_>,
         model_version: Option<&str>,
-        reason: String,
+        error: &UpstreamError,
         group: GroupChoice,
     ) -> Response {
         // Per request, so debug: under a fault lab this fires hundreds of
-        // times a second; the answer and the metrics already carry it.
-        tracing::debug!(user_id = answer.user_id, %reason, "degraded decision");
+        // times a second; the metrics carry the kind. The detail (URLs, raw
+        // errors) stays here and in the span; the user gets a stable phrase.
+        tracing::debug!(user_id = answer.user_id, error = %error, "degraded decision");
+        let reason = error.public_reason(model_version);
         self.0.metrics.decision(
             model_version.unwrap_or(UNKNOWN_VERSION),
             answer.assignment.cohort.as_str(),
@@ -435,11 +429,10 @@ fn respond(body: PredictResponse<'_>, model_version: Option<&str>, group: GroupC
 
 async fn predict_get(
     State(s): State<AppState>,
-    query: Result<Query<PredictQuery>, QueryRejection>,
+    Query(q): Query<PredictQuery>,
     headers: HeaderMap,
     fwd: Forwarded,
 ) -> Result<Response, ApiError> {
-    let Query(q) = query?;
     let group = group_choice(q.group.as_deref(), &headers);
     s.predict(q.user_id, group, &headers, fwd).await
 }
@@ -479,8 +472,36 @@ async fn feedback(
     s.feedback(req)
 }
 
-async fn page() -> Html<&'static str> {
-    Html(PAGE)
+/// The page's Content-Security-Policy: nothing but its own inline script and
+/// style (by hash, so an injected one never runs) and calls to this origin.
+fn page_csp() -> &'static str {
+    static CSP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    CSP.get_or_init(|| {
+        use base64::Engine as _;
+        let hash = |open: &str, close: &str| {
+            let start = PAGE.find(open).map(|i| i + open.len()).expect("page has the tag");
+            let end = start + PAGE[start..].find(close).expect("tag is closed");
+            let digest = <sha2::Sha256 as sha2::Digest>::digest(&PAGE.as_bytes()[start..end]);
+            format!("'sha256-{}'", base64::engine::general_purpose::STANDARD.encode(digest))
+        };
+        format!(
+            "default-src 'none'; script-src {}; style-src {}; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+            hash("<script>", "</script>"),
+            hash("<style>", "</style>")
+        )
+    })
+}
+
+async fn page() -> Response {
+    (
+        [
+            (header::CONTENT_SECURITY_POLICY, page_csp()),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
+        ],
+        Html(PAGE),
+    )
+        .into_response()
 }
 
 /// Business routes.
@@ -494,6 +515,36 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// The assembled service and its state, for the binary and the tests.
+/// The decision signer: `--decision-key`, else `--decision-key-file`
+/// (created when missing), else a per-process random key.
+fn signer(args: &FrontendArgs) -> Result<Signer, ConfigError> {
+    let key = match (
+        args.decision_key.as_deref().filter(|k| !k.is_empty()),
+        &args.decision_key_file,
+    ) {
+        (Some(key), _) => key.as_bytes().to_vec(),
+        (None, Some(path)) => {
+            decision::load_or_create_key_file(path).map_err(|source| ConfigError::KeyFile {
+                path: path.clone(),
+                source,
+            })?
+        }
+        (None, None) => {
+            tracing::warn!(
+                "DECISION_KEY is not set: using a random key, so feedback verifies only at this replica and not across restarts"
+            );
+            return Ok(Signer::ephemeral(args.decision_max_age));
+        }
+    };
+    if let Some(why) = decision::weak_key_reason(&key) {
+        // Loud on purpose: a lab copied to a real cluster keeps its demo key.
+        tracing::error!(
+            "INSECURE DECISION_KEY: {why}. Generate one: openssl rand -hex 32 (or unset it and use --decision-key-file)"
+        );
+    }
+    Ok(Signer::new(&key, args.decision_max_age))
+}
+
 pub fn build(args: &FrontendArgs, server: ServerArgs) -> Result<(Service, AppState), ConfigError> {
     let mut svc = Service::new("frontend", server);
     let state = AppState::new(args, &mut svc)?;

@@ -56,6 +56,24 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// What the end user is told in a degraded answer's `reason`: short,
+    /// stable, and free of internal URLs and raw errors (those stay in the
+    /// logs, the spans and the `kind` label of the metrics), e.g.
+    /// `feature store unavailable`, `model v2 timed out`.
+    pub fn public_reason(&self, model_version: Option<&str>) -> String {
+        let (upstream, what) = match self {
+            Self::Timeout { upstream, .. } => (*upstream, "timed out"),
+            Self::Connect { upstream, .. } => (*upstream, "unavailable"),
+            Self::Status { upstream, .. } => (*upstream, "failed"),
+            Self::Invalid { upstream, .. } => (*upstream, "answered something unusable"),
+        };
+        match (upstream, model_version) {
+            (FEATURE_STORE, _) => format!("feature store {what}"),
+            (_, Some(v)) if !v.is_empty() && v.len() <= 32 => format!("model {v} {what}"),
+            _ => format!("model {what}"),
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Timeout { .. } => "timeout",
@@ -168,6 +186,11 @@ pub enum ConfigError {
     ShadowUrl(String),
     #[error("--routing direct needs --model-v1-url and --model-v2-url")]
     MissingModelUrl,
+    #[error("decision key file {path}: {source}")]
+    KeyFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl Upstreams {
@@ -442,7 +465,7 @@ impl Upstreams {
     /// does: same body and headers, Host suffixed `-shadow`, answer discarded.
     fn mirror(&self, body: &Bytes, fwd: &Forwarded) {
         let Some(shadow) = &self.shadow else { return };
-        if fastrand::u8(0..100) >= shadow.percent {
+        if fastrand::u32(0..100) >= u32::from(shadow.percent) {
             return;
         }
         let Ok(permit) = Arc::clone(&shadow.slots).try_acquire_owned() else {

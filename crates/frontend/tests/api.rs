@@ -278,6 +278,19 @@ async fn the_page_is_served_with_its_form() {
             .unwrap()
             .starts_with("text/html")
     );
+    // Only the page's own inline script and style may run (the browser
+    // test runs the page under this policy).
+    let csp = res.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        csp.starts_with("default-src 'none'; script-src 'sha256-"),
+        "{csp}"
+    );
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert_eq!(res.headers()["x-content-type-options"], "nosniff");
     let bytes = http_body_util::BodyExt::collect(res.into_body())
         .await
         .unwrap()

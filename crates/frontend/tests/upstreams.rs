@@ -23,14 +23,15 @@ fn baseline_user(args: &frontend::FrontendArgs) -> String {
         .unwrap()
 }
 
-fn assert_degraded(a: &Answer, reason_contains: &str) {
+/// `reason` is the stable phrase for users, exactly: no URL, address or raw
+/// error reaches them (those are in the logs and metrics).
+fn assert_degraded(a: &Answer, reason: &str) {
     assert_eq!(a.status, 200, "{}", a.json);
     assert_eq!(a.json["degraded"], true, "{}", a.json);
     assert_eq!(a.json["decision"], "no_offer");
     assert_eq!(a.json["score"], Value::Null);
     assert_eq!(a.json["decision_id"], Value::Null);
-    let reason = a.json["reason"].as_str().unwrap();
-    assert!(reason.contains(reason_contains), "reason {reason:?}");
+    assert_eq!(a.json["reason"], reason, "{}", a.json);
 }
 
 fn degraded_count(text: &str, version: &str) -> f64 {
@@ -59,7 +60,7 @@ async fn a_model_that_is_down_degrades_the_answer_and_is_counted() {
     let user = baseline_user(&args);
     let a = get(&app, &format!("/predict?user_id={user}")).await;
     assert_eq!(a.json["cohort"], "baseline");
-    assert_degraded(&a, "model-inference is unreachable");
+    assert_degraded(&a, "model v1 unavailable");
     assert_eq!(
         a.json["model_version"], "v1",
         "attributed to the version that failed"
@@ -84,7 +85,7 @@ async fn a_feature_store_that_is_down_degrades_the_answer() {
     args.feature_store_url = dead_url();
     let app = frontend(&args);
     let a = get(&app, "/predict?user_id=42").await;
-    assert_degraded(&a, "feature-store is unreachable");
+    assert_degraded(&a, "feature store unavailable");
     assert_eq!(a.json["model_version"], Value::Null);
     let text = test_support::http::get_text(&app, "/metrics").await;
     assert_eq!(degraded_count(&text, "unknown"), 1.0);
@@ -111,7 +112,7 @@ async fn slow_and_failing_models_are_cut_off_by_the_timeout_or_reported() {
 
     let started = Instant::now();
     let a = get(&app, &format!("/predict?user_id={user}")).await;
-    assert_degraded(&a, "did not answer within");
+    assert_degraded(&a, "model v1 timed out");
     // Not a benchmark: the point is that the answer does not wait out the 5 s fault.
     assert!(
         started.elapsed() < Duration::from_secs(3),
@@ -120,7 +121,7 @@ async fn slow_and_failing_models_are_cut_off_by_the_timeout_or_reported() {
     );
 
     let a = get(&app, &format!("/predict?user_id={user}&group=beta")).await;
-    assert_degraded(&a, "model-inference answered 500");
+    assert_degraded(&a, "model v2 failed");
     assert_eq!(a.json["model_version"], "v2");
     assert_eq!(a.headers["x-model-version"], "v2");
 }
@@ -143,7 +144,7 @@ async fn the_callers_deadline_shortens_the_upstream_budget() {
             .unwrap(),
     )
     .await;
-    assert_degraded(&a, "did not answer within");
+    assert_degraded(&a, "model v1 timed out");
     assert!(
         started.elapsed() < Duration::from_secs(3),
         "{:?}",
