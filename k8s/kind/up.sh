@@ -86,6 +86,17 @@ kubectl get namespace mlmesh >/dev/null 2>&1 && first_run=false
 # A Job's pod template is immutable: the finished seed Job of an earlier run
 # is deleted and applied afresh (the feature store also re-seeds by itself).
 kubectl -n mlmesh delete job seed --ignore-not-found >/dev/null 2>&1 || true
+# The key that signs decision ids: random, made here once per cluster and kept
+# on re-runs (outstanding decision ids keep verifying); never committed. It
+# goes to kubectl in a private file, not on its command line (visible in ps).
+kubectl apply -f "$repo/k8s/base/namespace.yaml"
+if ! kubectl -n mlmesh get secret frontend-decision-key >/dev/null 2>&1; then
+    keyfile="$(mktemp)"
+    trap 'rm -f "$keyfile"' EXIT
+    od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >"$keyfile"
+    kubectl -n mlmesh create secret generic frontend-decision-key --from-file=key="$keyfile"
+    rm -f "$keyfile"
+fi
 kubectl apply -k "$repo/k8s/base"
 kubectl apply -f "$repo/istio/gateway.yaml" -f "$repo/istio/destination-rules.yaml"
 kubectl apply -f "$repo/istio/telemetry/"

@@ -223,7 +223,7 @@ async fn run_seed(args: SeedArgs) -> anyhow::Result<()> {
     let report = feature_store::seed(&args).await.with_context(|| {
         format!(
             "seeding {} from {}",
-            args.redis_url,
+            mesh_kit::config::redact_url(&args.redis_url),
             args.seed_file.display()
         )
     })?;
@@ -232,7 +232,7 @@ async fn run_seed(args: SeedArgs) -> anyhow::Result<()> {
         report.entities,
         report.features,
         args.seed_file.display(),
-        args.redis_url,
+        mesh_kit::config::redact_url(&args.redis_url),
         feature_store::store::KEY_PREFIX
     );
     Ok(())

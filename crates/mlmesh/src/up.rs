@@ -41,7 +41,7 @@ pub struct UpArgs {
     pub shadow: bool,
 
     /// Use this Redis for features (seeded first) instead of the embedded store.
-    #[arg(long, env = "REDIS_URL")]
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
 
     /// Where propensity-v1.onnx, propensity-v2.onnx and customers.csv live.
@@ -140,14 +140,20 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     }
 
     if let Some(redis) = &args.redis_url {
+        // The URL through the environment, not argv: a password in it would
+        // be visible to every user in `ps`.
         let status = Command::new(&exe)
-            .args(["feature-store", "seed", "--redis-url", redis, "--file"])
+            .args(["feature-store", "seed", "--file"])
             .arg(&seed)
+            .env("REDIS_URL", redis)
             .status()
             .await
             .context("running the seed job")?;
         if !status.success() {
-            bail!("seeding {redis} failed ({status}); is Redis running there?");
+            bail!(
+                "seeding {} failed ({status}); is Redis running there?",
+                mesh_kit::config::redact_url(redis)
+            );
         }
     }
 
@@ -179,7 +185,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             .env("MODEL_V1_URL", url(v1_addr))
             .env("MODEL_V2_URL", url(v2_addr))
             .env("CANARY_PERCENT", args.canary_percent.to_string())
-            .env("DECISION_KEY", random_key());
+            .env("DECISION_KEY", frontend::decision::random_key_hex());
         if args.shadow {
             fe.env("SHADOW_URL", url(v2_addr));
         } else {
@@ -309,15 +315,9 @@ async fn stop_all(running: &mut [Running]) {
     }
 }
 
-fn random_key() -> String {
-    (0..32)
-        .map(|_| format!("{:02x}", fastrand::u8(..)))
-        .collect()
-}
-
 fn print_banner(args: &UpArgs, fe: SocketAddr, fs: SocketAddr, v1: SocketAddr, v2: SocketAddr) {
     let store = match &args.redis_url {
-        Some(r) => format!("Redis at {r}"),
+        Some(r) => format!("Redis at {}", mesh_kit::config::redact_url(r)),
         None => "embedded store, seeded".to_owned(),
     };
     println!(

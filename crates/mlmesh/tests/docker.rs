@@ -310,6 +310,7 @@ impl Project {
             "EXPERIMENT_SALT",
             "SHADOW_URL",
             "MLMESH_PORT",
+            "DECISION_KEY",
         ] {
             c.env_remove(var);
         }
@@ -560,6 +561,43 @@ fn the_compose_stack_serves_scrapes_drains_and_heals() {
     let reseeds =
         test_support::metrics::sample(&metrics, "mlmesh_feature_store_reseeds", &[]).value;
     assert_eq!(reseeds, 1.0, "the feature store re-seeded Redis once");
+
+    // The decision key: generated into the volume on first start (nothing
+    // committed signs ids), and the same after a restart, so feedback for a
+    // decision made before it still verifies.
+    let decided = rt.block_on(predict(&app, 42)).unwrap();
+    project.run(&["restart", "frontend"]);
+    wait_until(
+        "the frontend healthy again",
+        Duration::from_secs(60),
+        || match health("frontend").as_str() {
+            "healthy" => Ok(()),
+            other => Err(other.to_owned()),
+        },
+    );
+    let app = format!("http://{}", project.published("frontend", 8080));
+    let verdict = rt.block_on(async {
+        let r = client
+            .post(format!("{app}/feedback"))
+            .json(
+                &serde_json::json!({"decision_id": decided["decision_id"], "outcome": "accepted"}),
+            )
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json::<Json>().await.unwrap())
+    });
+    assert_eq!(
+        verdict.0, 200,
+        "feedback across a frontend restart: {}",
+        verdict.1
+    );
+    let logs = project.run(&["logs", "--no-color", "frontend"]);
+    assert!(
+        logs.contains("wrote a new random decision key"),
+        "the key was not generated into the volume:\n{logs}"
+    );
+    assert!(!logs.contains("INSECURE"), "a weak key in compose:\n{logs}");
 
     // `stop` under load: every request the frontend accepted is answered.
     // Requests go to the container's own address (not through docker-proxy,

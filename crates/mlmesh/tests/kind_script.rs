@@ -139,6 +139,16 @@ fn a_first_run_creates_the_cluster_on_the_chosen_port_and_applies_the_baseline()
     assert!(!has(&calls, "rollout restart"), "nothing to restart yet");
     assert!(has(&calls, "delete job seed"));
     assert!(has(&calls, "k8s/addons/grafana"));
+    // A random decision key, made before the workloads that read it.
+    let create = calls
+        .iter()
+        .position(|c| c.contains("create secret generic frontend-decision-key --from-file=key="))
+        .unwrap_or_else(|| panic!("no decision key Secret: {calls:#?}"));
+    let apply = calls
+        .iter()
+        .position(|c| c.contains("apply -k") && c.contains("k8s/base"))
+        .unwrap();
+    assert!(create < apply, "{calls:#?}");
     assert!(has(
         &calls,
         &format!("curl -fsS http://localhost:{port}/predict")
@@ -151,6 +161,10 @@ fn a_rerun_reloads_the_image_into_running_pods_and_keeps_the_users_experiment() 
     let sb = Sandbox::new("rerun", true, true);
     let (_, calls) = sb.run_ok(free_port());
     assert!(!has(&calls, "kind create"), "{calls:#?}");
+    assert!(
+        !has(&calls, "create secret"),
+        "the existing decision key is kept: {calls:#?}"
+    );
     assert!(
         !has(&calls, "istio/baseline/"),
         "re-applied the baseline: {calls:#?}"

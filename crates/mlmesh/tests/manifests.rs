@@ -337,6 +337,18 @@ fn check(m: &Manifests) -> Vec<String> {
             "namespace {NAMESPACE} must exist with istio-injection: enabled"
         ));
     }
+    // A key committed here is a key every reader of the repository has
+    // (issue 19): k8s/kind/up.sh creates the Secret from random bytes.
+    for sec in &m.secrets {
+        let filled = sec.data.as_ref().is_some_and(|d| !d.is_empty())
+            || sec.string_data.as_ref().is_some_and(|d| !d.is_empty());
+        if filled {
+            problems.push(format!(
+                "Secret {} commits its value to the repository: create it at deploy time (k8s/kind/up.sh)",
+                sec.metadata.name.clone().unwrap_or_default()
+            ));
+        }
+    }
     for s in m.services.iter() {
         let name = s.metadata.name.clone().unwrap_or_default();
         for p in s
@@ -784,6 +796,52 @@ fn the_shipped_manifests_parse_strictly_and_cross_check() {
         "up.sh builds {tag}"
     );
     assert!(kustomization.contains(&format!("newTag: {}", tag.split(':').nth(1).unwrap())));
+
+    // Every Secret a pod reads is one up.sh creates (none is committed),
+    // before the workloads are applied, without the value on a command line.
+    let mut secret_refs = Vec::new();
+    for d in &m.deployments {
+        let v = serde_json::to_value(d).unwrap();
+        let mut refs = Vec::new();
+        collect_secret_refs(&v, &mut refs);
+        secret_refs.extend(refs);
+    }
+    assert!(
+        !secret_refs.is_empty(),
+        "the frontend reads its decision key from a Secret"
+    );
+    let apply_base = up.find("kubectl apply -k \"$repo/k8s/base\"").unwrap();
+    for name in secret_refs {
+        let create = up
+            .find(&format!("create secret generic {name} --from-file="))
+            .unwrap_or_else(|| panic!("up.sh does not create Secret {name} from a file"));
+        assert!(
+            create < apply_base,
+            "Secret {name} is created after the workloads"
+        );
+    }
+    assert!(
+        !up.contains("--from-literal"),
+        "a key on kubectl's command line is visible in ps"
+    );
+}
+
+/// The names of the Secrets under every `secretKeyRef`.
+fn collect_secret_refs(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            if let Some(name) = m
+                .get("secretKeyRef")
+                .and_then(|r| r.get("name"))
+                .and_then(|n| n.as_str())
+            {
+                out.push(name.to_owned());
+            }
+            m.values().for_each(|x| collect_secret_refs(x, out));
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|x| collect_secret_refs(x, out)),
+        _ => {}
+    }
 }
 
 /// Applies `edit` to one shipped file and returns the problems found.
@@ -809,6 +867,15 @@ fn problems_after(file: &str, edit: impl Fn(&str) -> String) -> Vec<String> {
 #[test]
 fn deliberately_broken_manifests_are_caught() {
     let cases: Vec<Break> = vec![
+        (
+            "k8s/base/deployments.yaml",
+            Box::new(|t| {
+                format!(
+                    "{t}---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: frontend-decision-key\nstringData:\n  key: mlmesh-lab-demo-key-change-me\n"
+                )
+            }),
+            "commits its value",
+        ),
         (
             "istio/resilience/feature-store.yaml",
             Box::new(|t| t.replace("maxEjectionPercent: 50", "maxEjectionPercent: 100")),

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
+    password: Option<String>,
 }
 
 /// A loopback port where connections are refused, for "the server is down"
@@ -32,20 +33,67 @@ impl RedisServer {
 
     /// Starts on `port` and waits until it answers PING.
     pub fn start_on(port: u16) -> Self {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        Self::spawn(port, None)
+    }
+
+    /// With `requirepass`: its `url()` carries the password, as a real
+    /// deployment's REDIS_URL does.
+    pub fn start_with_password(password: &str) -> Self {
+        Self::spawn(free_port(), Some(password.to_owned()))
+    }
+
+    fn spawn(port: u16, password: Option<String>) -> Self {
+        let mut cmd = Command::new("redis-server");
+        cmd.args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]);
+        if password.is_some() {
+            // The password as config on stdin (`-`), not argv: tests check
+            // that no process shows it in `ps`.
+            cmd.arg("-").stdin(Stdio::piped());
+        }
+        let mut child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server not found: apt-get install -y redis-server (scripts/test.sh checks for it)");
-        let server = Self {
+        if let Some(pw) = &password {
+            use std::io::Write as _;
+            let mut stdin = child.stdin.take().expect("piped stdin");
+            writeln!(stdin, "requirepass {pw}").expect("redis-server reads its config");
+        }
+        let pid = child.id();
+        let mut server = Self {
             child: Some(child),
             port,
+            password,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if server.try_query(&["PING"]).as_deref() == Some("PONG") {
+            // Our own server, not whichever one answers on this port: when a
+            // parallel test's redis-server took the port first, ours exits
+            // (address in use) and theirs would answer the PING.
+            if let Some(info) = server.try_query(&["INFO", "server"]) {
+                let theirs: Option<u32> = info
+                    .lines()
+                    .find_map(|l| l.strip_prefix("process_id:"))
+                    .and_then(|v| v.trim().parse().ok());
+                assert_eq!(
+                    theirs,
+                    Some(pid),
+                    "port {port} is answered by another redis-server (a port race)"
+                );
                 return server;
+            }
+            if let Some(Ok(Some(status))) = server.child.as_mut().map(Child::try_wait) {
+                panic!("redis-server on port {port} exited at start ({status}): port taken?");
             }
             assert!(
                 Instant::now() < deadline,
@@ -56,7 +104,10 @@ impl RedisServer {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match &self.password {
+            Some(pw) => format!("redis://:{pw}@127.0.0.1:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
     }
 
     /// Runs a command with `redis-cli` (a client independent of the code
@@ -67,8 +118,13 @@ impl RedisServer {
     }
 
     fn try_query(&self, args: &[&str]) -> Option<String> {
-        let out = Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "--raw"])
+        let mut cmd = Command::new("redis-cli");
+        cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "--raw"]);
+        if let Some(pw) = &self.password {
+            // Through the environment, so it is in no test's `ps` either.
+            cmd.env("REDISCLI_AUTH", pw);
+        }
+        let out = cmd
             .args(args)
             .stdin(Stdio::null())
             .stderr(Stdio::null())

@@ -153,6 +153,8 @@ impl Drop for Proc {
 /// A whole `mlmesh up` stack on four free ports.
 pub struct Stack {
     pub child: Child,
+    /// Everything `mlmesh up` printed on stdout so far.
+    pub stdout: std::sync::Arc<std::sync::Mutex<String>>,
     pub frontend: String,
     pub feature_store_port: u16,
     pub v1_port: u16,
@@ -193,9 +195,15 @@ impl Stack {
         let mut child = cmd.spawn().expect("spawn mlmesh up");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
+        let printed = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let keep = printed.clone();
         std::thread::spawn(move || {
             let mut sent = false;
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let mut all = keep.lock().unwrap();
+                all.push_str(&line);
+                all.push('\n');
+                drop(all);
                 if !sent && line.starts_with("mlmesh is up") {
                     let _ = tx.send(line);
                     sent = true;
@@ -208,6 +216,7 @@ impl Stack {
         assert!(banner.contains("direct routing"), "{banner}");
         Self {
             child,
+            stdout: printed,
             frontend: format!("http://127.0.0.1:{fe}"),
             feature_store_port: fs,
             v1_port: v1,
