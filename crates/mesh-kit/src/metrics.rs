@@ -105,7 +105,13 @@ impl HttpMetrics {
             .get::<MatchedPath>()
             .map_or("unmatched", MatchedPath::as_str)
             .to_owned();
-        let method = req.method().as_str().to_owned();
+        // Bounded: a client can send any token as a method, and each one
+        // would otherwise become a new time series.
+        let method = match req.method().as_str() {
+            m @ ("GET" | "HEAD" | "POST" | "PUT" | "DELETE" | "PATCH" | "OPTIONS") => m,
+            _ => "other",
+        }
+        .to_owned();
         let start = Instant::now();
         let res = next.run(req).await;
         let labels = RouteLabels {

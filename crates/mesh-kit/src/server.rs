@@ -75,7 +75,8 @@ impl Service {
         let http_metrics = HttpMetrics::register(&mut self.registry);
         let registry = Arc::new(self.registry);
 
-        let mut business = business;
+        // Set before the layers, so a 405 is counted like any answer.
+        let mut business = business.method_not_allowed_fallback(error::method_not_allowed);
         let faults = self.args.faults.clone();
         if faults.is_active() {
             tracing::warn!(?faults, "fault injection is ON");
@@ -83,6 +84,15 @@ impl Service {
                 faults.clone().apply(req, next)
             }));
         }
+        // Unknown paths count too (route "unmatched"): a scan or a client
+        // calling the wrong URL shows up in the RED metrics.
+        let unmatched =
+            Router::new()
+                .fallback(error::not_found)
+                .layer(middleware::from_fn_with_state(
+                    http_metrics.clone(),
+                    HttpMetrics::track,
+                ));
         let business = business
             .layer(middleware::from_fn_with_state(
                 http_metrics,
@@ -107,7 +117,8 @@ impl Service {
         let mut app = business
             .merge(ops)
             .merge(probes)
-            .fallback(error::not_found)
+            .merge(unmatched)
+            // The ops and probe routes' 405s: JSON too, not counted.
             .method_not_allowed_fallback(error::method_not_allowed);
         for (name, value) in self.response_headers {
             app = app.layer(SetResponseHeaderLayer::overriding(name, value));

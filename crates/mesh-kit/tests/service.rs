@@ -170,6 +170,33 @@ async fn unknown_paths_and_methods_answer_json() {
     let (status, _, body) = send(&app, Request::post("/work").body(Body::empty()).unwrap()).await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
     assert!(body["error"].is_string());
+    // Invented methods, on a known path and an unknown one.
+    for (i, path) in ["/work", "/nope/deeper"].into_iter().enumerate() {
+        let req = Request::builder()
+            .method(format!("SCAN{i}").as_str())
+            .uri(path)
+            .body(Body::empty())
+            .unwrap();
+        let (status, _, body) = send(&app, req).await;
+        assert!(status.is_client_error(), "{path}: {status}");
+        assert!(body["error"].is_string(), "{path}: {body}");
+    }
+    // Both counted in the RED metrics, under bounded labels only.
+    let (_, _, text) = send(&app, get_req("/metrics", &[])).await;
+    let text = text.as_str().unwrap().to_owned();
+    assert!(
+        text.contains(r#"route="unmatched",method="GET",status="404""#),
+        "404s are counted:\n{text}"
+    );
+    assert!(
+        text.contains(r#"route="/work",method="POST",status="405""#),
+        "{text}"
+    );
+    assert!(text.contains(r#"method="other""#), "{text}");
+    assert!(
+        !text.contains("SCAN"),
+        "a client-chosen method became a label:\n{text}"
+    );
 }
 
 #[tokio::test]
