@@ -61,6 +61,13 @@ pub struct Config {
     #[arg(long, value_parser = parse_rate)]
     pub rate: Option<f64>,
 
+    /// Open loop: most requests in flight, hence most connections. Past it,
+    /// scheduled requests wait in the generator (their latency still counts
+    /// from the schedule), so an overload test measures the server, not
+    /// thousands of the generator's own connections.
+    #[arg(long, default_value_t = 10_000, requires = "rate")]
+    pub max_in_flight: usize,
+
     /// Run for this long (e.g. `30s`). Default: every user makes
     /// --requests-per-user requests once.
     #[arg(long, short = 'd', value_parser = humantime::parse_duration, conflicts_with = "requests")]

@@ -18,9 +18,6 @@ use crate::config::{Config, Target};
 use crate::stats::{Observation, Report, Shard, new_histogram};
 use crate::users::User;
 
-/// Open-loop requests allowed in flight before the scheduler waits; latency
-/// still counts from the scheduled start, so waiting here shows up as latency.
-const MAX_OPEN_IN_FLIGHT: usize = 10_000;
 const SHARDS: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
@@ -314,7 +311,7 @@ pub async fn run(cfg: &Config, users: Vec<User>) -> Result<Report, RunError> {
             format!("closed ({connections} connections)")
         }
         Some(rate) => {
-            if let Err((n, first)) = open_loop(&plan, rate).await {
+            if let Err((n, first)) = open_loop(&plan, rate, cfg.max_in_flight).await {
                 plan.stop.store(true, Ordering::Relaxed);
                 return Err(RunError::WorkerPanicked(n, first));
             }
@@ -341,8 +338,13 @@ pub async fn run(cfg: &Config, users: Vec<User>) -> Result<Report, RunError> {
 
 /// Starts request `i` at `start + i / rate`, whatever earlier requests are
 /// doing. Errs with the number of panicked tasks and the first message.
-async fn open_loop(plan: &Arc<Plan>, rate: f64) -> Result<(), (usize, String)> {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_OPEN_IN_FLIGHT));
+/// At most `max_in_flight` at once; waiting for a slot shows up as latency.
+async fn open_loop(
+    plan: &Arc<Plan>,
+    rate: f64,
+    max_in_flight: usize,
+) -> Result<(), (usize, String)> {
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_in_flight.max(1)));
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     let mut panics = Vec::new();

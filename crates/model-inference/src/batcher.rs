@@ -140,6 +140,12 @@ impl Batcher {
         Ok(Self { tx, metrics })
     }
 
+    /// Whether a new request would be refused now: checked before a request's
+    /// body is even read, so overload is shed at the cost of a header parse.
+    pub fn is_full(&self) -> bool {
+        self.tx.is_full()
+    }
+
     /// Queues `rows` rows (row-major in `input`) and waits for their outputs.
     pub async fn infer(
         &self,

@@ -221,8 +221,34 @@ fn outcome_of(status: StatusCode) -> Outcome {
     }
 }
 
+/// Admission before the body: when the queue is full the request is shed
+/// with 429 before its body is read and parsed (~2/3 of a request's CPU),
+/// so overload costs little more than the refusal itself.
+struct Admitted;
+
+impl axum::extract::FromRequestParts<AppState> for Admitted {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        s: &AppState,
+    ) -> Result<Self, ApiError> {
+        if !s.0.batcher.is_full() {
+            return Ok(Self);
+        }
+        let traffic =
+            Traffic::from_host(parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()));
+        s.0.metrics.request(traffic, Outcome::Rejected);
+        Err(ApiError::overloaded(
+            "inference queue is full; retry shortly",
+            1,
+        ))
+    }
+}
+
 async fn infer(
     State(s): State<AppState>,
+    _admitted: Admitted,
     Path(p): Path<ModelPath>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
