@@ -236,8 +236,12 @@ impl axum::extract::FromRequestParts<AppState> for Admitted {
         if !s.0.batcher.is_full() {
             return Ok(Self);
         }
-        let traffic =
-            Traffic::from_host(parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()));
+        let traffic = Traffic::from_host(
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok()),
+        );
         s.0.metrics.request(traffic, Outcome::Rejected);
         Err(ApiError::overloaded(
             "inference queue is full; retry shortly",
