@@ -14,7 +14,7 @@ use mesh_kit::extract::{Path, Query};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use mesh_kit::error::{check_entity_id, parse_json};
+use mesh_kit::error::{check_entity_id, clip, parse_json};
 use mesh_kit::{ApiError, Health, ServerArgs, Service};
 
 use crate::config::StoreArgs;
@@ -244,11 +244,6 @@ impl AppState {
 
 /// How far in the future a written `event_time` may lie (clock skew).
 pub const MAX_FUTURE_EVENT_TIME: std::time::Duration = std::time::Duration::from_secs(3600);
-
-/// Client text quoted back in an error, at most 80 characters.
-fn clip(s: &str) -> String {
-    s.chars().take(80).collect()
-}
 
 /// A JSON body written by the renderer.
 fn json_body(body: Vec<u8>) -> Response {

@@ -514,7 +514,6 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The assembled service and its state, for the binary and the tests.
 /// The decision signer: `--decision-key`, else `--decision-key-file`
 /// (created when missing), else a per-process random key.
 fn signer(args: &FrontendArgs) -> Result<Signer, ConfigError> {
@@ -545,6 +544,7 @@ fn signer(args: &FrontendArgs) -> Result<Signer, ConfigError> {
     Ok(Signer::new(&key, args.decision_max_age))
 }
 
+/// The assembled service and its state, for the binary and the tests.
 pub fn build(args: &FrontendArgs, server: ServerArgs) -> Result<(Service, AppState), ConfigError> {
     let mut svc = Service::new("frontend", server);
     let state = AppState::new(args, &mut svc)?;

@@ -79,6 +79,11 @@ macro_rules! from_rejection {
 }
 from_rejection!(JsonRejection, BytesRejection, QueryRejection);
 
+/// Client text quoted back in an error message, at most 80 characters.
+pub fn clip(s: &str) -> String {
+    s.chars().take(80).collect()
+}
+
 /// Longest accepted entity (user) id.
 pub const MAX_ENTITY_ID_LEN: usize = 64;
 
@@ -95,7 +100,7 @@ pub fn check_entity_id(id: &str) -> Result<(), ApiError> {
     } else {
         Err(ApiError::bad_request(format!(
             "invalid id '{}': use 1 to {MAX_ENTITY_ID_LEN} letters, digits, '-', '_' or '.'",
-            id.chars().take(80).collect::<String>()
+            clip(id)
         )))
     }
 }

@@ -23,6 +23,15 @@ pub enum Traffic {
 }
 
 impl Traffic {
+    /// From a request's `Host` header (see [`Self::from_host`]).
+    pub fn of(headers: &axum::http::HeaderMap) -> Self {
+        Self::from_host(
+            headers
+                .get(axum::http::header::HOST)
+                .and_then(|h| h.to_str().ok()),
+        )
+    }
+
     /// From a Host/authority value: `model-inference-shadow:8080` (current
     /// Envoy) or `model-inference:8080-shadow` (older Envoy).
     pub fn from_host(host: Option<&str>) -> Self {

@@ -8,7 +8,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use mesh_kit::extract::Path;
@@ -130,9 +130,7 @@ impl AppState {
             .infer(v.input, v.rows, deadline)
             .await
             .map_err(|e| match e {
-                InferError::QueueFull => {
-                    ApiError::overloaded("inference queue is full; retry shortly", 1)
-                }
+                InferError::QueueFull => queue_full(),
                 InferError::DeadlineExceeded => {
                     ApiError::new(StatusCode::GATEWAY_TIMEOUT, e.to_string())
                 }
@@ -221,9 +219,15 @@ fn outcome_of(status: StatusCode) -> Outcome {
     }
 }
 
+/// The 429 for a full queue, whether found before the body was read or at
+/// enqueueing.
+fn queue_full() -> ApiError {
+    ApiError::overloaded("inference queue is full; retry shortly", 1)
+}
+
 /// Admission before the body: when the queue is full the request is shed
-/// with 429 before its body is read and parsed (~2/3 of a request's CPU),
-/// so overload costs little more than the refusal itself.
+/// with 429 before its body is read and parsed, so overload costs little
+/// more than the refusal itself.
 struct Admitted;
 
 impl axum::extract::FromRequestParts<AppState> for Admitted {
@@ -236,17 +240,9 @@ impl axum::extract::FromRequestParts<AppState> for Admitted {
         if !s.0.batcher.is_full() {
             return Ok(Self);
         }
-        let traffic = Traffic::from_host(
-            parts
-                .headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok()),
-        );
-        s.0.metrics.request(traffic, Outcome::Rejected);
-        Err(ApiError::overloaded(
-            "inference queue is full; retry shortly",
-            1,
-        ))
+        s.0.metrics
+            .request(Traffic::of(&parts.headers), Outcome::Rejected);
+        Err(queue_full())
     }
 }
 
@@ -257,7 +253,7 @@ async fn infer(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let traffic = Traffic::from_host(headers.get(header::HOST).and_then(|h| h.to_str().ok()));
+    let traffic = Traffic::of(&headers);
     let res = s
         .infer(&p, &headers, body, traffic)
         .await
