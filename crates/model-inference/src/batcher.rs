@@ -3,16 +3,18 @@
 //! Requests go into one bounded queue; a fixed pool of OS threads (never the
 //! async runtime's workers) each take the first waiting request, gather more
 //! until the batch is full or `max_delay` has passed (zero: take whatever is
-//! already queued), and run them as one model call. A full queue is refused at
-//! once so the handler can shed load with 429; a request whose deadline passed
-//! while it waited is answered without running it.
+//! already queued), and run them as one model call. A place in the queue is
+//! taken before a request's body is parsed ([`Batcher::admit`]): when the queue
+//! is full a request waits a bounded time for room, then the handler sheds it
+//! with 429; a request whose deadline passed while it waited is answered
+//! without running it.
 
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
-use tokio::sync::oneshot;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::engine::{Engine, EngineError, MAX_CONCRETE_BATCH, Session};
 use crate::metrics::InferenceMetrics;
@@ -66,6 +68,14 @@ struct Job {
     deadline: Option<Instant>,
     enqueued: Instant,
     reply: oneshot::Sender<Result<Vec<Vec<f32>>, InferError>>,
+    /// Its place in the queue, given back when a worker takes the job.
+    admission: Option<Admission>,
+}
+
+/// A place in the queue, taken before the request body is parsed.
+#[derive(Debug)]
+pub struct Admission {
+    _place: OwnedSemaphorePermit,
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -83,6 +93,9 @@ pub enum InferError {
 #[derive(Clone)]
 pub struct Batcher {
     tx: Sender<Job>,
+    /// One permit per queue slot: a request holds one from admission until a
+    /// worker takes it, so the channel itself is never found full.
+    room: Arc<Semaphore>,
     metrics: InferenceMetrics,
 }
 
@@ -137,18 +150,35 @@ impl Batcher {
                 .spawn(move || worker.run())
                 .map_err(|e| EngineError::Run(format!("spawning inference worker: {e}")))?;
         }
-        Ok(Self { tx, metrics })
+        Ok(Self {
+            tx,
+            room: Arc::new(Semaphore::new(cfg.queue_capacity)),
+            metrics,
+        })
     }
 
-    /// Whether a new request would be refused now: checked before a request's
-    /// body is even read, so overload is shed at the cost of a header parse.
-    pub fn is_full(&self) -> bool {
-        self.tx.is_full()
+    /// A place in the queue, waiting up to `wait` (first come, first served)
+    /// when it is full; `None` means shed. Called before the body is parsed,
+    /// so a shed request costs little more than reading it, and a waiting one
+    /// holds its connection: a keep-alive client with a bounded pool (an
+    /// Envoy sidecar) is slowed down instead of refused and straight back.
+    pub async fn admit(&self, wait: Duration) -> Option<Admission> {
+        if let Ok(permit) = Arc::clone(&self.room).try_acquire_owned() {
+            return Some(Admission { _place: permit });
+        }
+        if wait.is_zero() {
+            return None;
+        }
+        match tokio::time::timeout(wait, Arc::clone(&self.room).acquire_owned()).await {
+            Ok(Ok(permit)) => Some(Admission { _place: permit }),
+            _ => None,
+        }
     }
 
     /// Queues `rows` rows (row-major in `input`) and waits for their outputs.
     pub async fn infer(
         &self,
+        admission: Admission,
         input: Vec<f32>,
         rows: usize,
         deadline: Option<Instant>,
@@ -160,6 +190,7 @@ impl Batcher {
             deadline,
             enqueued: Instant::now(),
             reply,
+            admission: Some(admission),
         };
         match self.tx.try_send(job) {
             Ok(()) => {
@@ -170,6 +201,12 @@ impl Batcher {
         }
         answer.await.unwrap_or(Err(InferError::Stopped))
     }
+}
+
+/// Off the queue: its place goes to the next request waiting for one.
+fn taken(mut job: Job) -> Job {
+    job.admission = None;
+    job
 }
 
 struct Worker {
@@ -194,7 +231,7 @@ impl Worker {
     fn next_batch(&mut self) -> Option<Vec<Job>> {
         let first = match self.carry.take() {
             Some(job) => job,
-            None => self.rx.recv().ok()?,
+            None => taken(self.rx.recv().ok()?),
         };
         let mut rows = first.rows;
         let mut batch = vec![first];
@@ -202,12 +239,12 @@ impl Worker {
         while rows < self.cfg.max_batch_rows {
             let next = if self.cfg.max_delay.is_zero() {
                 match self.rx.try_recv() {
-                    Ok(job) => job,
+                    Ok(job) => taken(job),
                     Err(_) => break,
                 }
             } else {
                 match self.rx.recv_deadline(gather_until) {
-                    Ok(job) => job,
+                    Ok(job) => taken(job),
                     Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
                 }
             };
@@ -293,36 +330,54 @@ mod tests {
     fn stalled(capacity: usize) -> (Batcher, Receiver<Job>) {
         let metrics = InferenceMetrics::register(&mut Registry::default(), "m", "v1");
         let (tx, rx) = crossbeam_channel::bounded(capacity);
-        (Batcher { tx, metrics }, rx)
+        let room = Arc::new(Semaphore::new(capacity));
+        (Batcher { tx, room, metrics }, rx)
     }
 
     #[tokio::test]
-    async fn a_full_queue_refuses_at_once() {
+    async fn a_full_queue_sheds_after_the_admission_wait_and_a_freed_place_goes_to_the_waiter() {
         let (batcher, rx) = stalled(2);
-        let waiting: Vec<_> = (0..2)
+        let queued: Vec<_> = (0..2)
             .map(|_| {
                 let b = batcher.clone();
-                tokio::spawn(async move { b.infer(vec![0.0], 1, None).await })
+                tokio::spawn(async move {
+                    let place = b.admit(Duration::ZERO).await.expect("room for two");
+                    b.infer(place, vec![0.0], 1, None).await
+                })
             })
             .collect();
         while rx.len() < 2 {
             tokio::task::yield_now().await;
         }
-        assert_eq!(
-            batcher.infer(vec![0.0], 1, None).await,
-            Err(InferError::QueueFull)
-        );
         assert_eq!(batcher.metrics.queue_depth.get(), 2);
 
+        // Full: no wait sheds at once; a bounded wait sheds when it ends.
+        assert!(batcher.admit(Duration::ZERO).await.is_none());
+        let t = Instant::now();
+        assert!(batcher.admit(Duration::from_millis(50)).await.is_none());
+        assert!(t.elapsed() >= Duration::from_millis(50));
+
+        // A worker taking a job hands its place to the request waiting for one.
+        let b = batcher.clone();
+        let waiter = tokio::spawn(async move { b.admit(Duration::from_secs(10)).await.is_some() });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished(), "nothing has left the queue yet");
+        let first = taken(rx.recv().unwrap());
+        assert!(waiter.await.unwrap(), "the freed place went to the waiter");
+
         // A job dropped unanswered (a worker died) answers Stopped rather than hanging.
+        drop(first);
         drop(rx.recv().unwrap());
-        drop(rx.recv().unwrap());
-        for w in waiting {
-            assert_eq!(w.await.unwrap(), Err(InferError::Stopped));
+        for q in queued {
+            assert_eq!(q.await.unwrap(), Err(InferError::Stopped));
         }
         drop(rx);
+        let place = batcher
+            .admit(Duration::ZERO)
+            .await
+            .expect("places were given back");
         assert_eq!(
-            batcher.infer(vec![0.0], 1, None).await,
+            batcher.infer(place, vec![0.0], 1, None).await,
             Err(InferError::Stopped)
         );
     }

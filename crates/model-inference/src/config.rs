@@ -33,6 +33,13 @@ pub struct ModelArgs {
     #[arg(long, env = "QUEUE_CAPACITY", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub queue_capacity: u32,
 
+    /// How long a request that finds the queue full waits for a place before
+    /// it is shed with 429. The wait holds its connection, so a keep-alive
+    /// client with a bounded pool (an Envoy sidecar) slows down instead of
+    /// being refused and straight back; 0 sheds at once.
+    #[arg(long, env = "ADMISSION_WAIT", default_value = "50ms", value_parser = humantime::parse_duration)]
+    pub admission_wait: Duration,
+
     /// Inference threads, each with its own model session [default: half the CPUs, at least 1].
     #[arg(long, env = "INFERENCE_WORKERS", value_parser = clap::value_parser!(u32).range(1..=256))]
     pub workers: Option<u32>,
@@ -62,6 +69,7 @@ impl ModelArgs {
             max_batch_size: 64,
             max_queue_delay: Duration::ZERO,
             queue_capacity: 1024,
+            admission_wait: Duration::from_millis(50),
             workers: None,
             max_body_bytes: 1 << 20,
             fault_score_shift: 0.0,

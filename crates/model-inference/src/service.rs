@@ -17,7 +17,7 @@ use serde_json::{Map, Value, json};
 
 use mesh_kit::{ApiError, Health, ServerArgs, Service};
 
-use crate::batcher::{BatchConfig, Batcher, InferError, ScoreFault};
+use crate::batcher::{Admission, BatchConfig, Batcher, InferError, ScoreFault};
 use crate::config::ModelArgs;
 use crate::engine::{Engine, EngineError, ModelSpec};
 use crate::metrics::{InferenceMetrics, Outcome, Traffic};
@@ -37,6 +37,7 @@ struct Inner {
     version: String,
     max_rows: usize,
     max_body_bytes: usize,
+    admission_wait: Duration,
     batcher: Batcher,
     metrics: InferenceMetrics,
     health: Health,
@@ -85,6 +86,7 @@ impl AppState {
             version: args.model_version.clone(),
             max_rows: cfg.max_batch_rows,
             max_body_bytes: args.max_body_bytes,
+            admission_wait: args.admission_wait,
             batcher,
             metrics,
             health,
@@ -116,6 +118,7 @@ impl AppState {
         traffic: Traffic,
     ) -> Result<Response, ApiError> {
         self.check_model(p)?;
+        let place = self.admit().await?;
         let req: InferRequest =
             mesh_kit::error::parse_json(headers, body, "invalid inference request")?;
         let v = oip::validate(req, &self.0.spec, self.0.max_rows)?;
@@ -127,7 +130,7 @@ impl AppState {
         let mut columns = self
             .0
             .batcher
-            .infer(v.input, v.rows, deadline)
+            .infer(place, v.input, v.rows, deadline)
             .await
             .map_err(|e| match e {
                 InferError::QueueFull => queue_full(),
@@ -162,6 +165,18 @@ impl AppState {
             outputs,
         };
         Ok(Json(res).into_response())
+    }
+
+    /// A place in the queue, waited for at most `--admission-wait`, before the
+    /// body is parsed: past the wait the request is shed with 429 having cost
+    /// little more than reading it. The body was read first on purpose: a
+    /// client sending its body slowly ties up its own connection, not a place.
+    async fn admit(&self) -> Result<Admission, ApiError> {
+        self.0
+            .batcher
+            .admit(self.0.admission_wait)
+            .await
+            .ok_or_else(queue_full)
     }
 
     fn model_metadata(&self) -> ModelMetadata<'_> {
@@ -219,36 +234,13 @@ fn outcome_of(status: StatusCode) -> Outcome {
     }
 }
 
-/// The 429 for a full queue, whether found before the body was read or at
-/// enqueueing.
+/// The 429 for a queue that stayed full for the admission wait.
 fn queue_full() -> ApiError {
     ApiError::overloaded("inference queue is full; retry shortly", 1)
 }
 
-/// Admission before the body: when the queue is full the request is shed
-/// with 429 before its body is read and parsed, so overload costs little
-/// more than the refusal itself.
-struct Admitted;
-
-impl axum::extract::FromRequestParts<AppState> for Admitted {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        s: &AppState,
-    ) -> Result<Self, ApiError> {
-        if !s.0.batcher.is_full() {
-            return Ok(Self);
-        }
-        s.0.metrics
-            .request(Traffic::of(&parts.headers), Outcome::Rejected);
-        Err(queue_full())
-    }
-}
-
 async fn infer(
     State(s): State<AppState>,
-    _admitted: Admitted,
     Path(p): Path<ModelPath>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
