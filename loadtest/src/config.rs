@@ -7,6 +7,13 @@ use clap::{Parser, ValueEnum};
 // The same probability parser every mlmesh service uses for its rate flags.
 pub use mesh_kit::config::parse_fraction;
 
+/// What the open loop does with a request due while its pool is busy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Overflow {
+    Wait,
+    Drop,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Target {
     /// `GET <BASE_URL>/predict?user_id=…` on the frontend (the experiment).
@@ -61,12 +68,18 @@ pub struct Config {
     #[arg(long, value_parser = parse_rate)]
     pub rate: Option<f64>,
 
-    /// Open loop: most requests in flight, hence most connections. Past it,
-    /// scheduled requests wait in the generator (their latency still counts
-    /// from the schedule), so an overload test measures the server, not
-    /// thousands of the generator's own connections.
+    /// Open loop: most requests in flight, hence most connections, so an
+    /// overload test measures the server, not thousands of the generator's
+    /// own connections. What happens past it: --overflow.
     #[arg(long, default_value_t = 10_000, requires = "rate")]
     pub max_in_flight: usize,
+
+    /// Open loop, a request due while all --max-in-flight are busy: `wait`
+    /// for one, the wait counting in its latency (as wrk2 does), or `drop`
+    /// it, reported as overflow (as an Envoy circuit breaker answers 503 UO
+    /// at once), so the latencies are the server's alone.
+    #[arg(long, value_enum, default_value_t = Overflow::Wait, requires = "rate")]
+    pub overflow: Overflow,
 
     /// Run for this long (e.g. `30s`). Default: every user makes
     /// --requests-per-user requests once.
@@ -92,6 +105,11 @@ pub struct Config {
     /// Fraction of users that send `x-user-group: beta` (0 to 1).
     #[arg(long, default_value = "0", value_parser = parse_fraction)]
     pub beta_share: f64,
+
+    /// Add this header to every request, e.g. `-H 'x-mlmesh-env: green'` to
+    /// test the green environment of a blue/green deployment. Repeatable.
+    #[arg(long = "header", short = 'H', value_name = "NAME: VALUE", value_parser = parse_header)]
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
 
     /// After each offer, the simulated customer accepts or declines according
     /// to the dataset's true label, posted to /feedback.
@@ -142,6 +160,17 @@ impl Config {
     pub fn connections(&self) -> usize {
         self.concurrency.unwrap_or(16).max(1)
     }
+}
+
+pub fn parse_header(s: &str) -> Result<(http::HeaderName, http::HeaderValue), String> {
+    let (name, value) = s
+        .split_once(':')
+        .ok_or_else(|| format!("`{s}`: expected NAME: VALUE, e.g. 'x-mlmesh-env: green'"))?;
+    let name = http::HeaderName::try_from(name.trim())
+        .map_err(|_| format!("`{}` is not a valid header name", name.trim()))?;
+    let value = http::HeaderValue::try_from(value.trim())
+        .map_err(|_| format!("the value of {name} is not a valid header value"))?;
+    Ok((name, value))
 }
 
 pub fn parse_rate(s: &str) -> Result<f64, String> {
@@ -197,6 +226,15 @@ mod tests {
         for bad in ["v2=10", "=10±2", "v2=abc±2", "v2=10±-1", "v2=150±1", "v2"] {
             assert!(parse_share(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn headers_parse_as_curl_writes_them() {
+        let (n, v) = parse_header("X-Mlmesh-Env: green").unwrap();
+        assert_eq!((n.as_str(), v.to_str().unwrap()), ("x-mlmesh-env", "green"));
+        assert!(parse_header("no-colon").is_err());
+        assert!(parse_header("bad name: x").is_err());
+        assert!(parse_header("x-a: line\nbreak").is_err());
     }
 
     #[test]

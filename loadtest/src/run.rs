@@ -14,7 +14,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
 
-use crate::config::{Config, Target};
+use crate::config::{Config, Overflow, Target};
 use crate::stats::{Observation, Report, Shard, new_histogram};
 use crate::users::User;
 
@@ -52,6 +52,8 @@ struct Plan {
     bodies: Vec<Bytes>,
     base: String,
     infer_uri: String,
+    /// `--header`s, on every request.
+    headers: Vec<(http::HeaderName, http::HeaderValue)>,
     per_user: u64,
     timeout: Duration,
     feedback: bool,
@@ -60,6 +62,8 @@ struct Plan {
     next: AtomicU64,
     done: AtomicU64,
     errors: AtomicU64,
+    /// Open loop with `--overflow drop`: requests never sent.
+    overflow: AtomicU64,
     stop: AtomicBool,
     shards: Vec<Mutex<Shard>>,
 }
@@ -109,7 +113,11 @@ impl Plan {
                 .body(Full::new(self.bodies[user].clone())),
             Target::Get => Request::get(self.base.as_str()).body(Full::default()),
         };
-        builder.expect("request parts were validated up front")
+        let mut req = builder.expect("request parts were validated up front");
+        for (name, value) in &self.headers {
+            req.headers_mut().insert(name.clone(), value.clone());
+        }
+        req
     }
 
     /// Sends request `i` (counting latency from `scheduled`) and records it.
@@ -266,6 +274,7 @@ pub async fn run(cfg: &Config, users: Vec<User>) -> Result<Report, RunError> {
         client,
         infer_uri: format!("{base}/v2/models/{}/infer", cfg.model_name),
         base: base.clone(),
+        headers: cfg.headers.clone(),
         bodies,
         per_user,
         timeout: cfg.timeout,
@@ -275,6 +284,7 @@ pub async fn run(cfg: &Config, users: Vec<User>) -> Result<Report, RunError> {
         next: AtomicU64::new(0),
         done: AtomicU64::new(0),
         errors: AtomicU64::new(0),
+        overflow: AtomicU64::new(0),
         stop: AtomicBool::new(false),
         shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
         users,
@@ -311,7 +321,7 @@ pub async fn run(cfg: &Config, users: Vec<User>) -> Result<Report, RunError> {
             format!("closed ({connections} connections)")
         }
         Some(rate) => {
-            if let Err((n, first)) = open_loop(&plan, rate, cfg.max_in_flight).await {
+            if let Err((n, first)) = open_loop(&plan, rate, cfg.max_in_flight, cfg.overflow).await {
                 plan.stop.store(true, Ordering::Relaxed);
                 return Err(RunError::WorkerPanicked(n, first));
             }
@@ -325,7 +335,7 @@ pub async fn run(cfg: &Config, users: Vec<User>) -> Result<Report, RunError> {
     }
     let ids: Vec<String> = plan.users.iter().map(|u| u.id.clone()).collect();
     let target = format!("{:?}", cfg.target).to_lowercase();
-    Ok(Report::build(
+    let mut report = Report::build(
         &base,
         &target,
         load,
@@ -333,16 +343,20 @@ pub async fn run(cfg: &Config, users: Vec<User>) -> Result<Report, RunError> {
         &plan.merged(),
         &ids,
         beta_users,
-    ))
+    );
+    report.overflow = plan.overflow.load(Ordering::Relaxed);
+    Ok(report)
 }
 
 /// Starts request `i` at `start + i / rate`, whatever earlier requests are
 /// doing. Errs with the number of panicked tasks and the first message.
-/// At most `max_in_flight` at once; waiting for a slot shows up as latency.
+/// At most `max_in_flight` at once; past it a request waits for a slot (the
+/// wait shows up as latency) or is dropped and counted, as `overflow` says.
 async fn open_loop(
     plan: &Arc<Plan>,
     rate: f64,
     max_in_flight: usize,
+    overflow: Overflow,
 ) -> Result<(), (usize, String)> {
     let slots = Arc::new(tokio::sync::Semaphore::new(max_in_flight.max(1)));
     let start = Instant::now();
@@ -351,7 +365,17 @@ async fn open_loop(
     while let Some(i) = plan.claim() {
         let scheduled = start + Duration::from_secs_f64(i as f64 / rate);
         tokio::time::sleep_until(scheduled.into()).await;
-        let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
+        let slot = match overflow {
+            Overflow::Wait => Arc::clone(&slots).acquire_owned().await.ok(),
+            Overflow::Drop => match Arc::clone(&slots).try_acquire_owned() {
+                Err(tokio::sync::TryAcquireError::NoPermits) => {
+                    plan.overflow.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                slot => slot.ok(),
+            },
+        };
+        let Some(permit) = slot else {
             break;
         };
         let plan = Arc::clone(plan);

@@ -20,6 +20,8 @@ pub struct VersionStats {
     pub errors: u64,
     pub degraded: u64,
     pub latency_us: Histogram<u64>,
+    /// The answers that were not errors only.
+    pub ok_latency_us: Histogram<u64>,
     pub statuses: BTreeMap<String, u64>,
     pub accepted: u64,
     pub declined: u64,
@@ -32,6 +34,7 @@ impl Default for VersionStats {
             errors: 0,
             degraded: 0,
             latency_us: new_histogram(),
+            ok_latency_us: new_histogram(),
             statuses: BTreeMap::new(),
             accepted: 0,
             declined: 0,
@@ -46,6 +49,9 @@ impl VersionStats {
         self.degraded += o.degraded;
         self.latency_us
             .add(&o.latency_us)
+            .expect("histograms share bounds");
+        self.ok_latency_us
+            .add(&o.ok_latency_us)
             .expect("histograms share bounds");
         for (k, v) in &o.statuses {
             *self.statuses.entry(k.clone()).or_default() += v;
@@ -88,6 +94,9 @@ impl Shard {
         s.degraded += u64::from(o.degraded);
         let us = u64::try_from(o.latency.as_micros()).unwrap_or(u64::MAX);
         s.latency_us.saturating_record(us.max(1));
+        if !o.error {
+            s.ok_latency_us.saturating_record(us.max(1));
+        }
         match s.statuses.get_mut(o.status) {
             Some(n) => *n += 1,
             None => {
@@ -198,6 +207,9 @@ pub struct VersionReport {
     pub error_rate: f64,
     pub degraded: u64,
     pub latency: Latency,
+    /// Of the answers that were not errors: under overload the quick 429s of
+    /// shed requests would flatter `latency`; this is what served ones took.
+    pub ok_latency: Latency,
     pub statuses: BTreeMap<String, u64>,
     pub accepted: u64,
     pub declined: u64,
@@ -215,6 +227,7 @@ impl VersionReport {
             error_rate: ratio(s.errors, s.requests),
             degraded: s.degraded,
             latency: Latency::of(&s.latency_us),
+            ok_latency: Latency::of(&s.ok_latency_us),
             statuses: s.statuses.clone(),
             accepted: s.accepted,
             declined: s.declined,
@@ -240,6 +253,9 @@ pub struct Report {
     pub sticky_violations: usize,
     pub sticky_violators: Vec<String>,
     pub feedback_errors: u64,
+    /// Open loop, `--overflow drop`: requests not sent because every
+    /// `--max-in-flight` slot was busy when they were due (not in `requests`).
+    pub overflow: u64,
 }
 
 impl Report {
@@ -285,6 +301,7 @@ impl Report {
             sticky_violations: violators.len(),
             sticky_violators: violators.into_iter().take(20).collect(),
             feedback_errors: merged.feedback_errors,
+            overflow: 0,
         }
     }
 
@@ -367,6 +384,13 @@ impl Report {
         if self.feedback_errors > 0 {
             let _ = writeln!(out, "feedback posts that failed: {}", self.feedback_errors);
         }
+        if self.overflow > 0 {
+            let _ = writeln!(
+                out,
+                "not sent (every --max-in-flight slot busy, --overflow drop): {}",
+                self.overflow
+            );
+        }
         out
     }
 }
@@ -430,5 +454,37 @@ mod tests {
         let v2 = r.versions.iter().find(|v| v.version == "v2").unwrap();
         assert_eq!((v2.requests, v2.errors, v2.degraded), (2, 1, 1));
         assert!((v2.share_percent - 100.0 / 3.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn ok_latency_leaves_out_the_quick_refusals() {
+        let mut s = Shard::default();
+        let obs = |status, ms, error| Observation {
+            user: None,
+            version: Some("v1"),
+            status,
+            latency: Duration::from_millis(ms),
+            error,
+            degraded: false,
+        };
+        for _ in 0..9 {
+            s.record(&obs("429", 1, true));
+        }
+        s.record(&obs("200", 40, false));
+        let r = Report::build(
+            "http://x",
+            "infer",
+            "open".into(),
+            Duration::from_secs(1),
+            &s,
+            &[],
+            0,
+        );
+        assert!(r.all.latency.p50_ms < 2.0, "{:?}", r.all.latency);
+        assert!(
+            (r.all.ok_latency.p50_ms - 40.0).abs() < 0.1,
+            "{:?}",
+            r.all.ok_latency
+        );
     }
 }

@@ -12,7 +12,7 @@ use axum::routing::get;
 use serde_json::Value;
 use test_support::serve::serve;
 
-/// `/split` alternates v1 and v2; `/fail` answers 500 as v2.
+/// `/split` alternates v1 and v2; `/fail` answers 500 as v2; `/slow` takes 100 ms.
 async fn server() -> test_support::serve::Served {
     let n = Arc::new(AtomicU64::new(0));
     let app = axum::Router::new()
@@ -29,6 +29,13 @@ async fn server() -> test_support::serve::Served {
                         "ok",
                     )
                 }
+            }),
+        )
+        .route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                "slow"
             }),
         )
         .route(
@@ -154,4 +161,70 @@ fn bad_usage_exits_2_and_says_why() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
+}
+
+/// Open loop past its pool: `wait` counts the wait for a slot in the latency
+/// (wrk2's rule), `drop` sends nothing it cannot start on time and says how
+/// many it dropped, so the latencies are the server's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_pool_waits_or_drops_as_overflow_says() {
+    let s = server().await;
+    let url = s.url("/slow");
+    let run = |overflow: &'static str| {
+        let url = url.clone();
+        let json = std::env::temp_dir().join(format!(
+            "loadtest-overflow-{overflow}-{}.json",
+            std::process::id()
+        ));
+        tokio::task::spawn_blocking(move || {
+            let out = loadtest(&[
+                &url,
+                "--target",
+                "get",
+                "--rate",
+                "200",
+                "--duration",
+                "1s",
+                "--max-in-flight",
+                "2",
+                "--overflow",
+                overflow,
+                "--quiet",
+                "--json",
+                json.to_str().unwrap(),
+            ]);
+            assert!(out.status.success(), "{out:?}");
+            let report: Value =
+                serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+            let _ = std::fs::remove_file(json);
+            (report, String::from_utf8_lossy(&out.stdout).into_owned())
+        })
+    };
+    // Two slots of 100 ms: at most ~20 of the ~200 due in a second can be sent.
+    let (dropped, text) = run("drop").await.unwrap();
+    let (sent, overflow) = (
+        dropped["requests"].as_u64().unwrap(),
+        dropped["overflow"].as_u64().unwrap(),
+    );
+    assert!((5..=24).contains(&sent), "{dropped}");
+    assert!(overflow >= 150 && sent + overflow <= 202, "{dropped}");
+    assert!(
+        text.contains(&format!(
+            "not sent (every --max-in-flight slot busy, --overflow drop): {overflow}"
+        )),
+        "{text}"
+    );
+    let server_only = dropped["all"]["latency"]["max_ms"].as_f64().unwrap();
+    assert!(
+        server_only < 500.0,
+        "dropped requests must not add waiting: {dropped}"
+    );
+
+    let (waited, _) = run("wait").await.unwrap();
+    assert_eq!(waited["overflow"], 0, "{waited}");
+    let with_wait = waited["all"]["latency"]["p99_ms"].as_f64().unwrap();
+    assert!(
+        with_wait > 500.0,
+        "the wait for a slot counts from the schedule: {waited}"
+    );
 }
