@@ -172,6 +172,7 @@ async fn mesh_mode_sends_one_url_the_cohort_and_the_callers_trace_and_ids() {
             .header("x-b3-sampled", "1")
             .header("x-request-id", "lab-req-1")
             .header("x-user-group", "beta")
+            .header("x-mlmesh-env", "green")
             .body(Body::empty())
             .unwrap(),
     )
@@ -202,6 +203,8 @@ async fn mesh_mode_sends_one_url_the_cohort_and_the_callers_trace_and_ids() {
         assert_eq!(h("x-user-id").as_deref(), Some("42"));
         assert_eq!(h("x-user-group").as_deref(), Some("beta"));
         assert_eq!(h("x-mlmesh-cohort").as_deref(), Some("candidate"));
+        // A blue/green tester's choice reaches the hop the mesh routes on.
+        assert_eq!(h("x-mlmesh-env").as_deref(), Some("green"));
         assert_eq!(h("x-b3-traceid").as_deref(), Some(trace));
         assert_eq!(h("x-b3-sampled").as_deref(), Some("1"));
         let tp = h("traceparent").unwrap();

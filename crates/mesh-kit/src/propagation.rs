@@ -30,6 +30,12 @@ pub const USER_ID_HEADER: &str = "x-user-id";
 pub const USER_GROUP_HEADER: &str = "x-user-group";
 /// The experiment cohort chosen by the frontend; VirtualServices route on it.
 pub const COHORT_HEADER: &str = "x-mlmesh-cohort";
+/// Blue/green: a tester reaches the idle environment on purpose with
+/// `x-mlmesh-env: green` (or `blue` after the switch); every hop forwards it
+/// so the mesh can route on it wherever the versions split.
+pub const ENVIRONMENT_HEADER: &str = "x-mlmesh-env";
+/// The values [`ENVIRONMENT_HEADER`] takes: blue is v1's environment, green v2's.
+pub const ENVIRONMENTS: [&str; 2] = ["blue", "green"];
 
 /// Stamped on every model-inference response so callers (the frontend,
 /// loadtests, `curl -i`) see which version answered.
@@ -45,6 +51,7 @@ pub const FORWARDED_HEADERS: &[&str] = &[
     USER_ID_HEADER,
     USER_GROUP_HEADER,
     COHORT_HEADER,
+    ENVIRONMENT_HEADER,
 ];
 
 static PROPAGATOR: LazyLock<TextMapCompositePropagator> = LazyLock::new(new_propagator);
@@ -214,11 +221,12 @@ mod tests {
             ("x-user-id", "42"),
             ("x-user-group", "beta"),
             ("x-mlmesh-cohort", "candidate"),
+            ("x-mlmesh-env", "green"),
             ("authorization", "Bearer secret"),
             ("x-b3-traceid", TRACE),
         ]);
         let fwd = Forwarded::from_headers(&inbound);
-        assert_eq!(fwd.headers().len(), 4);
+        assert_eq!(fwd.headers().len(), 5);
         for name in FORWARDED_HEADERS {
             assert_eq!(fwd.headers()[*name], inbound[*name]);
         }

@@ -3,7 +3,7 @@
 //! generated from Istio 1.27's CRDs) structs and any field those types do not
 //! know fails, then the whole set is cross-checked the way `istioctl analyze`
 //! would, against the binary and the header names the frontend really uses.
-//! A second test breaks the real manifests on purpose (21 ways) and requires each break
+//! A second test breaks the real manifests on purpose (24 ways) and requires each break
 //! to be reported.
 
 mod common;
@@ -27,7 +27,9 @@ use serde::de::DeserializeOwned;
 use serde_yaml_ng::Value;
 
 use frontend::cohort::{BETA_GROUP, Cohort};
-use mesh_kit::propagation::{COHORT_HEADER, USER_GROUP_HEADER, USER_ID_HEADER};
+use mesh_kit::propagation::{
+    COHORT_HEADER, ENVIRONMENT_HEADER, ENVIRONMENTS, USER_GROUP_HEADER, USER_ID_HEADER,
+};
 
 const NAMESPACE: &str = "mlmesh";
 
@@ -576,11 +578,27 @@ fn check(m: &Manifests) -> Vec<String> {
                         h if h == COHORT_HEADER => cohort_values.contains(&exact.as_str()),
                         h if h == USER_GROUP_HEADER => exact == BETA_GROUP,
                         h if h == USER_ID_HEADER => !exact.is_empty(),
+                        h if h == ENVIRONMENT_HEADER => ENVIRONMENTS.contains(&exact.as_str()),
                         _ => false,
                     };
                     if !ok {
                         problems.push(format!(
                             "{origin}: matches header {header}={exact:?}, which the frontend never sends"
+                        ));
+                    }
+                    // Blue is v1's environment and green v2's, whichever is live.
+                    let version = match (header == ENVIRONMENT_HEADER, exact.as_str()) {
+                        (true, "blue") => Some("v1"),
+                        (true, "green") => Some("v2"),
+                        _ => None,
+                    };
+                    if let Some(version) = version
+                        && dests
+                            .iter()
+                            .any(|d| d.destination.subset.as_deref() != Some(version))
+                    {
+                        problems.push(format!(
+                            "{origin}: {header}: {exact} must route to subset {version} only"
                         ));
                     }
                 }
@@ -934,6 +952,17 @@ fn deliberately_broken_manifests_are_caught() {
             "istio/promote/virtual-service.yaml",
             Box::new(|t| t.replace("subset: v2", "subset: v3")),
             "in no DestinationRule",
+        ),
+        (
+            "istio/blue-green/blue/virtual-service.yaml",
+            Box::new(|t| t.replace("exact: green", "exact: gren")),
+            "never sends",
+        ),
+        (
+            // Testers asking for green must not be handed blue.
+            "istio/blue-green/blue/virtual-service.yaml",
+            Box::new(|t| t.replacen("subset: v2", "subset: v1", 1)),
+            "x-mlmesh-env: green must route to subset v2 only",
         ),
         (
             "istio/baseline/virtual-service.yaml",
