@@ -289,6 +289,35 @@ async fn a_score_degraded_candidate_is_never_promoted() {
     std::fs::remove_dir_all(dir).ok();
 }
 
+/// Wait until Prometheus has scraped the final counts of all three services
+/// (each is scraped on its own schedule): every check's samples equal those
+/// read from the services themselves. Returns Prometheus' exit code and
+/// report.
+async fn until_prometheus_caught_up(stack: &Stack, args: &[String], dir: &Path) -> (i32, Value) {
+    const CHECKS: [&str; 5] = ["srm", "errors", "latency", "acceptance", "scores"];
+    let samples = |r: &Value| -> Vec<Value> {
+        CHECKS
+            .iter()
+            .map(|n| check(r, n)["samples"].clone())
+            .collect()
+    };
+    let (_, _, direct) = analyze_json(&scrape(stack), dir);
+    let want = samples(&direct);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, _, report) = analyze_json(args, dir);
+        if samples(&report) == want {
+            return (code, report);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never caught up: {:?} vs {want:?}",
+            samples(&report)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_verdict_comes_through_real_prometheus() {
     let stack = Stack::start(
@@ -298,35 +327,17 @@ async fn the_same_verdict_comes_through_real_prometheus() {
     );
     let prom = common::prometheus::prometheus(&stack).await;
     prom.wait_for_all_targets().await;
-    load(&stack, &["--requests", "1500"]).await;
     let dir = scratch("prometheus");
-    // Wait until Prometheus has scraped the final counts of all three
-    // services (each is scraped on its own schedule): every check's samples
-    // equal those read from the services themselves.
-    const CHECKS: [&str; 5] = ["srm", "errors", "latency", "acceptance", "scores"];
-    let (_, _, direct) = analyze_json(&scrape(&stack), &dir);
-    let samples = |r: &Value| -> Vec<Value> {
-        CHECKS
-            .iter()
-            .map(|n| check(r, n)["samples"].clone())
-            .collect()
-    };
-    let want = samples(&direct);
-    let deadline = Instant::now() + Duration::from_secs(20);
     let args = vec!["--prometheus".to_owned(), prom.base.clone()];
-    let report = loop {
-        let (code, _, report) = analyze_json(&args, &dir);
-        if samples(&report) == want {
-            assert_eq!(code, 1);
-            break report;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "Prometheus never caught up: {:?} vs {want:?}",
-            samples(&report)
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    // `increase()` cannot count what a series held when Prometheus first saw
+    // it, and the labelled series appear with the first request: a warm-up
+    // makes every series exist and be scraped before the measured load, so
+    // the windowed figures below do not depend on where the scrapes fell.
+    load(&stack, &["--requests", "300"]).await;
+    until_prometheus_caught_up(&stack, &args, &dir).await;
+    load(&stack, &["--requests", "1500"]).await;
+    let (code, report) = until_prometheus_caught_up(&stack, &args, &dir).await;
+    assert_eq!(code, 1, "{report:#}");
     assert_eq!(report["verdict"], "rollback");
     assert!(
         report["source"]
@@ -345,6 +356,12 @@ async fn the_same_verdict_comes_through_real_prometheus() {
         &dir,
     );
     assert_eq!(code, 1, "{windowed:#}");
+    assert_eq!(windowed["verdict"], "rollback");
+    // The measured load is inside the window whole (give or take
+    // increase()'s extrapolation at the edges).
+    let arms = &check(&windowed, "errors")["samples"];
+    let calls = arms["baseline"].as_u64().unwrap() + arms["candidate"].as_u64().unwrap();
+    assert!(calls >= 1400, "{calls} calls in the window: {windowed:#}");
     std::fs::remove_dir_all(dir).ok();
 }
 
