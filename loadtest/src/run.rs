@@ -194,8 +194,12 @@ impl Plan {
             "decision_id": decision_id,
             "outcome": if accepted { "accepted" } else { "declined" },
         });
-        let req = Request::post(format!("{}/feedback", self.base))
+        // The user in the query too, as the page sends it: a gateway hashing
+        // on user_id routes the feedback to the replica that decided.
+        let id = self.users[user].id.as_str();
+        let req = Request::post(format!("{}/feedback?user_id={id}", self.base))
             .header(header::CONTENT_TYPE, "application/json")
+            .header("x-user-id", id)
             .body(Full::new(Bytes::from(body.to_string())))
             .expect("valid feedback request");
         let ok = matches!(

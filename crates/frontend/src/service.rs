@@ -59,6 +59,8 @@ struct Inner {
     threshold: f64,
     upstreams: Upstreams,
     metrics: FrontendMetrics,
+    /// This replica's name, reported in every answer's `served_by`.
+    pod_name: Option<String>,
 }
 
 impl AppState {
@@ -88,9 +90,14 @@ impl AppState {
             threshold: args.threshold,
             upstreams,
             metrics,
+            pod_name: svc.pod_name().map(str::to_owned),
         })))
     }
 }
+
+/// The query parameter naming the customer on `/predict` and `/feedback`;
+/// the ingress gateway hashes on it (istio/consistent-hash/frontend.yaml).
+pub const USER_ID_PARAM: &str = "user_id";
 
 /// A user id given as a JSON string or number (`{"user_id": 42}` works too).
 #[derive(Deserialize)]
@@ -128,6 +135,17 @@ struct PredictResponse<'a> {
     degraded: bool,
     /// Why the answer is degraded, when it is.
     reason: Option<String>,
+    served_by: ServedBy<'a>,
+}
+
+/// Which replica of each service took part in the answer (their
+/// `--pod-name`s; null where a service has none or was not reached), so a
+/// curl loop shows consistent hashing keeping a customer on one pod.
+#[derive(Serialize)]
+struct ServedBy<'a> {
+    frontend: Option<&'a str>,
+    feature_store: Option<String>,
+    model_inference: Option<String>,
 }
 
 /// How the request asked about the beta group, in order of precedence.
@@ -197,7 +215,7 @@ impl AppState {
             .or_else(|| header_str(headers, USER_ID_HEADER).map(str::to_owned))
             .ok_or_else(|| {
                 ApiError::bad_request(
-                    "user_id is required: ?user_id=, a JSON body {\"user_id\": ...} or an x-user-id header",
+                    format!("user_id is required: ?{USER_ID_PARAM}=, a JSON body {{\"user_id\": ...}} or an x-user-id header"),
                 )
             })?;
         check_entity_id(&user_id)?;
@@ -228,11 +246,13 @@ impl AppState {
             .upstreams
             .budget_deadline(inbound_deadline(headers, started));
 
-        let answer = Answer {
+        let mut answer = Answer {
             user_id: &user_id,
             assignment,
             request_id: &request_id,
             threshold: self.0.threshold,
+            frontend: self.0.pod_name.as_deref(),
+            feature_store: None,
         };
         let features = match self.0.upstreams.features(&user_id, &fwd, deadline).await {
             Ok(Some(f)) => f,
@@ -241,6 +261,7 @@ impl AppState {
             }
             Err(e) => return Ok(self.degraded(&answer, None, &e, group)),
         };
+        answer.feature_store = features.served_by.clone();
         let scored = match self
             .0
             .upstreams
@@ -275,6 +296,7 @@ impl AppState {
             Some(&scored.model_version),
             Some(decision_id),
             None,
+            scored.served_by.clone(),
         );
         Ok(respond(body, Some(&scored.model_version), group))
     }
@@ -301,7 +323,14 @@ impl AppState {
             true,
         );
         self.expose(answer.user_id, answer.assignment);
-        let body = answer.body(Decision::NoOffer, None, model_version, None, Some(reason));
+        let body = answer.body(
+            Decision::NoOffer,
+            None,
+            model_version,
+            None,
+            Some(reason),
+            None,
+        );
         respond(body, model_version, group)
     }
 
@@ -314,13 +343,18 @@ impl AppState {
         }
     }
 
-    fn feedback(&self, req: FeedbackRequest) -> Result<Response, ApiError> {
+    fn feedback(&self, req: FeedbackRequest, user_id: Option<&str>) -> Result<Response, ApiError> {
         let now = unix_now();
         let claims = self
             .0
             .signer
             .verify(&req.decision_id, now)
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        if user_id.is_some_and(|u| u != claims.user_id) {
+            return Err(ApiError::bad_request(format!(
+                "?{USER_ID_PARAM}= names another user than the one that decision was made for"
+            )));
+        }
         if claims.decision == Decision::NoOffer {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -374,6 +408,9 @@ struct Answer<'a> {
     assignment: Assignment,
     request_id: &'a str,
     threshold: f64,
+    /// This replica's name; the feature store's once it has answered.
+    frontend: Option<&'a str>,
+    feature_store: Option<String>,
 }
 
 impl<'a> Answer<'a> {
@@ -384,6 +421,7 @@ impl<'a> Answer<'a> {
         model_version: Option<&'a str>,
         decision_id: Option<String>,
         reason: Option<String>,
+        model_served_by: Option<String>,
     ) -> PredictResponse<'a> {
         PredictResponse {
             user_id: self.user_id,
@@ -399,6 +437,11 @@ impl<'a> Answer<'a> {
             degraded: reason.is_some(),
             decision_id,
             reason,
+            served_by: ServedBy {
+                frontend: self.frontend,
+                feature_store: self.feature_store.clone(),
+                model_inference: model_served_by,
+            },
         }
     }
 }
@@ -463,13 +506,23 @@ struct FeedbackRequest {
     outcome: Outcome,
 }
 
+/// `POST /feedback?user_id=42`: the id is there for the mesh, so the
+/// ingress can hash feedback to the replica that served the decision (its
+/// ledger and user counts are per replica); the decision's own user is what
+/// counts, and a different one is refused.
+#[derive(Deserialize)]
+struct FeedbackQuery {
+    user_id: Option<String>,
+}
+
 async fn feedback(
     State(s): State<AppState>,
+    Query(q): Query<FeedbackQuery>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let req: FeedbackRequest = parse_json(&headers, body, "invalid feedback")?;
-    s.feedback(req)
+    s.feedback(req, q.user_id.as_deref())
 }
 
 /// The page's Content-Security-Policy: nothing but its own inline script and

@@ -13,7 +13,7 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 use tracing::{Instrument, field};
 
-use mesh_kit::propagation::{DEADLINE_HEADER, Forwarded, MODEL_VERSION_HEADER};
+use mesh_kit::propagation::{DEADLINE_HEADER, Forwarded, MODEL_VERSION_HEADER, SERVED_BY_HEADER};
 
 use crate::cohort::Cohort;
 use crate::config::{FrontendArgs, RoutingMode};
@@ -95,6 +95,9 @@ struct Answer {
 #[derive(Debug, Deserialize)]
 pub struct Features {
     features: HashMap<String, Option<f64>>,
+    /// The feature-store replica that answered (its `x-mlmesh-served-by`).
+    #[serde(skip)]
+    pub served_by: Option<String>,
 }
 
 /// How a model wants its input: tensor name and feature order, read from the
@@ -113,6 +116,8 @@ struct Layout {
 pub struct Scored {
     pub probability: f64,
     pub model_version: String,
+    /// The model-inference replica that answered (its `x-mlmesh-served-by`).
+    pub served_by: Option<String>,
 }
 
 /// A failed scoring call, with the version that failed when it is known.
@@ -264,9 +269,10 @@ impl Upstreams {
         if answer.status == StatusCode::NOT_FOUND {
             return Ok(None);
         }
-        serde_json::from_slice(&answer.body)
-            .map(Some)
-            .map_err(|e| invalid(FEATURE_STORE, e))
+        let mut features: Features =
+            serde_json::from_slice(&answer.body).map_err(|e| invalid(FEATURE_STORE, e))?;
+        features.served_by = served_by(&answer.headers);
+        Ok(Some(features))
     }
 
     /// Scores the user with the cohort's model (and mirrors the call when shadowing).
@@ -347,6 +353,7 @@ impl Upstreams {
         Ok(Scored {
             probability,
             model_version,
+            served_by: served_by(&answer.headers),
         })
     }
 
@@ -634,6 +641,13 @@ fn error_message(body: &[u8]) -> String {
 fn answered_version(headers: &HeaderMap) -> Option<String> {
     headers
         .get(MODEL_VERSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+fn served_by(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(SERVED_BY_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
 }

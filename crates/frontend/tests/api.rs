@@ -65,9 +65,24 @@ async fn feedback_is_counted_once_under_the_deciding_version() {
         "{}",
         a.json
     );
-    let a = send(&second, "declined").await;
+    // `?user_id=` (for a gateway hashing on it) must name the decision's
+    // own user: another is refused before anything is recorded.
+    let body = json!({"decision_id": second["decision_id"], "outcome": "declined"});
+    let a = post_json(&app, &format!("/feedback?user_id={user}"), &body).await;
+    assert_eq!(a.status, 400, "{}", a.json);
+    assert!(
+        a.json["error"].as_str().unwrap().contains("another user"),
+        "{}",
+        a.json
+    );
+    let own = second["user_id"].as_str().unwrap();
+    let a = post_json(&app, &format!("/feedback?user_id={own}"), &body).await;
     assert_eq!(a.status, 200, "{}", a.json);
     assert_eq!(a.json["recorded"], true);
+    // The same answer without the parameter is the retry it is.
+    let a = send(&second, "declined").await;
+    assert_eq!(a.status, 200, "{}", a.json);
+    assert_eq!(a.json["recorded"], false);
 
     let text = test_support::http::get_text(&app, "/metrics").await;
     let outcomes = |o: &str| {
@@ -307,5 +322,5 @@ async fn the_page_is_served_with_its_form() {
         assert!(html.contains(&format!("id=\"{id}\"")), "page lacks #{id}");
     }
     // Relative URLs, so the page works behind a gateway path prefix.
-    assert!(html.contains("fetch(\"predict?") && html.contains("fetch(\"feedback\""));
+    assert!(html.contains("fetch(\"predict?") && html.contains("fetch(\"feedback?"));
 }

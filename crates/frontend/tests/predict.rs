@@ -8,6 +8,7 @@ use axum::http::Request;
 use common::*;
 use frontend::cohort::Assigner;
 use mesh_kit::fault::FaultArgs;
+use mesh_kit::propagation::SERVED_BY_HEADER;
 use serde_json::{Value, json};
 use test_support::http::send;
 
@@ -246,4 +247,61 @@ async fn shadow_traffic_reaches_the_shadow_model_marked_as_shadow() {
         .value,
         f64::from(n)
     );
+}
+
+#[tokio::test]
+async fn every_answer_names_the_replicas_that_served_it() {
+    let features = feature_store_on(named("feature-store-7f9c4-a1")).await;
+    let v1 = model_on("v1", named("model-inference-v1-5d8b-b2")).await;
+    let v2 = model_on("v2", named("model-inference-v2-6c7d-c3")).await;
+    let args = frontend::FrontendArgs::direct(features.base(), v1.base(), v2.base());
+    let app = frontend::app(&args, named("frontend-6b5f-d4")).expect("frontend starts");
+    let assigner = Assigner::new(args.experiment_salt.clone(), args.canary_percent);
+    let mut seen = std::collections::BTreeSet::new();
+    for user in reference().user_ids {
+        let a = get(&app, &format!("/predict?user_id={user}")).await;
+        assert_eq!(a.status, 200, "{}", a.json);
+        let model = match assigner.assign(&user, false).cohort {
+            frontend::cohort::Cohort::Baseline => "model-inference-v1-5d8b-b2",
+            frontend::cohort::Cohort::Candidate => "model-inference-v2-6c7d-c3",
+        };
+        assert_eq!(
+            a.json["served_by"],
+            json!({
+                "frontend": "frontend-6b5f-d4",
+                "feature_store": "feature-store-7f9c4-a1",
+                "model_inference": model,
+            }),
+            "user {user}"
+        );
+        assert_eq!(a.headers[SERVED_BY_HEADER], "frontend-6b5f-d4");
+        seen.insert(model);
+    }
+    assert_eq!(seen.len(), 2, "the reference users cover both cohorts");
+    // Errors and probes name the replica too: a 404 seen through the mesh
+    // says which pod gave it.
+    let missing = get(&app, "/predict?user_id=999999").await;
+    assert_eq!(missing.status, 404);
+    assert_eq!(missing.headers[SERVED_BY_HEADER], "frontend-6b5f-d4");
+    let probe = get(&app, "/healthz").await;
+    assert_eq!(probe.headers[SERVED_BY_HEADER], "frontend-6b5f-d4");
+
+    // Degraded: the feature store answered, no model did.
+    let args = frontend::FrontendArgs::direct(features.base(), dead_url(), dead_url());
+    let app = frontend::app(&args, named("frontend-6b5f-d4")).expect("frontend starts");
+    let a = get(&app, "/predict?user_id=42").await;
+    assert_eq!(a.json["degraded"], true, "{}", a.json);
+    assert_eq!(
+        a.json["served_by"],
+        json!({"frontend": "frontend-6b5f-d4", "feature_store": "feature-store-7f9c4-a1", "model_inference": null})
+    );
+
+    // Outside Kubernetes nothing is named and no header is sent.
+    let up = Upstreams::start().await;
+    let a = get(&frontend(&up.args()), "/predict?user_id=42").await;
+    assert_eq!(
+        a.json["served_by"],
+        json!({"frontend": null, "feature_store": null, "model_inference": null})
+    );
+    assert!(a.headers.get(SERVED_BY_HEADER).is_none());
 }

@@ -41,12 +41,39 @@ pub struct ServerArgs {
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000).map(|v| v as usize))]
     pub max_connections: usize,
 
+    /// This replica's name, stamped on every answer as `x-mlmesh-served-by`
+    /// (and, by the frontend, in its JSON) so a curl loop shows which pod
+    /// served each request. k8s/base sets it from the pod's name with the
+    /// downward API; unset, no header is sent.
+    #[arg(long, env = POD_NAME_ENV, value_parser = parse_pod_name)]
+    pub pod_name: Option<String>,
+
     /// Log line format on stderr. Filter with RUST_LOG (default: info).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
     #[command(flatten)]
     pub faults: FaultArgs,
+}
+
+/// The env twin of `--pod-name`, which Kubernetes' downward API fills.
+pub const POD_NAME_ENV: &str = "POD_NAME";
+
+/// A pod name as Kubernetes makes them (a DNS subdomain: at most 253 of
+/// `a-z0-9.-`), so it is always a valid header value and never a surprise
+/// in a log line.
+fn parse_pod_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 253
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "`{s}` is not a pod name (1 to 253 of a-z, 0-9, '-' and '.')"
+        ))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -64,6 +91,7 @@ impl ServerArgs {
             shutdown_timeout: Duration::from_secs(5),
             header_read_timeout: Duration::from_secs(60),
             max_connections: 10_000,
+            pod_name: None,
             log_format: LogFormat::Text,
             faults: FaultArgs::default(),
         }
@@ -95,6 +123,24 @@ mod tests {
         assert!(parse_fraction("-0.1").is_err());
         assert!(parse_fraction("NaN").is_err());
         assert!(parse_fraction("half").is_err());
+    }
+
+    #[test]
+    fn pod_names_are_what_kubernetes_makes() {
+        for ok in ["frontend-7d9f8b6c5d-x2k4q", "feature-store-0", "a.b"] {
+            assert_eq!(parse_pod_name(ok).as_deref(), Ok(ok));
+        }
+        let long = "a".repeat(254);
+        for bad in [
+            "",
+            "Frontend",
+            "pod name",
+            "pod\nx-evil: 1",
+            "p\u{e9}",
+            &long,
+        ] {
+            assert!(parse_pod_name(bad).is_err(), "{bad:?}");
+        }
     }
 }
 

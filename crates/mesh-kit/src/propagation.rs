@@ -40,6 +40,10 @@ pub const ENVIRONMENTS: [&str; 2] = ["blue", "green"];
 /// Stamped on every model-inference response so callers (the frontend,
 /// loadtests, `curl -i`) see which version answered.
 pub const MODEL_VERSION_HEADER: &str = "x-model-version";
+/// Names the replica that answered (its pod name, from `--pod-name` /
+/// `POD_NAME`), so a `curl` loop shows where each request went, e.g. that
+/// consistent hashing keeps a customer on one pod.
+pub const SERVED_BY_HEADER: &str = "x-mlmesh-served-by";
 /// Envoy's remaining route timeout for this request, in milliseconds; callers
 /// set it so a callee can drop work nobody is waiting for any more.
 pub const DEADLINE_HEADER: &str = "x-envoy-expected-rq-timeout-ms";

@@ -28,7 +28,7 @@ pub use crate::conn::{ServeOptions, connection_capacity, serve_on};
 use crate::error;
 use crate::health::Health;
 use crate::metrics::{self, HttpMetrics};
-use crate::propagation::{REQUEST_ID_HEADER, extract_context};
+use crate::propagation::{REQUEST_ID_HEADER, SERVED_BY_HEADER, extract_context};
 
 /// One service being assembled: its flags, health, and metrics registry.
 pub struct Service {
@@ -41,13 +41,27 @@ pub struct Service {
 
 impl Service {
     pub fn new(name: &'static str, args: ServerArgs) -> Self {
+        // parse_pod_name admits only header-safe bytes; a name set in code
+        // (tests) that is not is left out rather than panicking.
+        let response_headers = args
+            .pod_name
+            .as_deref()
+            .and_then(|pod| HeaderValue::from_str(pod).ok())
+            .map(|pod| (HeaderName::from_static(SERVED_BY_HEADER), pod))
+            .into_iter()
+            .collect();
         Self {
             name,
             args,
             health: Health::new(),
             registry: Registry::with_prefix(metrics::PREFIX),
-            response_headers: Vec::new(),
+            response_headers,
         }
+    }
+
+    /// This replica's name (`--pod-name`), when it has one.
+    pub fn pod_name(&self) -> Option<&str> {
+        self.args.pod_name.as_deref()
     }
 
     /// The service flips this to ready once it can serve.

@@ -20,9 +20,14 @@ pub fn models_dir() -> PathBuf {
 }
 
 pub async fn feature_store() -> Served {
+    feature_store_on(ServerArgs::for_tests()).await
+}
+
+/// The feature store with `server`'s settings (e.g. a pod name).
+pub async fn feature_store_on(server: ServerArgs) -> Served {
     mesh_kit::telemetry::init_for_tests();
     let args = feature_store::StoreArgs::for_seed_file(models_dir().join("customers.csv"));
-    let (app, _state, health) = feature_store::app(&args, ServerArgs::for_tests())
+    let (app, _state, health) = feature_store::app(&args, server)
         .await
         .expect("feature store starts");
     // The readiness watcher's first ping runs in the background.
@@ -37,13 +42,18 @@ pub async fn feature_store() -> Served {
 }
 
 pub async fn model(version: &str, faults: FaultArgs) -> Served {
+    let mut server = ServerArgs::for_tests();
+    server.faults = faults;
+    model_on(version, server).await
+}
+
+/// Model `version` with `server`'s settings (faults, a pod name).
+pub async fn model_on(version: &str, server: ServerArgs) -> Served {
     mesh_kit::telemetry::init_for_tests();
     let args = model_inference::ModelArgs::for_model(
         models_dir().join(format!("propensity-{version}.onnx")),
         version,
     );
-    let mut server = ServerArgs::for_tests();
-    server.faults = faults;
     let (app, _state) = model_inference::app(&args, server).expect("model loads");
     serve(app).await
 }
@@ -73,6 +83,13 @@ impl Upstreams {
 pub fn frontend(args: &FrontendArgs) -> Router {
     mesh_kit::telemetry::init_for_tests();
     frontend::app(args, ServerArgs::for_tests()).expect("frontend starts")
+}
+
+/// Test server settings for a replica named `pod` (`--pod-name`).
+pub fn named(pod: &str) -> ServerArgs {
+    let mut server = ServerArgs::for_tests();
+    server.pod_name = Some(pod.to_owned());
+    server
 }
 
 /// A URL nothing listens on.
