@@ -152,6 +152,11 @@ where
 
 async fn run_model_inference(server: ServerArgs, model: ModelArgs) -> anyhow::Result<()> {
     with_telemetry("model-inference", server.log_format, || async move {
+        if let Some(spec) = model.fetch_spec() {
+            model_inference::fetch::fetch(&spec)
+                .await
+                .context("fetching the model")?;
+        }
         let (svc, state) =
             model_inference::build(&model, server).context("starting model-inference")?;
         svc.serve(

@@ -3,7 +3,7 @@
 //! generated from Istio 1.27's CRDs) structs and any field those types do not
 //! know fails, then the whole set is cross-checked the way `istioctl analyze`
 //! would, against the binary and the header names the frontend really uses.
-//! A second test breaks the real manifests on purpose (24 ways) and requires each break
+//! A second test breaks the real manifests on purpose (33 ways) and requires each break
 //! to be reported.
 
 mod common;
@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 
 use istio_api_rs::networking::v1::destination_rule::DestinationRule;
 use istio_api_rs::networking::v1::gateway::Gateway;
+use istio_api_rs::networking::v1::service_entry::ServiceEntry;
+use istio_api_rs::networking::v1::sidecar::{Sidecar, SidecarOutboundTrafficPolicyMode};
 use istio_api_rs::networking::v1::virtual_service::VirtualService;
 use istio_api_rs::networking::v1alpha3::envoy_filter::EnvoyFilter;
 use istio_api_rs::security::v1::authorization_policy::AuthorizationPolicy;
@@ -27,8 +29,11 @@ use serde::de::DeserializeOwned;
 use serde_yaml_ng::Value;
 
 use frontend::cohort::{BETA_GROUP, Cohort};
+use frontend::service::USER_ID_PARAM;
+use mesh_kit::config::POD_NAME_ENV;
 use mesh_kit::propagation::{
-    COHORT_HEADER, ENVIRONMENT_HEADER, ENVIRONMENTS, USER_GROUP_HEADER, USER_ID_HEADER,
+    COHORT_HEADER, ENVIRONMENT_HEADER, ENVIRONMENTS, FORWARDED_HEADERS, USER_GROUP_HEADER,
+    USER_ID_HEADER,
 };
 
 const NAMESPACE: &str = "mlmesh";
@@ -49,7 +54,13 @@ struct Manifests {
     authorization_policies: Vec<AuthorizationPolicy>,
     telemetries: Vec<Telemetry>,
     envoy_filters: Vec<EnvoyFilter>,
+    service_entries: Vec<ServiceEntry>,
+    sidecars: Vec<Sidecar>,
 }
+
+/// Istio's own gateways, which exist once Istio is installed (k8s/kind's
+/// demo profile): routes may send to them though no manifest here makes them.
+const ISTIO_GATEWAY_HOSTS: [&str; 1] = ["istio-egressgateway.istio-system.svc.cluster.local"];
 
 /// `T` from `v`, with every field `T` does not know reported (a typo must not pass).
 fn typed<T: DeserializeOwned>(v: Value, origin: &str, problems: &mut Vec<String>) -> Option<T> {
@@ -113,6 +124,12 @@ fn parse(files: &[(String, String)], problems: &mut Vec<String>) -> Manifests {
                 }
                 ("telemetry.istio.io/v1", "Telemetry") => {
                     m.telemetries.extend(typed(v, &origin, problems))
+                }
+                ("networking.istio.io/v1", "ServiceEntry") => {
+                    m.service_entries.extend(typed(v, &origin, problems))
+                }
+                ("networking.istio.io/v1", "Sidecar") => {
+                    m.sidecars.extend(typed(v, &origin, problems))
                 }
                 ("networking.istio.io/v1alpha3", "EnvoyFilter") => {
                     m.envoy_filters.extend(typed(v, &origin, problems))
@@ -419,6 +436,19 @@ fn check(m: &Manifests) -> Vec<String> {
                 if annotations.get("prometheus.io/scrape").map(String::as_str) != Some("true") {
                     problems.push(format!("{origin}: no prometheus.io/scrape annotation"));
                 }
+                let pod_name = c
+                    .env
+                    .iter()
+                    .flatten()
+                    .find(|e| e.name == POD_NAME_ENV)
+                    .and_then(|e| e.value_from.as_ref())
+                    .and_then(|v| v.field_ref.as_ref())
+                    .map(|f| f.field_path.as_str());
+                if pod_name != Some("metadata.name") {
+                    problems.push(format!(
+                        "{origin}: {POD_NAME_ENV} must come from the downward API (fieldRef metadata.name), so answers name their pod"
+                    ));
+                }
                 let otlp = env_value(c, "OTEL_EXPORTER_OTLP_ENDPOINT").unwrap_or_default();
                 if !otlp.contains("jaeger-collector.istio-system") {
                     problems.push(format!(
@@ -463,10 +493,22 @@ fn check(m: &Manifests) -> Vec<String> {
             (short_host(&dr.spec.host).to_owned(), subsets)
         })
         .collect();
+    // Hosts outside k8s/base that routes may name: ServiceEntries' and
+    // Istio's own gateways.
+    let external: BTreeSet<String> = m
+        .service_entries
+        .iter()
+        .flat_map(|se| se.spec.hosts.clone())
+        .chain(ISTIO_GATEWAY_HOSTS.map(str::to_owned))
+        .collect();
     for dr in &m.destination_rules {
         let host = short_host(&dr.spec.host);
         let Some(svc) = services.get(host) else {
-            problems.push(format!("DestinationRule host {host} is not a Service"));
+            if !external.contains(host) {
+                problems.push(format!(
+                    "DestinationRule host {host} is not a Service or ServiceEntry host"
+                ));
+            }
             continue;
         };
         let selector = svc
@@ -516,6 +558,74 @@ fn check(m: &Manifests) -> Vec<String> {
             }
         }
     }
+    // One host, one DestinationRule: Istio merges several for one host only
+    // in part and in no documented order. The shipped variants of a host's
+    // rule (istio/resilience, istio/consistent-hash) share one name, so
+    // applying either replaces the other, and agree on everything but the
+    // load balancer, so switching never drops the other's settings.
+    let mut by_host: BTreeMap<String, Vec<&DestinationRule>> = BTreeMap::new();
+    for dr in &m.destination_rules {
+        by_host
+            .entry(short_host(&dr.spec.host).to_owned())
+            .or_default()
+            .push(dr);
+    }
+    let without_load_balancer = |dr: &DestinationRule| {
+        let mut spec = serde_json::to_value(&dr.spec).unwrap();
+        if let Some(tp) = spec
+            .get_mut("trafficPolicy")
+            .and_then(serde_json::Value::as_object_mut)
+        {
+            tp.remove("loadBalancer");
+        }
+        spec
+    };
+    for (host, drs) in &by_host {
+        let names: BTreeSet<String> = drs
+            .iter()
+            .map(|d| d.metadata.name.clone().unwrap_or_default())
+            .collect();
+        if names.len() > 1 {
+            problems.push(format!(
+                "DestinationRules {names:?} all configure {host}: give a host's variants one name, so applying one replaces the other"
+            ));
+        }
+        let first = without_load_balancer(drs[0]);
+        if drs[1..].iter().any(|dr| without_load_balancer(dr) != first) {
+            problems.push(format!(
+                "DestinationRule {host}: its variants differ in more than loadBalancer, so applying one drops the other's settings"
+            ));
+        }
+    }
+    // Consistent hashing must hash on what the callers really send: the
+    // frontend's callers name the user in the query (page, curl, load tool),
+    // the frontend names it in a header on every upstream call.
+    for dr in &m.destination_rules {
+        let host = short_host(&dr.spec.host);
+        let Some(hash) = dr
+            .spec
+            .traffic_policy
+            .as_ref()
+            .and_then(|t| t.load_balancer.as_ref())
+            .and_then(|l| l.consistent_hash.as_ref())
+        else {
+            continue;
+        };
+        if host == "frontend" {
+            if hash.http_query_parameter_name.as_deref() != Some(USER_ID_PARAM) {
+                problems.push(format!(
+                    "DestinationRule {host}: consistent hash must be on ?{USER_ID_PARAM}=, which the page, curl and the load tool send"
+                ));
+            }
+        } else {
+            match hash.http_header_name.as_deref() {
+                Some(h) if FORWARDED_HEADERS.contains(&h.to_ascii_lowercase().as_str()) => {}
+                other => problems.push(format!(
+                    "DestinationRule {host}: consistent hash on header {other:?}, which the frontend never sends"
+                )),
+            }
+        }
+    }
     let gateways: BTreeSet<String> = m
         .gateways
         .iter()
@@ -528,7 +638,8 @@ fn check(m: &Manifests) -> Vec<String> {
             vs.metadata.name.clone().unwrap_or_default()
         );
         for g in vs.spec.gateways.clone().unwrap_or_default() {
-            if !gateways.contains(&g) {
+            // `mesh` is Istio's name for every sidecar, not a Gateway resource.
+            if g != "mesh" && !gateways.contains(&g) {
                 problems.push(format!("{origin}: gateway {g} does not exist"));
             }
         }
@@ -553,8 +664,10 @@ fn check(m: &Manifests) -> Vec<String> {
             }
             for (host, subset) in targets {
                 let host = short_host(&host).to_owned();
-                if !services.contains_key(&host) {
-                    problems.push(format!("{origin}: destination {host} is not a Service"));
+                if !services.contains_key(&host) && !external.contains(&host) {
+                    problems.push(format!(
+                        "{origin}: destination {host} is not a Service or ServiceEntry host"
+                    ));
                 }
                 if let Some(subset) = subset {
                     let known = subsets
@@ -738,7 +851,116 @@ fn check(m: &Manifests) -> Vec<String> {
             }
         }
     }
+    check_egress(m, &mut problems);
     problems
+}
+
+/// Egress (istio/egress/): declared hosts mean something only when the
+/// namespace refuses undeclared ones, every declared host leaves through the
+/// egress gateway, and only model-inference may use it.
+fn check_egress(m: &Manifests, problems: &mut Vec<String>) {
+    if m.service_entries.is_empty() {
+        return;
+    }
+    let registry_only = m.sidecars.iter().any(|s| {
+        s.metadata.namespace.as_deref() == Some(NAMESPACE)
+            && s.spec.workload_selector.is_none()
+            && s.spec
+                .outbound_traffic_policy
+                .as_ref()
+                .and_then(|p| p.mode.as_ref())
+                .is_some_and(|mode| matches!(mode, SidecarOutboundTrafficPolicyMode::RegistryOnly))
+    });
+    if !registry_only {
+        problems.push(format!(
+            "ServiceEntries are declared but no namespace-wide Sidecar in {NAMESPACE} sets outboundTrafficPolicy REGISTRY_ONLY: every host is reachable anyway"
+        ));
+    }
+    // The service accounts of the pods that run `mlmesh model-inference`.
+    let model_sas: BTreeSet<String> = workloads(m)
+        .iter()
+        .filter(|(_, t, _)| {
+            pod_spec(t).containers.iter().any(|c| {
+                c.args
+                    .as_ref()
+                    .and_then(|a| a.first())
+                    .is_some_and(|a| a == "model-inference")
+            })
+        })
+        .filter_map(|(_, t, _)| pod_spec(t).service_account_name.clone())
+        .collect();
+    let egress_selector = BTreeMap::from([("istio".to_owned(), "egressgateway".to_owned())]);
+    for se in &m.service_entries {
+        for host in &se.spec.hosts {
+            // From the sidecars, the host must be routed to the egress gateway.
+            let via_gateway = m.virtual_services.iter().any(|(_, vs)| {
+                vs.spec.hosts.iter().flatten().any(|h| h == host)
+                    && vs.spec.http.iter().flatten().any(|r| {
+                        let from_mesh = r
+                            .r#match
+                            .iter()
+                            .flatten()
+                            .any(|mt| mt.gateways.iter().flatten().any(|g| g == "mesh"));
+                        from_mesh
+                            && r.route
+                                .iter()
+                                .flatten()
+                                .any(|d| ISTIO_GATEWAY_HOSTS.contains(&d.destination.host.as_str()))
+                    })
+            });
+            if !via_gateway {
+                problems.push(format!(
+                    "ServiceEntry host {host}: no VirtualService routes the sidecars' calls to it through the egress gateway"
+                ));
+            }
+            let policies: Vec<_> = m
+                .authorization_policies
+                .iter()
+                .filter(|ap| {
+                    ap.spec
+                        .selector
+                        .as_ref()
+                        .and_then(|s| s.match_labels.as_ref())
+                        == Some(&egress_selector)
+                })
+                .collect();
+            let mut allows_host = false;
+            for ap in &policies {
+                for rule in ap.spec.rules.iter().flatten() {
+                    let hosts: Vec<String> = rule
+                        .to
+                        .iter()
+                        .flatten()
+                        .filter_map(|t| t.operation.as_ref())
+                        .flat_map(|o| o.hosts.clone().unwrap_or_default())
+                        .collect();
+                    if !hosts.iter().any(|h| h == host) {
+                        continue;
+                    }
+                    allows_host = true;
+                    for p in rule
+                        .from
+                        .iter()
+                        .flatten()
+                        .filter_map(|f| f.source.as_ref())
+                        .flat_map(|s| s.principals.clone().unwrap_or_default())
+                    {
+                        let sa = p.strip_prefix(&format!("cluster.local/ns/{NAMESPACE}/sa/"));
+                        if !sa.is_some_and(|sa| model_sas.contains(sa)) {
+                            problems.push(format!(
+                                "the egress gateway's AuthorizationPolicy lets {p} reach {host}, which is not model-inference ({model_sas:?})"
+                            ));
+                        }
+                    }
+                }
+            }
+            if !allows_host {
+                problems.push(format!(
+                    "ServiceEntry host {host}: no AuthorizationPolicy on the egress gateway (istio: egressgateway) lets model-inference reach it"
+                ));
+            }
+        }
+    }
 }
 
 /// Every string value under `key`, at any depth.
@@ -1048,6 +1270,63 @@ fn deliberately_broken_manifests_are_caught() {
             "k8s/base/services.yaml",
             Box::new(|t| t.replacen("      appProtocol: http\n", "", 1)),
             "needs a name and appProtocol",
+        ),
+        (
+            "k8s/base/deployments.yaml",
+            Box::new(|t| t.replacen("fieldPath: metadata.name", "fieldPath: metadata.uid", 1)),
+            "must come from the downward API",
+        ),
+        (
+            "istio/consistent-hash/feature-store.yaml",
+            Box::new(|t| t.replace("  name: feature-store\n", "  name: feature-store-hash\n")),
+            "give a host's variants one name",
+        ),
+        (
+            // The hashing variant must keep the resilience settings.
+            "istio/consistent-hash/feature-store.yaml",
+            Box::new(|t| t.replace("consecutive5xxErrors: 5", "consecutive5xxErrors: 50")),
+            "differ in more than loadBalancer",
+        ),
+        (
+            "istio/consistent-hash/feature-store.yaml",
+            Box::new(|t| t.replace("httpHeaderName: x-user-id", "httpHeaderName: x-user")),
+            "which the frontend never sends",
+        ),
+        (
+            "istio/egress/sidecar.yaml",
+            Box::new(|t| t.replace("mode: REGISTRY_ONLY", "mode: ALLOW_ANY")),
+            "every host is reachable anyway",
+        ),
+        (
+            "istio/egress/egress-gateway.yaml",
+            Box::new(|t| {
+                t.replacen(
+                    "host: istio-egressgateway.istio-system.svc.cluster.local\n            subset",
+                    "host: raw.githubusercontent.com\n            subset",
+                    1,
+                )
+            }),
+            "through the egress gateway",
+        ),
+        (
+            "istio/egress/egress-gateway.yaml",
+            Box::new(|t| t.replace("sa/model-inference-v2", "sa/frontend")),
+            "which is not model-inference",
+        ),
+        (
+            "istio/egress/service-entry.yaml",
+            Box::new(|t| t.replace("- raw.githubusercontent.com", "- raw.githubusercontent.co")),
+            "is not a Service or ServiceEntry host",
+        ),
+        (
+            "istio/consistent-hash/frontend.yaml",
+            Box::new(|t| {
+                t.replace(
+                    "httpQueryParameterName: user_id",
+                    "httpQueryParameterName: user",
+                )
+            }),
+            "consistent hash must be on ?user_id=",
         ),
     ];
     for (file, edit, expect) in cases {

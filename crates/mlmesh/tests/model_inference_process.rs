@@ -6,6 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use sha2::Digest as _;
 use test_support::otlp::{AnyValue, collector, hex};
 
 mod common;
@@ -183,6 +184,93 @@ fn a_model_that_fails_to_load_exits_non_zero_naming_file_and_reason() {
         stderr.contains("/nonexistent/model.onnx") && stderr.contains("no such file"),
         "{stderr}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_from_a_registry_is_served_only_when_its_digest_matches() {
+    let bytes = std::fs::read(models().join("propensity-v2.onnx")).unwrap();
+    let sha256: String = sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let registry = test_support::serve::serve(axum::Router::new().route(
+        "/m/v2.onnx",
+        axum::routing::get(move || async move { bytes }),
+    ))
+    .await;
+    let url = registry.url("/m/v2.onnx");
+    let dir = std::env::temp_dir().join(format!("mlmesh-registry-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cache = dir.join("model.onnx");
+    let cache_str = cache.display().to_string();
+
+    // The wrong digest: the service never starts, and says why.
+    let wrong = "ab".repeat(32);
+    let bin = env!("CARGO_BIN_EXE_mlmesh");
+    let out = tokio::process::Command::new(bin)
+        .args(["model-inference", "--listen", "127.0.0.1:0"])
+        .env("MODEL_PATH", &cache)
+        .env("MODEL_DOWNLOAD_URL", &url)
+        .env("MODEL_SHA256", &wrong)
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for part in [url.as_str(), &wrong, &sha256, "refusing to serve it"] {
+        assert!(stderr.contains(part), "stderr lacks {part}: {stderr}");
+    }
+    assert!(!cache.exists(), "a model that failed its digest was kept");
+
+    // A URL without a digest is a usage error.
+    let out = tokio::process::Command::new(bin)
+        .args([
+            "model-inference",
+            "--model-path",
+            &cache_str,
+            "--model-download-url",
+            &url,
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--model-sha256"));
+
+    // The right digest: downloaded into the cache, then served and ready.
+    let (mut child, addr) = tokio::task::spawn_blocking({
+        let (url, sha256, cache) = (url.clone(), sha256.clone(), cache_str.clone());
+        move || {
+            start(&[
+                ("MODEL_PATH", cache.as_str()),
+                ("MODEL_DOWNLOAD_URL", url.as_str()),
+                ("MODEL_SHA256", sha256.as_str()),
+            ])
+        }
+    })
+    .await
+    .unwrap();
+    let client = reqwest::Client::new();
+    let ready = client
+        .get(format!("http://{addr}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    let res = client
+        .post(format!("http://{addr}/v2/models/propensity/infer"))
+        .json(&body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        std::fs::read(&cache).unwrap(),
+        std::fs::read(models().join("propensity-v2.onnx")).unwrap()
+    );
+    child.kill().ok();
+    child.wait().ok();
+    std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]

@@ -7,9 +7,31 @@ use clap::Args;
 
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
-    /// ONNX model file to serve (input FP32 [batch, features]).
+    /// ONNX model file to serve (input FP32 [batch, features]); with
+    /// --model-download-url, where the download is cached (a writable
+    /// directory, e.g. an emptyDir).
     #[arg(long, env = "MODEL_PATH")]
     pub model_path: PathBuf,
+
+    /// Fetch the model from this http(s) URL at startup (a model registry
+    /// outside the mesh) into --model-path, unless that file already holds
+    /// it. Needs --model-sha256; a mismatch, an HTTP error or a timeout stops
+    /// the service before it ever turns ready. (Not --model-url: that is the
+    /// frontend's flag for the model service.)
+    #[arg(long, env = "MODEL_DOWNLOAD_URL", requires = "model_sha256", value_parser = crate::fetch::parse_download_url)]
+    pub model_download_url: Option<String>,
+
+    /// The SHA-256 the downloaded model must have (`sha256sum FILE`).
+    #[arg(long, env = "MODEL_SHA256", value_parser = crate::fetch::parse_sha256)]
+    pub model_sha256: Option<String>,
+
+    /// The whole download, retries included, must finish within this.
+    #[arg(long, env = "MODEL_DOWNLOAD_TIMEOUT", default_value = "120s", value_parser = humantime::parse_duration)]
+    pub model_download_timeout: Duration,
+
+    /// Largest model accepted from --model-download-url, in bytes.
+    #[arg(long, env = "MODEL_MAX_BYTES", default_value_t = 256 << 20)]
+    pub model_max_bytes: u64,
 
     /// Name the model is served under: /v2/models/{name}.
     #[arg(long, env = "MODEL_NAME", default_value = "propensity", value_parser = parse_path_segment)]
@@ -60,10 +82,29 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
+    /// The download to make before loading, when a URL is configured.
+    pub fn fetch_spec(&self) -> Option<crate::fetch::FetchSpec> {
+        let url = self.model_download_url.clone()?;
+        Some(crate::fetch::FetchSpec {
+            url,
+            // `requires` makes clap refuse a URL without a digest; code that
+            // builds ModelArgs by hand gets a digest nothing matches.
+            sha256: self.model_sha256.clone().unwrap_or_default(),
+            dest: self.model_path.clone(),
+            timeout: self.model_download_timeout,
+            max_bytes: self.model_max_bytes,
+            attempts: crate::fetch::DOWNLOAD_ATTEMPTS,
+        })
+    }
+
     /// Defaults for a model file, as the CLI would give them.
     pub fn for_model(path: impl Into<PathBuf>, version: &str) -> Self {
         Self {
             model_path: path.into(),
+            model_download_url: None,
+            model_sha256: None,
+            model_download_timeout: Duration::from_secs(120),
+            model_max_bytes: 256 << 20,
             model_name: "propensity".into(),
             model_version: version.into(),
             max_batch_size: 64,

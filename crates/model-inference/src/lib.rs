@@ -8,6 +8,7 @@
 pub mod batcher;
 pub mod config;
 pub mod engine;
+pub mod fetch;
 pub mod metrics;
 pub mod oip;
 pub mod service;
