@@ -134,24 +134,7 @@ async fn a_verified_download_is_served_and_then_cached() {
     args.model_path = dest.clone();
     let app = TestApp::spawn(args, ServerArgs::for_tests()).await;
     let reference = reference();
-    let res: serde_json::Value = app
-        .client
-        .post(app.infer_url())
-        .json(&infer_body(&reference.inputs[..1]))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let p = res["outputs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|o| o["name"] == "probability")
-        .unwrap()["data"][0]
-        .as_f64()
-        .unwrap();
+    let p = probabilities(&app.infer(&reference.inputs[..1]).await)[0];
     let want = reference.outputs["v2"].probability[0];
     assert!((p - want).abs() < 1e-5, "{p} vs onnxruntime {want}");
 

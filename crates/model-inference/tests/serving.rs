@@ -5,24 +5,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{N_FEATURES, TestApp, infer_body, model_args, reference, sample, samples};
+use common::{
+    N_FEATURES, TestApp, infer_body, model_args, probabilities, reference, sample, samples,
+};
 use mesh_kit::ServerArgs;
 use serde_json::Value;
-
-fn probabilities(v: &Value) -> Vec<f64> {
-    let out = v["outputs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|o| o["name"] == "probability")
-        .unwrap();
-    out["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
-}
 
 /// 24 distinct rows: the reference customers plus perturbed copies.
 fn rows() -> Vec<Vec<f32>> {
@@ -48,16 +35,7 @@ async fn concurrent_single_rows_equal_one_batched_request_in_order() {
     let app = TestApp::spawn(args, ServerArgs::for_tests()).await;
     let rows = rows();
 
-    let batched: Value = app
-        .client
-        .post(app.infer_url())
-        .json(&infer_body(&rows))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let batched = app.infer(&rows).await;
     let batched = probabilities(&batched);
     assert_eq!(batched.len(), rows.len());
 

@@ -52,6 +52,22 @@ pub fn infer_body(rows: &[Vec<f32>]) -> Value {
     json!({"inputs": [{"name": "features", "shape": [rows.len(), N_FEATURES], "datatype": "FP32", "data": data}]})
 }
 
+/// The `probability` output's values of an OIP infer answer.
+pub fn probabilities(v: &Value) -> Vec<f64> {
+    let out = v["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["name"] == "probability")
+        .unwrap();
+    out["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
 pub struct TestApp {
     pub addr: SocketAddr,
     pub client: reqwest::Client,
@@ -92,6 +108,19 @@ impl TestApp {
 
     pub fn infer_url(&self) -> String {
         self.url("/v2/models/propensity/infer")
+    }
+
+    /// Scores `rows` in one infer call; the answer's JSON.
+    pub async fn infer(&self, rows: &[Vec<f32>]) -> Value {
+        self.client
+            .post(self.infer_url())
+            .json(&infer_body(rows))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 
     /// Stands in for SIGTERM.
