@@ -6,7 +6,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use sha2::Digest as _;
 use test_support::otlp::{AnyValue, collector, hex};
 
 mod common;
@@ -189,10 +188,7 @@ fn a_model_that_fails_to_load_exits_non_zero_naming_file_and_reason() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_from_a_registry_is_served_only_when_its_digest_matches() {
     let bytes = std::fs::read(models().join("propensity-v2.onnx")).unwrap();
-    let sha256: String = sha2::Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let sha256 = model_inference::fetch::sha256_hex(&bytes);
     let registry = test_support::serve::serve(axum::Router::new().route(
         "/m/v2.onnx",
         axum::routing::get(move || async move { bytes }),

@@ -267,6 +267,11 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// `bytes`' SHA-256 as `--model-sha256` takes it (and `sha256sum` prints it).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
 /// Parses `--model-sha256`: 64 hex digits, any case, stored lowercase.
 pub fn parse_sha256(s: &str) -> Result<String, String> {
     let s = s.trim();

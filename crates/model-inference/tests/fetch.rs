@@ -16,7 +16,6 @@ use axum::routing::get;
 use common::*;
 use mesh_kit::ServerArgs;
 use model_inference::fetch::{self, FetchError, FetchSpec};
-use sha2::{Digest, Sha256};
 
 /// The registry: `/model.onnx` serves v2's file; `/missing` is a 404;
 /// `/flaky` answers 503 twice, then the file; `/slow` takes 30 s.
@@ -79,10 +78,7 @@ impl Registry {
     }
 
     fn sha256(&self) -> String {
-        Sha256::digest(self.bytes.as_slice())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        fetch::sha256_hex(&self.bytes)
     }
 
     fn spec(&self, path: &str, dest: PathBuf) -> FetchSpec {
@@ -233,10 +229,7 @@ fn the_egress_lab_pins_the_committed_model() {
         .chars()
         .take(64)
         .collect();
-    let committed: String = Sha256::digest(std::fs::read(model_path("v2")).unwrap())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let committed = fetch::sha256_hex(&std::fs::read(model_path("v2")).unwrap());
     assert_eq!(
         pinned, committed,
         "istio/README.md's MODEL_SHA256 is not models/propensity-v2.onnx's: update it"
