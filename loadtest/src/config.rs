@@ -116,6 +116,13 @@ pub struct Config {
     #[arg(long)]
     pub feedback: bool,
 
+    /// Sign each simulated user in: a JWT from the committed demo key (as
+    /// `mlmesh token` mints, `group: beta` for beta users) sent as
+    /// `Authorization: Bearer` on /predict and /feedback. With istio/auth/
+    /// applied, the ingress gateway refuses feedback without one.
+    #[arg(long)]
+    pub demo_tokens: bool,
+
     /// Per-request timeout; a timed-out request counts as an error.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,

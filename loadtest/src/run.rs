@@ -14,6 +14,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
 
+use frontend::cohort::BETA_GROUP;
+use mesh_kit::propagation::USER_GROUP_HEADER;
+
 use crate::config::{Config, Overflow, Target};
 use crate::stats::{Observation, Report, Shard, new_histogram};
 use crate::users::User;
@@ -28,6 +31,48 @@ pub enum RunError {
     /// run is reported as failed rather than as a smaller, wrong result.
     #[error("{0} load worker(s) panicked: {1}; the figures would be incomplete")]
     WorkerPanicked(usize, String),
+    #[error("minting a demo token: {0}")]
+    Token(#[from] identity::IdentityError),
+}
+
+/// How long a simulated user's demo token lives: longer than any run.
+const TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// One `Authorization: Bearer` value per user, minted on all cores (an
+/// RSA signature each, a few milliseconds) before the clock starts.
+fn demo_tokens(users: &[User]) -> Result<Vec<http::HeaderValue>, RunError> {
+    let minter = identity::Minter::demo();
+    let now = identity::unix_now();
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let chunk = users.len().div_ceil(threads).max(1);
+    let minted: Vec<Result<Vec<http::HeaderValue>, identity::IdentityError>> =
+        std::thread::scope(|s| {
+            let handles: Vec<_> = users
+                .chunks(chunk)
+                .map(|part| {
+                    let minter = &minter;
+                    s.spawn(move || {
+                        part.iter()
+                            .map(|u| {
+                                let group = u.beta.then_some(BETA_GROUP);
+                                let token = minter.mint(&u.id, group, TOKEN_TTL, now)?;
+                                Ok(http::HeaderValue::from_str(&format!("Bearer {token}"))
+                                    .expect("a JWT is header-safe base64url"))
+                            })
+                            .collect()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("minting does not panic"))
+                .collect()
+        });
+    let mut all = Vec::with_capacity(users.len());
+    for part in minted {
+        all.extend(part?);
+    }
+    Ok(all)
 }
 
 /// The panic message of a failed task, for the report.
@@ -54,6 +99,8 @@ struct Plan {
     infer_uri: String,
     /// `--header`s, on every request.
     headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// `--demo-tokens`: each user's `Authorization` value (else empty).
+    tokens: Vec<http::HeaderValue>,
     per_user: u64,
     timeout: Duration,
     feedback: bool,
@@ -104,7 +151,7 @@ impl Plan {
                 let mut b = Request::get(format!("{}/predict?user_id={}", self.base, u.id))
                     .header("x-user-id", u.id.as_str());
                 if u.beta {
-                    b = b.header("x-user-group", "beta");
+                    b = b.header(USER_GROUP_HEADER, BETA_GROUP);
                 }
                 b.body(Full::default())
             }
@@ -114,10 +161,18 @@ impl Plan {
             Target::Get => Request::get(self.base.as_str()).body(Full::default()),
         };
         let mut req = builder.expect("request parts were validated up front");
+        self.sign_in(user, &mut req);
         for (name, value) in &self.headers {
             req.headers_mut().insert(name.clone(), value.clone());
         }
         req
+    }
+
+    /// Adds the user's demo token, with `--demo-tokens`.
+    fn sign_in<B>(&self, user: usize, req: &mut Request<B>) {
+        if let Some(t) = self.tokens.get(user) {
+            req.headers_mut().insert(header::AUTHORIZATION, t.clone());
+        }
     }
 
     /// Sends request `i` (counting latency from `scheduled`) and records it.
@@ -197,11 +252,12 @@ impl Plan {
         // The user in the query too, as the page sends it: a gateway hashing
         // on user_id routes the feedback to the replica that decided.
         let id = self.users[user].id.as_str();
-        let req = Request::post(format!("{}/feedback?user_id={id}", self.base))
+        let mut req = Request::post(format!("{}/feedback?user_id={id}", self.base))
             .header(header::CONTENT_TYPE, "application/json")
             .header("x-user-id", id)
             .body(Full::new(Bytes::from(body.to_string())))
             .expect("valid feedback request");
+        self.sign_in(user, &mut req);
         let ok = matches!(
             tokio::time::timeout(self.timeout, self.client.request(req)).await,
             Ok(Ok(res)) if res.status().is_success()
@@ -273,12 +329,18 @@ pub async fn run(cfg: &Config, users: Vec<User>) -> Result<Report, RunError> {
         Target::Infer => users.iter().map(oip_body).collect(),
         _ => Vec::new(),
     };
+    let tokens = if cfg.demo_tokens && cfg.target == Target::Frontend {
+        demo_tokens(&users)?
+    } else {
+        Vec::new()
+    };
     let plan = Arc::new(Plan {
         target: cfg.target,
         client,
         infer_uri: format!("{base}/v2/models/{}/infer", cfg.model_name),
         base: base.clone(),
         headers: cfg.headers.clone(),
+        tokens,
         bodies,
         per_user,
         timeout: cfg.timeout,

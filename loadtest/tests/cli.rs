@@ -228,3 +228,129 @@ async fn a_busy_pool_waits_or_drops_as_overflow_says() {
         "the wait for a slot counts from the schedule: {waited}"
     );
 }
+
+/// What the gateway of istio/auth/ would see from `--demo-tokens`: counted
+/// by a stand-in frontend that checks each bearer token as the gateway does
+/// (crates/identity against the demo JWKS) and that it names the user the
+/// request is about, beta claim for beta users only.
+#[derive(Default)]
+struct Signed {
+    predicts: AtomicU64,
+    feedbacks: AtomicU64,
+    beta: AtomicU64,
+    wrong: std::sync::Mutex<Vec<String>>,
+}
+
+fn check_token(
+    signed: &Signed,
+    headers: &axum::http::HeaderMap,
+    user: &str,
+) -> Option<identity::Claims> {
+    let jwks = identity::Minter::demo().jwks_json();
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let claims = token.and_then(|t| identity::verify(t, &jwks, identity::DEMO_ISSUER).ok());
+    match claims {
+        Some(c) if c.sub == user => Some(c),
+        other => {
+            signed
+                .wrong
+                .lock()
+                .unwrap()
+                .push(format!("user {user}: {other:?}"));
+            None
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_tokens_sign_in_every_simulated_user() {
+    use axum::extract::{Query, State};
+    use std::collections::HashMap;
+    let signed = Arc::new(Signed::default());
+    let app = axum::Router::new()
+        .route(
+            "/predict",
+            get(
+                |State(s): State<Arc<Signed>>,
+                 Query(q): Query<HashMap<String, String>>,
+                 headers: axum::http::HeaderMap| async move {
+                    let user = q.get("user_id").cloned().unwrap_or_default();
+                    if let Some(c) = check_token(&s, &headers, &user) {
+                        s.predicts.fetch_add(1, Ordering::Relaxed);
+                        let beta_header = headers.get("x-user-group").is_some();
+                        if c.group.as_deref() == Some("beta") {
+                            s.beta.fetch_add(1, Ordering::Relaxed);
+                        }
+                        if beta_header != (c.group.as_deref() == Some("beta")) {
+                            s.wrong.lock().unwrap().push(format!("user {user}: group {c:?}"));
+                        }
+                    }
+                    (
+                        [("x-model-version", "v1")],
+                        axum::Json(serde_json::json!({
+                            "decision": "offer", "decision_id": format!("d-{user}"), "degraded": false
+                        })),
+                    )
+                },
+            ),
+        )
+        .route(
+            "/feedback",
+            axum::routing::post(
+                |State(s): State<Arc<Signed>>,
+                 Query(q): Query<HashMap<String, String>>,
+                 headers: axum::http::HeaderMap| async move {
+                    let user = q.get("user_id").cloned().unwrap_or_default();
+                    match check_token(&s, &headers, &user) {
+                        Some(_) => {
+                            s.feedbacks.fetch_add(1, Ordering::Relaxed);
+                            axum::Json(serde_json::json!({"recorded": true})).into_response()
+                        }
+                        None => StatusCode::FORBIDDEN.into_response(),
+                    }
+                },
+            ),
+        )
+        .with_state(Arc::clone(&signed));
+    let s = serve(app).await;
+    let url = s.url("");
+    let users = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/customers.csv");
+    let out = tokio::task::spawn_blocking(move || {
+        loadtest(&[
+            &url,
+            "-n",
+            "300",
+            "-c",
+            "4",
+            "--requests-per-user",
+            "1",
+            "--beta-share",
+            "0.3",
+            "--feedback",
+            "--demo-tokens",
+            "--users-file",
+            users,
+            "--quiet",
+        ])
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let wrong = signed.wrong.lock().unwrap().clone();
+    assert!(
+        wrong.is_empty(),
+        "{} badly signed: {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(5)]
+    );
+    assert_eq!(signed.predicts.load(Ordering::Relaxed), 300);
+    assert_eq!(signed.feedbacks.load(Ordering::Relaxed), 300);
+    let beta = signed.beta.load(Ordering::Relaxed);
+    assert!(
+        (50..=130).contains(&beta),
+        "about 30% of 300 users are beta: {beta}"
+    );
+}

@@ -15,10 +15,10 @@ use opentelemetry::trace::TraceContextExt;
 use serde::{Deserialize, Serialize};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use mesh_kit::error::{check_entity_id, parse_json};
+use mesh_kit::error::{check_entity_id, clip, is_entity_id, parse_json};
 use mesh_kit::propagation::{
-    COHORT_HEADER, DEADLINE_HEADER, Forwarded, MODEL_VERSION_HEADER, REQUEST_ID_HEADER,
-    USER_GROUP_HEADER, USER_ID_HEADER,
+    AUTH_GROUP_HEADER, AUTH_USER_HEADER, COHORT_HEADER, DEADLINE_HEADER, Forwarded,
+    MODEL_VERSION_HEADER, REQUEST_ID_HEADER, USER_GROUP_HEADER, USER_ID_HEADER,
 };
 use mesh_kit::{ApiError, ServerArgs, Service};
 
@@ -135,6 +135,8 @@ struct PredictResponse<'a> {
     degraded: bool,
     /// Why the answer is degraded, when it is.
     reason: Option<String>,
+    /// Whether the user came from a token the ingress gateway verified.
+    authenticated: bool,
     served_by: ServedBy<'a>,
 }
 
@@ -157,6 +159,59 @@ enum GroupChoice {
     Leave,
     /// Nothing said; the cookie (if any) decides.
     Unspecified,
+    /// The user is authenticated: their token's group claim decides, and
+    /// what the request says (query, header, cookie) is ignored.
+    Token { beta: bool },
+}
+
+/// The customer the ingress gateway authenticated (`istio/auth/`): the
+/// headers it writes from a verified JWT's claims.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Authenticated {
+    user: String,
+    group: Option<String>,
+}
+
+impl Authenticated {
+    fn group_choice(&self) -> GroupChoice {
+        GroupChoice::Token {
+            beta: self
+                .group
+                .as_deref()
+                .is_some_and(|g| g.eq_ignore_ascii_case(BETA_GROUP)),
+        }
+    }
+}
+
+/// The authenticated customer, if the gateway says there is one.
+fn authenticated(headers: &HeaderMap) -> Result<Option<Authenticated>, ApiError> {
+    let one = |name: &str| -> Result<Option<String>, ApiError> {
+        let mut values = headers.get_all(name).iter();
+        let Some(first) = values.next() else {
+            return Ok(None);
+        };
+        // Envoy adds a claim header to whatever copy a client sent rather
+        // than replacing it; two values (or a list in one) mean someone sent
+        // their own, and guessing which is the gateway's would be forgeable.
+        if values.next().is_some() {
+            return Err(ApiError::bad_request(format!(
+                "{name} appears more than once: only the ingress gateway may set it"
+            )));
+        }
+        match first.to_str() {
+            Ok(v) if is_entity_id(v) => Ok(Some(v.to_owned())),
+            _ => Err(ApiError::bad_request(format!(
+                "{name} is not a single id: only the ingress gateway may set it"
+            ))),
+        }
+    };
+    match (one(AUTH_USER_HEADER)?, one(AUTH_GROUP_HEADER)?) {
+        (Some(user), group) => Ok(Some(Authenticated { user, group })),
+        (None, Some(_)) => Err(ApiError::bad_request(format!(
+            "{AUTH_GROUP_HEADER} without {AUTH_USER_HEADER}: only the ingress gateway may set them"
+        ))),
+        (None, None) => Ok(None),
+    }
 }
 
 fn group_choice(query: Option<&str>, headers: &HeaderMap) -> GroupChoice {
@@ -211,18 +266,39 @@ impl AppState {
         mut fwd: Forwarded,
     ) -> Result<Response, ApiError> {
         let started = Instant::now();
-        let user_id = user_id
-            .or_else(|| header_str(headers, USER_ID_HEADER).map(str::to_owned))
-            .ok_or_else(|| {
-                ApiError::bad_request(
-                    format!("user_id is required: ?{USER_ID_PARAM}=, a JSON body {{\"user_id\": ...}} or an x-user-id header"),
-                )
-            })?;
+        let named = user_id.or_else(|| header_str(headers, USER_ID_HEADER).map(str::to_owned));
+        let auth = authenticated(headers)?;
+        let (user_id, group) = match (auth, named) {
+            // A token names the user; the request may repeat it (the
+            // ingress hashes on ?user_id=) but not name someone else.
+            (Some(a), Some(n)) if n != a.user => {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "your token is for user '{}', and this request names '{}'",
+                        a.user,
+                        clip(&n)
+                    ),
+                ));
+            }
+            (Some(a), _) => {
+                let group = a.group_choice();
+                (a.user, group)
+            }
+            (None, Some(n)) => (n, group),
+            (None, None) => {
+                return Err(ApiError::bad_request(format!(
+                    "user_id is required: ?{USER_ID_PARAM}=, a JSON body {{\"user_id\": ...}} or an x-user-id header"
+                )));
+            }
+        };
+        let authenticated = matches!(group, GroupChoice::Token { .. });
         check_entity_id(&user_id)?;
         let beta = match group {
             GroupChoice::Join => true,
             GroupChoice::Leave => false,
             GroupChoice::Unspecified => cookie_is_beta(headers),
+            GroupChoice::Token { beta } => beta,
         };
         let assignment = self.0.assigner.assign(&user_id, beta);
         let cohort = assignment.cohort.as_str();
@@ -251,6 +327,7 @@ impl AppState {
             assignment,
             request_id: &request_id,
             threshold: self.0.threshold,
+            authenticated,
             frontend: self.0.pod_name.as_deref(),
             feature_store: None,
         };
@@ -343,13 +420,26 @@ impl AppState {
         }
     }
 
-    fn feedback(&self, req: FeedbackRequest, user_id: Option<&str>) -> Result<Response, ApiError> {
+    fn feedback(
+        &self,
+        req: FeedbackRequest,
+        user_id: Option<&str>,
+        auth: Option<Authenticated>,
+    ) -> Result<Response, ApiError> {
         let now = unix_now();
         let claims = self
             .0
             .signer
             .verify(&req.decision_id, now)
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        // With istio/auth/ applied, feedback needs a token, and a token
+        // answers only for its own user's decisions.
+        if auth.is_some_and(|a| a.user != claims.user_id) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "that decision was made for another user than your token's",
+            ));
+        }
         if user_id.is_some_and(|u| u != claims.user_id) {
             return Err(ApiError::bad_request(format!(
                 "?{USER_ID_PARAM}= names another user than the one that decision was made for"
@@ -408,6 +498,7 @@ struct Answer<'a> {
     assignment: Assignment,
     request_id: &'a str,
     threshold: f64,
+    authenticated: bool,
     /// This replica's name; the feature store's once it has answered.
     frontend: Option<&'a str>,
     feature_store: Option<String>,
@@ -437,6 +528,7 @@ impl<'a> Answer<'a> {
             degraded: reason.is_some(),
             decision_id,
             reason,
+            authenticated: self.authenticated,
             served_by: ServedBy {
                 frontend: self.frontend,
                 feature_store: self.feature_store.clone(),
@@ -462,7 +554,7 @@ fn respond(body: PredictResponse<'_>, model_version: Option<&str>, group: GroupC
             "{GROUP_COOKIE}={BETA_GROUP}; Path=/; Max-Age=2592000; SameSite=Lax"
         )),
         GroupChoice::Leave => Some(format!("{GROUP_COOKIE}=; Path=/; Max-Age=0; SameSite=Lax")),
-        GroupChoice::Unspecified => None,
+        GroupChoice::Unspecified | GroupChoice::Token { .. } => None,
     };
     if let Some(c) = cookie.and_then(|c| HeaderValue::from_str(&c).ok()) {
         headers.insert(header::SET_COOKIE, c);
@@ -521,8 +613,9 @@ async fn feedback(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let auth = authenticated(&headers)?;
     let req: FeedbackRequest = parse_json(&headers, body, "invalid feedback")?;
-    s.feedback(req, q.user_id.as_deref())
+    s.feedback(req, q.user_id.as_deref(), auth)
 }
 
 /// The page's Content-Security-Policy: nothing but its own inline script and

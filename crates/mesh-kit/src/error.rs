@@ -90,12 +90,7 @@ pub const MAX_ENTITY_ID_LEN: usize = 64;
 /// Entity ids become Redis keys, URL path segments and header values, so they
 /// are held to a small alphabet everywhere (feature store and frontend alike).
 pub fn check_entity_id(id: &str) -> Result<(), ApiError> {
-    let ok = !id.is_empty()
-        && id.len() <= MAX_ENTITY_ID_LEN
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-    if ok {
+    if is_entity_id(id) {
         Ok(())
     } else {
         Err(ApiError::bad_request(format!(
@@ -103,6 +98,15 @@ pub fn check_entity_id(id: &str) -> Result<(), ApiError> {
             clip(id)
         )))
     }
+}
+
+/// Whether `id` is a valid entity id (see [`check_entity_id`]).
+pub fn is_entity_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_ENTITY_ID_LEN
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
 /// Parses a JSON request body: a content type other than JSON is a 415 (absent

@@ -37,6 +37,15 @@ pub const ENVIRONMENT_HEADER: &str = "x-mlmesh-env";
 /// The values [`ENVIRONMENT_HEADER`] takes: blue is v1's environment, green v2's.
 pub const ENVIRONMENTS: [&str; 2] = ["blue", "green"];
 
+/// The authenticated customer: the ingress gateway writes it from a verified
+/// JWT's subject claim (`istio/auth/`), and nothing else may send it (the
+/// gateway refuses it on a request without a token). When present, it is the
+/// user, whatever the request names.
+pub const AUTH_USER_HEADER: &str = "x-mlmesh-auth-user";
+/// The authenticated customer's group, from the same token's `group` claim:
+/// `beta` puts them in the candidate with no header a client could forge.
+pub const AUTH_GROUP_HEADER: &str = "x-mlmesh-auth-group";
+
 /// Stamped on every model-inference response so callers (the frontend,
 /// loadtests, `curl -i`) see which version answered.
 pub const MODEL_VERSION_HEADER: &str = "x-model-version";

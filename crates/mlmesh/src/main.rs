@@ -3,6 +3,7 @@
 //! library crate.
 
 mod analyze;
+mod token;
 mod up;
 
 use std::process::ExitCode;
@@ -41,6 +42,9 @@ enum Command {
     /// invalid, with sequential statistics (read from the stack's /metrics or
     /// from Prometheus).
     Analyze(analyze::AnalyzeArgs),
+    /// Mint an end-user JWT for the ingress gateway's RequestAuthentication
+    /// (istio/auth/), or print a key's JWKS.
+    Token(token::TokenArgs),
     /// Serve the web page and JSON API: sticky cohorts, features, the
     /// cohort's model, an offer decision, and feedback.
     Frontend {
@@ -109,6 +113,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         // Its own exit codes: the verdict's, or 2 for usage and source errors.
         Command::Analyze(args) => return Ok(analyze::run(args).await),
         Command::Up(args) => up::run(args).await?,
+        Command::Token(args) => token::run(args)?,
         Command::Healthcheck { url, timeout } => healthcheck(&url, timeout).await?,
         Command::Frontend { server, frontend } => run_frontend(server, frontend).await?,
         Command::ModelInference { server, model } => run_model_inference(server, model).await?,

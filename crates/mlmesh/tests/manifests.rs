@@ -3,9 +3,11 @@
 //! generated from Istio 1.27's CRDs) structs and any field those types do not
 //! know fails, then the whole set is cross-checked the way `istioctl analyze`
 //! would, against the binary and the header names the frontend really uses.
-//! A second test breaks the real manifests on purpose (33 ways) and requires each break
+//! A second test breaks the real manifests on purpose (40 ways) and requires each break
 //! to be reported.
 
+#[path = "manifests/auth.rs"]
+mod auth;
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -18,7 +20,9 @@ use istio_api_rs::networking::v1::sidecar::{Sidecar, SidecarOutboundTrafficPolic
 use istio_api_rs::networking::v1::virtual_service::VirtualService;
 use istio_api_rs::networking::v1alpha3::envoy_filter::EnvoyFilter;
 use istio_api_rs::security::v1::authorization_policy::AuthorizationPolicy;
+use istio_api_rs::security::v1::authorization_policy::AuthorizationPolicyAction;
 use istio_api_rs::security::v1::peer_authentication::PeerAuthentication;
+use istio_api_rs::security::v1::request_authentication::RequestAuthentication;
 use istio_api_rs::telemetry::v1::telemetry::Telemetry;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
@@ -52,6 +56,7 @@ struct Manifests {
     destination_rules: Vec<DestinationRule>,
     peer_authentications: Vec<PeerAuthentication>,
     authorization_policies: Vec<AuthorizationPolicy>,
+    request_authentications: Vec<RequestAuthentication>,
     telemetries: Vec<Telemetry>,
     envoy_filters: Vec<EnvoyFilter>,
     service_entries: Vec<ServiceEntry>,
@@ -122,6 +127,9 @@ fn parse(files: &[(String, String)], problems: &mut Vec<String>) -> Manifests {
                 ("security.istio.io/v1", "AuthorizationPolicy") => {
                     m.authorization_policies.extend(typed(v, &origin, problems))
                 }
+                ("security.istio.io/v1", "RequestAuthentication") => m
+                    .request_authentications
+                    .extend(typed(v, &origin, problems)),
                 ("telemetry.istio.io/v1", "Telemetry") => {
                     m.telemetries.extend(typed(v, &origin, problems))
                 }
@@ -818,7 +826,13 @@ fn check(m: &Manifests) -> Vec<String> {
                 }
             }
         }
-        allowed.push((selector, principals));
+        // Only ALLOW rules allow (a DENY rule naming a caller is the opposite).
+        if matches!(
+            ap.spec.action,
+            None | Some(AuthorizationPolicyAction::Allow)
+        ) {
+            allowed.push((selector, principals));
+        }
     }
     if !m.authorization_policies.is_empty() {
         // Calls: every URL in a workload's env that names a Service.
@@ -852,6 +866,7 @@ fn check(m: &Manifests) -> Vec<String> {
         }
     }
     check_egress(m, &mut problems);
+    auth::check_auth(m, &mut problems);
     problems
 }
 
@@ -1327,6 +1342,46 @@ fn deliberately_broken_manifests_are_caught() {
                 )
             }),
             "consistent hash must be on ?user_id=",
+        ),
+        (
+            "istio/auth/request-authentication.yaml",
+            Box::new(|t| t.replace("\"e\":\"AQAB\"", "\"e\":\"AQAC\"")),
+            "does not verify a token `mlmesh token` mints",
+        ),
+        (
+            "istio/auth/request-authentication.yaml",
+            Box::new(|t| t.replace("- issuer: mlmesh-demo", "- issuer: mlmesh-dem0")),
+            "is not the one `mlmesh token` signs as",
+        ),
+        (
+            "istio/auth/request-authentication.yaml",
+            Box::new(|t| t.replace("header: x-mlmesh-auth-group", "header: x-mlmesh-group")),
+            "which the frontend never reads",
+        ),
+        (
+            "istio/auth/request-authentication.yaml",
+            Box::new(|t| t.replacen("istio: ingressgateway", "app: frontend", 1)),
+            "must select the ingress gateway",
+        ),
+        (
+            "istio/auth/authorization-policy.yaml",
+            Box::new(|t| t.replace("paths: [\"/feedback\"]", "paths: [\"/feedbacks\"]")),
+            "refuses POST /feedback without a token",
+        ),
+        (
+            "istio/auth/authorization-policy.yaml",
+            Box::new(|t| t.replace("action: DENY", "action: ALLOW")),
+            "refuses POST /feedback without a token",
+        ),
+        (
+            "istio/auth/authorization-policy.yaml",
+            Box::new(|t| {
+                t.replace(
+                    "request.headers[x-mlmesh-auth-group]",
+                    "request.headers[x-mlmesh-auth-grp]",
+                )
+            }),
+            "refuses a client's own x-mlmesh-auth-group",
         ),
     ];
     for (file, edit, expect) in cases {

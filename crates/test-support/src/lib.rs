@@ -1,9 +1,10 @@
 //! Dev-only helpers shared by mlmesh's test suites, so every suite uses the
 //! real thing the same way: a real `redis-server` per test, a real OTLP/HTTP
-//! collector, strict OpenMetrics parsing, and `oneshot` calls that insist on
+//! collector, strict OpenMetrics parsing, RSA keys from openssl, and `oneshot` calls that insist on
 //! JSON answers.
 
 pub mod http;
+pub mod keys;
 pub mod metrics;
 pub mod otlp;
 pub mod proxy;
