@@ -42,7 +42,7 @@ const TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 /// RSA signature each, a few milliseconds) before the clock starts.
 fn demo_tokens(users: &[User]) -> Result<Vec<http::HeaderValue>, RunError> {
     let minter = identity::Minter::demo();
-    let now = identity::unix_now();
+    let now = mesh_kit::clock::unix_now();
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
     let chunk = users.len().div_ceil(threads).max(1);
     let minted: Vec<Result<Vec<http::HeaderValue>, identity::IdentityError>> =

@@ -233,8 +233,9 @@ async fn a_busy_pool_waits_or_drops_as_overflow_says() {
 /// by a stand-in frontend that checks each bearer token as the gateway does
 /// (crates/identity against the demo JWKS) and that it names the user the
 /// request is about, beta claim for beta users only.
-#[derive(Default)]
 struct Signed {
+    /// The demo key's JWKS, as istio/auth/ carries it (built once).
+    jwks: String,
     predicts: AtomicU64,
     feedbacks: AtomicU64,
     beta: AtomicU64,
@@ -246,12 +247,11 @@ fn check_token(
     headers: &axum::http::HeaderMap,
     user: &str,
 ) -> Option<identity::Claims> {
-    let jwks = identity::Minter::demo().jwks_json();
     let token = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    let claims = token.and_then(|t| identity::verify(t, &jwks, identity::DEMO_ISSUER).ok());
+    let claims = token.and_then(|t| identity::verify(t, &signed.jwks, identity::DEMO_ISSUER).ok());
     match claims {
         Some(c) if c.sub == user => Some(c),
         other => {
@@ -269,7 +269,13 @@ fn check_token(
 async fn demo_tokens_sign_in_every_simulated_user() {
     use axum::extract::{Query, State};
     use std::collections::HashMap;
-    let signed = Arc::new(Signed::default());
+    let signed = Arc::new(Signed {
+        jwks: identity::Minter::demo().jwks_json(),
+        predicts: AtomicU64::default(),
+        feedbacks: AtomicU64::default(),
+        beta: AtomicU64::default(),
+        wrong: Default::default(),
+    });
     let app = axum::Router::new()
         .route(
             "/predict",

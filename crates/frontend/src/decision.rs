@@ -6,7 +6,7 @@
 //! trusted only when the MAC verifies under the frontend's key.
 
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -152,12 +152,6 @@ pub fn load_or_create_key_file(path: &Path) -> std::io::Result<Vec<u8>> {
         ));
     }
     Ok(key.to_vec())
-}
-
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 impl Signer {

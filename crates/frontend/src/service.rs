@@ -15,6 +15,7 @@ use opentelemetry::trace::TraceContextExt;
 use serde::{Deserialize, Serialize};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use mesh_kit::clock::unix_now;
 use mesh_kit::error::{check_entity_id, clip, is_entity_id, parse_json};
 use mesh_kit::propagation::{
     AUTH_GROUP_HEADER, AUTH_USER_HEADER, COHORT_HEADER, DEADLINE_HEADER, Forwarded,
@@ -24,7 +25,7 @@ use mesh_kit::{ApiError, ServerArgs, Service};
 
 use crate::cohort::{Assigner, Assignment, BETA_GROUP, Reason};
 use crate::config::{FrontendArgs, RoutingMode};
-use crate::decision::{self, Claims, Decision, Signer, unix_now};
+use crate::decision::{self, Claims, Decision, Signer};
 use crate::exposure::Seen;
 use crate::feedback::{Ledger, Outcome, Recorded};
 use crate::metrics::{FrontendMetrics, UNKNOWN_VERSION};

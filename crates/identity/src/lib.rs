@@ -193,17 +193,10 @@ pub fn verify(token: &str, jwks: &str, issuer: &str) -> Result<Claims, IdentityE
         .map_err(IdentityError::Rejected)
 }
 
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mesh_kit::clock::unix_now;
 
     const HOUR: Duration = Duration::from_secs(3600);
 

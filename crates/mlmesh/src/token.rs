@@ -50,7 +50,12 @@ pub fn run(args: TokenArgs) -> anyhow::Result<()> {
     } else {
         let user = args.user.as_deref().unwrap_or_default();
         let token = minter
-            .mint(user, args.group.as_deref(), args.ttl, identity::unix_now())
+            .mint(
+                user,
+                args.group.as_deref(),
+                args.ttl,
+                mesh_kit::clock::unix_now(),
+            )
             .context("minting the token")?;
         if args.key.is_none() {
             // stderr, so `TOKEN=$(mlmesh token --user 42)` still captures

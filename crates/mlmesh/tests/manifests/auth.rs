@@ -50,7 +50,7 @@ pub fn check_auth(m: &Manifests, problems: &mut Vec<String>) {
             "42",
             Some(frontend::cohort::BETA_GROUP),
             Duration::from_secs(300),
-            identity::unix_now(),
+            mesh_kit::clock::unix_now(),
         )
         .expect("the demo key mints");
     for ra in &m.request_authentications {
