@@ -74,6 +74,10 @@ impl Sandbox {
     }
 
     fn run(&self, port: u16) -> Output {
+        self.run_with(port, &[])
+    }
+
+    fn run_with(&self, port: u16, args: &[&str]) -> Output {
         let path = format!(
             "{}:{}",
             self.dir.join("bin").display(),
@@ -81,6 +85,7 @@ impl Sandbox {
         );
         Command::new("bash")
             .arg(repo().join("k8s/kind/up.sh"))
+            .args(args)
             .env("PATH", path)
             .env("ISTIO_DIR", self.dir.join("istio"))
             .env("MLMESH_PORT", port.to_string())
@@ -91,7 +96,11 @@ impl Sandbox {
 
     /// Runs up.sh, which must succeed; returns its stdout and the calls.
     fn run_ok(&self, port: u16) -> (String, Vec<String>) {
-        let out = self.run(port);
+        self.run_ok_with(port, &[])
+    }
+
+    fn run_ok_with(&self, port: u16, args: &[&str]) -> (String, Vec<String>) {
+        let out = self.run_with(port, args);
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(
             out.status.success(),
@@ -215,4 +224,106 @@ fn a_busy_port_is_named_up_front() {
         !has(&sb.calls(), "kind create"),
         "stopped before creating anything"
     );
+}
+
+/// The position of the first call containing every needle.
+fn position(calls: &[String], needles: &[&str]) -> usize {
+    calls
+        .iter()
+        .position(|c| needles.iter().all(|n| c.contains(n)))
+        .unwrap_or_else(|| panic!("no call with {needles:?}: {calls:#?}"))
+}
+
+#[test]
+fn the_istio_api_mode_stays_the_default_and_installs_no_gateway_api() {
+    let sb = Sandbox::new("istio-api", false, true);
+    let (stdout, calls) = sb.run_ok(free_port());
+    assert!(has(&calls, "k8s/kind/istio-operator.yaml"), "{calls:#?}");
+    assert!(!has(&calls, "gateway-api"), "{calls:#?}");
+    assert!(has(&calls, "istio/gateway.yaml") && has(&calls, "istio/destination-rules.yaml"));
+    assert!(has(&calls, "get virtualservice model-inference"));
+    assert!(stdout.contains("sidecar, Istio API"), "{stdout}");
+}
+
+#[test]
+fn gateway_api_mode_installs_the_pinned_crds_first_and_routes_with_httproutes() {
+    let sb = Sandbox::new("gateway-api", false, true);
+    let (stdout, calls) = sb.run_ok_with(free_port(), &["--api", "gateway"]);
+    let crds = position(
+        &calls,
+        &[
+            "apply --server-side -f",
+            "gateway-api/releases/download/v1.6.1/standard-install.yaml",
+        ],
+    );
+    let istio = position(&calls, &["istioctl", "istio-operator-gateway-api.yaml"]);
+    assert!(crds < istio, "the CRDs come before istiod: {calls:#?}");
+    let base = position(&calls, &["apply -k", "k8s/base"]);
+    assert!(position(&calls, &["create secret generic frontend-decision-key"]) < base);
+    assert!(has(&calls, "istio/gateway-api/gateway.yaml"));
+    assert!(has(&calls, "get httproute model-inference"));
+    assert!(has(&calls, "istio/gateway-api/baseline/"), "{calls:#?}");
+    assert!(
+        !has(&calls, "istio/gateway.yaml") && !has(&calls, "istio/baseline/"),
+        "no Istio API routes beside the HTTPRoutes: {calls:#?}"
+    );
+    assert!(has(
+        &calls,
+        "wait --for=condition=programmed gateway/mlmesh-gateway"
+    ));
+    assert!(!has(&calls, "gateway/waypoint") && !has(&calls, "patch deployment prometheus"));
+    assert!(stdout.contains("sidecar, Gateway API"), "{stdout}");
+}
+
+#[test]
+fn ambient_mode_applies_the_overlay_a_waypoint_and_enrols_prometheus() {
+    let sb = Sandbox::new("ambient", false, true);
+    let (stdout, calls) = sb.run_ok_with(free_port(), &["--ambient"]);
+    assert!(has(&calls, "standard-install.yaml"), "{calls:#?}");
+    assert!(has(&calls, "istio-operator-ambient.yaml"));
+    let overlay = position(&calls, &["apply -k", "k8s/overlays/ambient"]);
+    assert!(position(&calls, &["create secret generic frontend-decision-key"]) < overlay);
+    assert!(
+        !calls
+            .iter()
+            .any(|c| c.contains("apply -k") && c.ends_with("k8s/base")),
+        "the overlay, not the base: {calls:#?}"
+    );
+    assert!(has(&calls, "istio/gateway-api/baseline/"));
+    assert!(has(&calls, "patch deployment prometheus"));
+    assert!(has(&calls, "istio.io/dataplane-mode\":\"ambient"));
+    assert!(has(
+        &calls,
+        "wait --for=condition=programmed gateway/waypoint"
+    ));
+    assert!(stdout.contains("ambient"), "{stdout}");
+}
+
+#[test]
+fn existing_gateway_api_crds_are_left_alone() {
+    let sb = Sandbox::new("crds-there", true, true);
+    let (_, calls) = sb.run_ok_with(free_port(), &["--api=gateway"]);
+    assert!(has(&calls, "get crd gateways.gateway.networking.k8s.io"));
+    assert!(!has(&calls, "standard-install.yaml"), "{calls:#?}");
+    assert!(
+        !has(&calls, "istio/gateway-api/baseline/"),
+        "the user's HTTPRoute is kept: {calls:#?}"
+    );
+}
+
+#[test]
+fn impossible_modes_are_refused_before_anything_is_created() {
+    for args in [
+        &["--ambient", "--api", "istio"][..],
+        &["--api", "envoy"][..],
+        &["--api"][..],
+        &["--sidecar"][..],
+    ] {
+        let sb = Sandbox::new("bad-mode", false, true);
+        let out = sb.run_with(free_port(), args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("k8s/kind/up.sh:"), "{args:?}: {stderr}");
+        assert!(sb.calls().is_empty(), "{args:?}: {:#?}", sb.calls());
+    }
 }

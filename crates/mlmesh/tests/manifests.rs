@@ -1,14 +1,27 @@
 //! k8s/ and istio/ validated offline, since no cluster runs here: every YAML
-//! document is parsed into typed Kubernetes (k8s-openapi) or Istio (types
-//! generated from Istio 1.27's CRDs) structs and any field those types do not
-//! know fails, then the whole set is cross-checked the way `istioctl analyze`
-//! would, against the binary and the header names the frontend really uses.
-//! A second test breaks the real manifests on purpose (40 ways) and requires each break
-//! to be reported.
+//! document is parsed into typed Kubernetes (k8s-openapi), Istio (types
+//! generated from Istio 1.27's CRDs) or Gateway API (kube-rs' v1.5 bindings)
+//! structs and any field those types do not know fails; Istio and Gateway API
+//! documents are also held to the field lists of the releases k8s/kind/up.sh
+//! installs (Istio 1.31, Gateway API v1.6.1: manifests/fields.rs). Then each
+//! set a user applies is cross-checked the way `istioctl analyze` would,
+//! against the binary and the header names the frontend really uses: sidecar
+//! mode (k8s/base and istio/, both routing APIs) and ambient mode
+//! (k8s/overlays/ambient rendered here, istio/gateway-api/, istio/ambient/).
+//! Two more tests break the real manifests on purpose (59 ways in sidecar
+//! mode, 15 in ambient) and require each break to be reported.
 
+#[path = "manifests/ambient.rs"]
+mod ambient;
 #[path = "manifests/auth.rs"]
 mod auth;
 mod common;
+#[path = "manifests/fields.rs"]
+mod fields;
+#[path = "manifests/gateway_api.rs"]
+mod gateway_api;
+#[path = "manifests/kustomize.rs"]
+mod kustomize;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -26,8 +39,11 @@ use istio_api_rs::security::v1::request_authentication::RequestAuthentication;
 use istio_api_rs::telemetry::v1::telemetry::Telemetry;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
+// `::` for the crate: `gateway_api` alone is this test's module of checks.
+use ::gateway_api::gateways::Gateway as ApiGateway;
+use ::gateway_api::httproutes::HttpRoute;
 use k8s_openapi::api::core::v1::{
-    Container, Namespace, PodSpec, PodTemplateSpec, Secret, Service, ServiceAccount,
+    ConfigMap, Container, Namespace, PodSpec, PodTemplateSpec, Secret, Service, ServiceAccount,
 };
 use serde::de::DeserializeOwned;
 use serde_yaml_ng::Value;
@@ -61,6 +77,10 @@ struct Manifests {
     envoy_filters: Vec<EnvoyFilter>,
     service_entries: Vec<ServiceEntry>,
     sidecars: Vec<Sidecar>,
+    config_maps: Vec<ConfigMap>,
+    /// Gateway API Gateways (ingress and waypoints), with their file.
+    k8s_gateways: Vec<(String, ApiGateway)>,
+    http_routes: Vec<(String, HttpRoute)>,
 }
 
 /// Istio's own gateways, which exist once Istio is installed (k8s/kind's
@@ -105,10 +125,18 @@ fn parse(files: &[(String, String)], problems: &mut Vec<String>) -> Manifests {
             let api = v["apiVersion"].as_str().unwrap_or_default().to_owned();
             let kind = v["kind"].as_str().unwrap_or_default().to_owned();
             let origin = format!("{origin} ({kind})");
+            fields::check(&origin, &v, problems);
             match (api.as_str(), kind.as_str()) {
                 ("v1", "Namespace") => m.namespaces.extend(typed(v, &origin, problems)),
                 ("v1", "ServiceAccount") => m.service_accounts.extend(typed(v, &origin, problems)),
                 ("v1", "Secret") => m.secrets.extend(typed(v, &origin, problems)),
+                ("v1", "ConfigMap") => m.config_maps.extend(typed(v, &origin, problems)),
+                ("gateway.networking.k8s.io/v1", "Gateway") => m
+                    .k8s_gateways
+                    .extend(typed(v, &origin, problems).map(|g| (path.clone(), g))),
+                ("gateway.networking.k8s.io/v1", "HTTPRoute") => m
+                    .http_routes
+                    .extend(typed(v, &origin, problems).map(|r| (path.clone(), r))),
                 ("v1", "Service") => m.services.extend(typed(v, &origin, problems)),
                 ("apps/v1", "Deployment") => m.deployments.extend(typed(v, &origin, problems)),
                 ("batch/v1", "Job") => m.jobs.extend(typed(v, &origin, problems)),
@@ -149,20 +177,30 @@ fn parse(files: &[(String, String)], problems: &mut Vec<String>) -> Manifests {
     m
 }
 
-/// The manifests as shipped: k8s/base (kustomize resources) and istio/**.
-fn shipped_files() -> Vec<(String, String)> {
-    fn yaml_under(dir: &Path, out: &mut Vec<PathBuf>) {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                yaml_under(&p, out);
-            } else if p.extension().is_some_and(|x| x == "yaml") {
-                out.push(p);
-            }
+fn yaml_under(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            yaml_under(&p, out);
+        } else if p.extension().is_some_and(|x| x == "yaml") {
+            out.push(p);
         }
     }
+}
+
+fn relative(p: &Path) -> String {
+    p.strip_prefix(common::repo())
+        .unwrap_or(p)
+        .display()
+        .to_string()
+}
+
+/// What a sidecar-mode user may apply: k8s/base (kustomize resources) and
+/// istio/** but istio/ambient/, in both routing APIs.
+fn shipped_files() -> Vec<(String, String)> {
     let mut paths = Vec::new();
     yaml_under(&common::repo().join("istio"), &mut paths);
+    paths.retain(|p| !relative(p).starts_with(AMBIENT_ONLY));
     let kustomization: Value = serde_yaml_ng::from_str(
         &std::fs::read_to_string(common::repo().join("k8s/base/kustomization.yaml")).unwrap(),
     )
@@ -173,15 +211,40 @@ fn shipped_files() -> Vec<(String, String)> {
     paths.sort();
     paths
         .into_iter()
-        .map(|p| {
-            let rel = p
-                .strip_prefix(common::repo())
-                .unwrap_or(&p)
-                .display()
-                .to_string();
-            (rel, std::fs::read_to_string(&p).unwrap())
-        })
+        .map(|p| (relative(&p), std::fs::read_to_string(&p).unwrap()))
         .collect()
+}
+
+/// Files only an ambient-mode user applies.
+const AMBIENT_ONLY: &str = "istio/ambient/";
+const AMBIENT_OVERLAY: &str = "k8s/overlays/ambient";
+/// What istio/README.md has an ambient-mode user apply on top of the
+/// overlay: the Gateway API forms and what works unchanged in ambient.
+const AMBIENT_APPLIED: [&str; 5] = [
+    "istio/gateway-api/",
+    AMBIENT_ONLY,
+    "istio/telemetry/",
+    "istio/security/peer-authentication.yaml",
+    "istio/resilience/destination-rule.yaml",
+];
+
+/// The ambient set, each file read through `read` (relative paths).
+fn ambient_files(
+    read: &dyn Fn(&str) -> String,
+    problems: &mut Vec<String>,
+) -> Vec<(String, String)> {
+    let mut files = kustomize::render(AMBIENT_OVERLAY, read, problems);
+    let mut paths = Vec::new();
+    yaml_under(&common::repo().join("istio"), &mut paths);
+    paths.sort();
+    for p in paths {
+        let rel = relative(&p);
+        if AMBIENT_APPLIED.iter().any(|a| rel.starts_with(a)) {
+            let text = read(&rel);
+            files.push((rel, text));
+        }
+    }
+    files
 }
 
 /// A DestinationRule subset: its name and pod labels.
@@ -337,7 +400,20 @@ fn check_container(
     }
 }
 
-/// Cross-checks of the whole set; every problem is a sentence naming where.
+/// A header match the frontend can satisfy: a header it sends upstream
+/// with a value it really sends.
+fn known_header_value(header: &str, exact: &str) -> bool {
+    let cohort_values = [Cohort::Candidate.as_str(), Cohort::Baseline.as_str()];
+    match header {
+        h if h == COHORT_HEADER => cohort_values.contains(&exact),
+        h if h == USER_GROUP_HEADER => exact == BETA_GROUP,
+        h if h == USER_ID_HEADER => !exact.is_empty(),
+        h if h == ENVIRONMENT_HEADER => ENVIRONMENTS.contains(&exact),
+        _ => false,
+    }
+}
+
+/// Cross-checks of the sidecar-mode set; every problem is a sentence naming where.
 fn check(m: &Manifests) -> Vec<String> {
     let mut problems = Vec::new();
     let services: BTreeMap<String, &Service> = m
@@ -376,35 +452,7 @@ fn check(m: &Manifests) -> Vec<String> {
             ));
         }
     }
-    for s in m.services.iter() {
-        let name = s.metadata.name.clone().unwrap_or_default();
-        for p in s
-            .spec
-            .as_ref()
-            .and_then(|s| s.ports.clone())
-            .unwrap_or_default()
-        {
-            if p.name.is_none() || p.app_protocol.is_none() {
-                problems.push(format!(
-                    "Service {name}: port {} needs a name and appProtocol",
-                    p.port
-                ));
-            }
-        }
-        let selector = s
-            .spec
-            .as_ref()
-            .and_then(|s| s.selector.clone())
-            .unwrap_or_default();
-        if !workloads(m)
-            .iter()
-            .any(|(_, t, _)| selects(&selector, &labels(t)))
-        {
-            problems.push(format!(
-                "Service {name}: selector {selector:?} selects no pod template"
-            ));
-        }
-    }
+    check_services(m, &mut problems);
 
     let mut image_tags = BTreeSet::new();
     for (name, template, long_running) in workloads(m) {
@@ -639,7 +687,6 @@ fn check(m: &Manifests) -> Vec<String> {
         .iter()
         .filter_map(|g| g.metadata.name.clone())
         .collect();
-    let cohort_values = [Cohort::Candidate.as_str(), Cohort::Baseline.as_str()];
     for (file, vs) in &m.virtual_services {
         let origin = format!(
             "{file}: VirtualService {}",
@@ -695,14 +742,7 @@ fn check(m: &Manifests) -> Vec<String> {
             for mt in route.r#match.clone().unwrap_or_default() {
                 for (header, value) in mt.headers.clone().unwrap_or_default() {
                     let exact = value.exact.clone().unwrap_or_default();
-                    let ok = match header.as_str() {
-                        h if h == COHORT_HEADER => cohort_values.contains(&exact.as_str()),
-                        h if h == USER_GROUP_HEADER => exact == BETA_GROUP,
-                        h if h == USER_ID_HEADER => !exact.is_empty(),
-                        h if h == ENVIRONMENT_HEADER => ENVIRONMENTS.contains(&exact.as_str()),
-                        _ => false,
-                    };
-                    if !ok {
+                    if !known_header_value(&header, &exact) {
                         problems.push(format!(
                             "{origin}: matches header {header}={exact:?}, which the frontend never sends"
                         ));
@@ -729,7 +769,12 @@ fn check(m: &Manifests) -> Vec<String> {
 
     // EnvoyFilters: select a workload, patch a vhost of a port its Service
     // really has, and key rate limits on headers the frontend really sends.
-    for ef in &m.envoy_filters {
+    // (Those attached to a Gateway API gateway by targetRefs: gateway_api.rs.)
+    for ef in m
+        .envoy_filters
+        .iter()
+        .filter(|ef| ef.spec.target_refs.is_none())
+    {
         let name = ef.metadata.name.clone().unwrap_or_default();
         let sel = ef
             .spec
@@ -783,7 +828,15 @@ fn check(m: &Manifests) -> Vec<String> {
     let principal = |sa: &str| format!("cluster.local/ns/{NAMESPACE}/sa/{sa}");
     // Only callers that have a sidecar have a principal: the Prometheus
     // addon has none (it scrapes port 15020, outside authorization).
-    let known_external = ["cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"];
+    let known_external: Vec<String> =
+        ["cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account".to_owned()]
+            .into_iter()
+            .chain(
+                m.k8s_gateways
+                    .iter()
+                    .map(|(_, g)| gateway_api::principal(g)),
+            )
+            .collect();
     let mut allowed: Vec<(BTreeMap<String, String>, BTreeSet<String>)> = Vec::new();
     for ap in &m.authorization_policies {
         let name = ap.metadata.name.clone().unwrap_or_default();
@@ -815,7 +868,7 @@ fn check(m: &Manifests) -> Vec<String> {
                     let local = p.strip_prefix(&format!("cluster.local/ns/{NAMESPACE}/sa/"));
                     let exists = match local {
                         Some(sa) => sas.contains(sa),
-                        None => known_external.contains(&p.as_str()),
+                        None => known_external.contains(&p),
                     };
                     if !exists {
                         problems.push(format!(
@@ -867,6 +920,62 @@ fn check(m: &Manifests) -> Vec<String> {
     }
     check_egress(m, &mut problems);
     auth::check_auth(m, &mut problems);
+    gateway_api::check(m, &mut problems);
+    problems
+}
+
+/// Service-level checks both modes share: named ports with a protocol, and
+/// a selector that selects something.
+fn check_services(m: &Manifests, problems: &mut Vec<String>) {
+    for s in m.services.iter() {
+        let name = s.metadata.name.clone().unwrap_or_default();
+        for p in s
+            .spec
+            .as_ref()
+            .and_then(|s| s.ports.clone())
+            .unwrap_or_default()
+        {
+            if p.name.is_none() || p.app_protocol.is_none() {
+                problems.push(format!(
+                    "Service {name}: port {} needs a name and appProtocol",
+                    p.port
+                ));
+            }
+        }
+        let selector = s
+            .spec
+            .as_ref()
+            .and_then(|s| s.selector.clone())
+            .unwrap_or_default();
+        if !workloads(m)
+            .iter()
+            .any(|(_, t, _)| selects(&selector, &labels(t)))
+        {
+            problems.push(format!(
+                "Service {name}: selector {selector:?} selects no pod template"
+            ));
+        }
+    }
+}
+
+/// Cross-checks of the ambient-mode set.
+fn check_ambient(m: &Manifests) -> Vec<String> {
+    let mut problems = Vec::new();
+    check_services(m, &mut problems);
+    for (name, template, long_running) in workloads(m) {
+        let pod = pod_spec(template);
+        for c in &pod.containers {
+            check_container(
+                &format!("{name}/{}", c.name),
+                pod,
+                c,
+                long_running,
+                &mut problems,
+            );
+        }
+    }
+    gateway_api::check(m, &mut problems);
+    ambient::check(m, &mut problems);
     problems
 }
 
@@ -1065,7 +1174,7 @@ fn the_shipped_manifests_parse_strictly_and_cross_check() {
         !secret_refs.is_empty(),
         "the frontend reads its decision key from a Secret"
     );
-    let apply_base = up.find("kubectl apply -k \"$repo/k8s/base\"").unwrap();
+    let apply_base = up.find("kubectl apply -k \"$kustomization\"").unwrap();
     for name in secret_refs {
         let create = up
             .find(&format!("create secret generic {name} --from-file="))
@@ -1079,6 +1188,117 @@ fn the_shipped_manifests_parse_strictly_and_cross_check() {
         !up.contains("--from-literal"),
         "a key on kubectl's command line is visible in ps"
     );
+
+    // Both routing APIs ship every experiment.
+    assert_eq!(m.k8s_gateways.len(), 1, "the ingress Gateway");
+    for (file, _) in &m.virtual_services {
+        let Some(dir) = file
+            .strip_prefix("istio/")
+            .and_then(|f| f.rsplit_once('/'))
+            .map(|(d, _)| d)
+        else {
+            continue;
+        };
+        let model_routes = m.virtual_services.iter().any(|(f, vs)| {
+            f == file
+                && vs
+                    .spec
+                    .hosts
+                    .iter()
+                    .flatten()
+                    .any(|h| short_host(h) == "model-inference")
+        });
+        if model_routes {
+            assert!(
+                m.http_routes
+                    .iter()
+                    .any(|(f, _)| f.starts_with(&format!("istio/gateway-api/{dir}/"))),
+                "experiment {dir} has no Gateway API twin in istio/gateway-api/{dir}/"
+            );
+        }
+    }
+    // The three Istio installs share the mesh settings; the Gateway API
+    // version up.sh installs is the one the field list was made from.
+    let mesh_config = |file: &str| {
+        let t = std::fs::read_to_string(common::repo().join("k8s/kind").join(file)).unwrap();
+        let v: Value = serde_yaml_ng::from_str(&t).unwrap();
+        v["spec"]["meshConfig"].clone()
+    };
+    let operators = [
+        "istio-operator.yaml",
+        "istio-operator-gateway-api.yaml",
+        "istio-operator-ambient.yaml",
+    ];
+    for f in &operators[1..] {
+        assert_eq!(
+            mesh_config(f),
+            mesh_config(operators[0]),
+            "{f}'s meshConfig"
+        );
+        assert!(up.contains(&format!("$here/{f}")), "up.sh installs {f}");
+    }
+    let pinned = up
+        .lines()
+        .find_map(|l| l.strip_prefix("gateway_api_version=\""))
+        .and_then(|l| l.split('"').next())
+        .expect("up.sh pins the Gateway API release");
+    let fields_header = include_str!("manifests/crd-fields.txt")
+        .lines()
+        .take(3)
+        .collect::<String>();
+    assert!(
+        fields_header.contains(&format!("Gateway API {pinned}")),
+        "{fields_header}"
+    );
+    assert!(
+        cluster.contains("image: kindest/node:v1."),
+        "the kind node image is pinned"
+    );
+}
+
+#[test]
+fn the_ambient_overlay_renders_and_cross_checks() {
+    let mut problems = Vec::new();
+    let files = ambient_files(&kustomize::from_disk(&common::repo()), &mut problems);
+    let m = parse(&files, &mut problems);
+    assert!(
+        problems.is_empty(),
+        "rendering and parsing:\n{}",
+        problems.join("\n")
+    );
+    assert_eq!(m.deployments.len(), 5);
+    assert_eq!(m.jobs.len(), 1);
+    assert_eq!(
+        m.k8s_gateways.len(),
+        2,
+        "the ingress Gateway and the waypoint"
+    );
+    assert!(m.authorization_policies.len() >= 5);
+    let problems = check_ambient(&m);
+    assert!(problems.is_empty(), "problems:\n{}", problems.join("\n"));
+}
+
+/// Like `problems_after`, for the ambient set (the overlay rendered here).
+fn ambient_problems_after(file: &str, edit: impl Fn(&str) -> String) -> Vec<String> {
+    let repo = common::repo();
+    let disk = kustomize::from_disk(&repo);
+    let edited = std::cell::Cell::new(false);
+    let read = |rel: &str| {
+        let t = disk(rel);
+        if rel != file {
+            return t;
+        }
+        let e = edit(&t);
+        assert_ne!(e, t, "edit of {file} changed nothing");
+        edited.set(true);
+        e
+    };
+    let mut problems = Vec::new();
+    let files = ambient_files(&read, &mut problems);
+    assert!(edited.get(), "{file} is not part of the ambient set");
+    let m = parse(&files, &mut problems);
+    problems.extend(check_ambient(&m));
+    problems
 }
 
 /// The names of the Secrets under every `secretKeyRef`.
@@ -1132,7 +1352,7 @@ fn deliberately_broken_manifests_are_caught() {
             "commits its value",
         ),
         (
-            "istio/resilience/feature-store.yaml",
+            "istio/resilience/destination-rule.yaml",
             Box::new(|t| t.replace("maxEjectionPercent: 50", "maxEjectionPercent: 100")),
             "can eject all",
         ),
@@ -1383,9 +1603,262 @@ fn deliberately_broken_manifests_are_caught() {
             }),
             "refuses a client's own x-mlmesh-auth-group",
         ),
+        // The Gateway API forms.
+        (
+            "istio/gateway-api/canary/http-route.yaml",
+            Box::new(|t| t.replace("weight: 10", "wieght: 10")),
+            "is not a field in Istio 1.31 / Gateway API v1.6.1",
+        ),
+        (
+            "istio/canary/virtual-service.yaml",
+            Box::new(|t| t.replace("weight: 10", "wieght: 10")),
+            "is not a field in Istio 1.31 / Gateway API v1.6.1",
+        ),
+        (
+            "istio/gateway-api/canary/http-route.yaml",
+            Box::new(|t| {
+                t.replace("weight: 90", "weight: 0")
+                    .replace("weight: 10", "weight: 0")
+            }),
+            "must be non-negative and not all zero",
+        ),
+        (
+            "istio/gateway-api/sticky/http-route.yaml",
+            Box::new(|t| t.replace("value: candidate", "value: canary")),
+            "which the frontend never sends",
+        ),
+        (
+            "istio/gateway-api/sticky/http-route.yaml",
+            Box::new(|t| t.replace("name: x-user-group", "name: x-group")),
+            "which the frontend never sends",
+        ),
+        (
+            "istio/gateway-api/sticky/http-route.yaml",
+            Box::new(|t| {
+                t.replacen(
+                    "  name: model-inference\n",
+                    "  name: model-inference-sticky\n",
+                    1,
+                )
+            }),
+            "give them one name",
+        ),
+        (
+            "istio/gateway-api/shadow/http-route.yaml",
+            Box::new(|t| t.replacen("name: model-inference-v2", "name: model-inference-v1", 1)),
+            "its own backend",
+        ),
+        (
+            "istio/gateway-api/promote/http-route.yaml",
+            Box::new(|t| t.replace("name: model-inference-v2", "name: model-inference-v3")),
+            "backendRef model-inference-v3 is not a Service",
+        ),
+        (
+            "istio/gateway-api/baseline/http-route.yaml",
+            Box::new(|t| t.replace("          port: 8080", "          port: 9090")),
+            "has no port 9090",
+        ),
+        (
+            // Routing to the Service of both versions makes the weights lie.
+            "istio/gateway-api/canary/http-route.yaml",
+            Box::new(|t| t.replace("name: model-inference-v1", "name: model-inference")),
+            "must be one version",
+        ),
+        (
+            "istio/gateway-api/blue-green/blue/http-route.yaml",
+            Box::new(|t| t.replacen("name: model-inference-v2", "name: model-inference-v1", 1)),
+            "green must route to v2's Service only",
+        ),
+        (
+            "k8s/base/services.yaml",
+            Box::new(|t| {
+                t.replace(
+                    "  selector:\n    app: model-inference\n    version: v1\n",
+                    "  selector:\n    app: model-inference\n",
+                )
+            }),
+            "Service model-inference-v1 selects the pods of versions",
+        ),
+        (
+            "istio/gateway-api/gateway.yaml",
+            Box::new(|t| t.replace("nodePort: 30080", "nodePort: 30081")),
+            "which kind maps to localhost",
+        ),
+        (
+            "istio/gateway-api/gateway.yaml",
+            Box::new(|t| {
+                t.replace(
+                    "kubernetes.io/metadata.name: mlmesh",
+                    "kubernetes.io/metadata.name: default",
+                )
+            }),
+            "does not admit routes from namespace mlmesh",
+        ),
+        (
+            "istio/gateway-api/gateway.yaml",
+            Box::new(|t| t.replace("value: /feedback", "value: /feedbacks")),
+            "the Istio API's gateway route",
+        ),
+        (
+            "istio/gateway-api/gateway.yaml",
+            Box::new(|t| t.replace("sectionName: http", "sectionName: https")),
+            "has no listener",
+        ),
+        (
+            "istio/gateway-api/ratelimit/envoy-filter.yaml",
+            Box::new(|t| t.replace("max_tokens: 10\n", "max_tokens: 20\n")),
+            "rate-limit differently",
+        ),
+        (
+            "istio/gateway-api/ratelimit/envoy-filter.yaml",
+            Box::new(|t| t.replace("portNumber: 80", "portNumber: 8080")),
+            "on which Gateway mlmesh-gateway does not listen",
+        ),
+        (
+            "istio/gateway-api/ratelimit/envoy-filter.yaml",
+            Box::new(|t| t.replace("name: mlmesh-gateway", "name: mlmesh-gw")),
+            "is no Gateway API Gateway in istio-ingress",
+        ),
     ];
     for (file, edit, expect) in cases {
         let problems = problems_after(file, edit);
+        assert!(
+            problems.iter().any(|p| p.contains(expect)),
+            "breaking {file} should report {expect:?}; got {problems:#?}"
+        );
+    }
+}
+
+#[test]
+fn deliberately_broken_ambient_manifests_are_caught() {
+    const OVERLAY: &str = "k8s/overlays/ambient/kustomization.yaml";
+    const SECURITY: &str = "istio/ambient/security/authorization.yaml";
+    let cases: Vec<Break> = vec![
+        (
+            OVERLAY,
+            Box::new(|t| {
+                t.replace(
+                    "      - op: remove\n        path: /metadata/labels/istio-injection\n",
+                    "",
+                )
+            }),
+            "still asks for sidecar injection",
+        ),
+        (
+            OVERLAY,
+            Box::new(|t| {
+                t.replace(
+                    "      - op: remove\n        path: /spec/template/metadata/annotations/traffic.sidecar.istio.io~1excludeOutboundPorts\n",
+                    "",
+                )
+            }),
+            "sidecar-only annotation traffic.sidecar.istio.io/excludeOutboundPorts",
+        ),
+        (
+            OVERLAY,
+            Box::new(|t| {
+                t.replace(
+                    "value: [\"feature-store\", \"seed\"]",
+                    "value: [\"feature-store\", \"seed\", \"--quit-istio-proxy\"]",
+                )
+            }),
+            "no sidecar to quit",
+        ),
+        (
+            OVERLAY,
+            Box::new(|t| t.replace("name: feature-store|model-inference", "name: feature-store")),
+            "HTTPRoute model-inference: in ambient mode only a waypoint applies it, and Service model-inference uses none",
+        ),
+        (
+            OVERLAY,
+            Box::new(|t| {
+                t.replace(
+                    "name: feature-store|model-inference",
+                    "name: model-inference",
+                )
+            }),
+            "DestinationRule feature-store: in ambient mode only a waypoint applies it",
+        ),
+        (
+            OVERLAY,
+            Box::new(|t| {
+                t.replace(
+                    "      - op: add\n        path: /metadata/labels/istio.io~1ingress-use-waypoint\n        value: \"true\"\n",
+                    "",
+                )
+            }),
+            "label it istio.io/ingress-use-waypoint",
+        ),
+        (
+            OVERLAY,
+            Box::new(|t| t.replace("      name: redis\n", "      name: rediss\n")),
+            "matches no resource",
+        ),
+        (
+            OVERLAY,
+            Box::new(|t| {
+                t.replace(
+                    "path: /spec/template/metadata/annotations/proxy.istio.io~1config",
+                    "path: /spec/template/metadata/annotations/proxy.istio.io~1conf",
+                )
+            }),
+            "does not apply to Deployment",
+        ),
+        (
+            "k8s/overlays/ambient/waypoint.yaml",
+            Box::new(|t| t.replace("protocol: HBONE", "protocol: HTTP")),
+            "a waypoint listens for HBONE on 15008",
+        ),
+        (
+            "k8s/overlays/ambient/waypoint.yaml",
+            Box::new(|t| t.replace("  name: waypoint\n", "  name: mlmesh-waypoint\n")),
+            "but no waypoint Gateway waypoint exists",
+        ),
+        (
+            SECURITY,
+            Box::new(|t| {
+                t.replacen(
+                    "              - cluster.local/ns/mlmesh/sa/waypoint\n",
+                    "",
+                    1,
+                )
+            }),
+            "through a waypoint the pod sees the waypoint",
+        ),
+        (
+            SECURITY,
+            Box::new(|t| {
+                t.replace(
+                    "  targetRefs:\n    - group: \"\"\n      kind: Service\n      name: frontend\n",
+                    "  selector:\n    matchLabels:\n      app: frontend\n",
+                )
+            }),
+            "which ztunnel enforces and cannot see",
+        ),
+        (
+            SECURITY,
+            Box::new(|t| {
+                t.replacen(
+                    "              - cluster.local/ns/istio-system/sa/prometheus\n",
+                    "",
+                    1,
+                )
+            }),
+            "no policy on its pods allows cluster.local/ns/istio-system/sa/prometheus",
+        ),
+        (
+            SECURITY,
+            Box::new(|t| t.replace("sa/mlmesh-gateway-istio", "sa/mlmesh-gateway")),
+            "is no service account here",
+        ),
+        (
+            SECURITY,
+            Box::new(|t| t.replace("              - cluster.local/ns/mlmesh/sa/seed\n", "")),
+            "seed (REDIS_URL) calls redis, but no AuthorizationPolicy on its pods allows cluster.local/ns/mlmesh/sa/seed",
+        ),
+    ];
+    for (file, edit, expect) in cases {
+        let problems = ambient_problems_after(file, edit);
         assert!(
             problems.iter().any(|p| p.contains(expect)),
             "breaking {file} should report {expect:?}; got {problems:#?}"
