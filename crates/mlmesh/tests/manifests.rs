@@ -8,7 +8,7 @@
 //! against the binary and the header names the frontend really uses: sidecar
 //! mode (k8s/base and istio/, both routing APIs) and ambient mode
 //! (k8s/overlays/ambient rendered here, istio/gateway-api/, istio/ambient/).
-//! Two more tests break the real manifests on purpose (59 ways in sidecar
+//! Two more tests break the real manifests on purpose (61 ways in sidecar
 //! mode, 15 in ambient) and require each break to be reported.
 
 #[path = "manifests/ambient.rs"]
@@ -856,7 +856,7 @@ fn check(m: &Manifests) -> Vec<String> {
                     .is_some_and(|o| o.methods.is_some() || o.paths.is_some())
             })
         });
-        if selector.is_empty() && http_fields {
+        if selector.is_empty() && ap.spec.target_refs.is_none() && http_fields {
             problems.push(format!(
                 "AuthorizationPolicy {name}: HTTP methods/paths without a selector also apply to TCP workloads (redis)"
             ));
@@ -976,6 +976,7 @@ fn check_ambient(m: &Manifests) -> Vec<String> {
     }
     gateway_api::check(m, &mut problems);
     ambient::check(m, &mut problems);
+    auth::check_auth(m, &mut problems);
     problems
 }
 
@@ -1604,6 +1605,16 @@ fn deliberately_broken_manifests_are_caught() {
             "refuses a client's own x-mlmesh-auth-group",
         ),
         // The Gateway API forms.
+        (
+            "istio/gateway-api/auth/request-authentication.yaml",
+            Box::new(|t| t.replace("name: mlmesh-gateway", "name: mlmesh-gw")),
+            "must select the ingress gateway",
+        ),
+        (
+            "istio/gateway-api/auth/authorization-policy.yaml",
+            Box::new(|t| t.replace("name: mlmesh-gateway", "name: mlmesh-gw")),
+            "(Gateway istio-ingress/mlmesh-gateway) refuses POST /feedback without a token",
+        ),
         (
             "istio/gateway-api/canary/http-route.yaml",
             Box::new(|t| t.replace("weight: 10", "wieght: 10")),

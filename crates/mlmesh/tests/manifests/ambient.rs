@@ -171,9 +171,13 @@ pub fn check(m: &Manifests, problems: &mut Vec<String>) {
                     if t.kind == "Service" {
                         needs_waypoint(format!("AuthorizationPolicy {name}"), &t.name, problems);
                         on_service.entry(t.name.clone()).or_default().push(ap);
-                    } else if !(t.kind == "Gateway" && waypoints.contains_key(&t.name)) {
+                    } else if !(t.kind == "Gateway"
+                        && m.k8s_gateways
+                            .iter()
+                            .any(|(_, g)| name_of(&g.metadata) == t.name))
+                    {
                         problems.push(format!(
-                            "AuthorizationPolicy {name}: targetRef {} {} is neither a Service nor a waypoint",
+                            "AuthorizationPolicy {name}: targetRef {} {} is neither a Service nor a Gateway",
                             t.kind, t.name
                         ));
                     }

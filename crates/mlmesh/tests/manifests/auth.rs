@@ -12,12 +12,41 @@ use istio_api_rs::security::v1::authorization_policy::{
 use mesh_kit::propagation::{AUTH_GROUP_HEADER, AUTH_USER_HEADER};
 
 use super::Manifests;
+use super::gateway_api::{GATEWAY_CLASS, name_of, namespace_of};
 
-/// Where Istio's ingress gateway runs, and its pods' label.
+/// Where Istio's classic ingress gateway runs, and its pods' label.
 const GATEWAY_NAMESPACE: &str = "istio-system";
 
 fn ingress_selector() -> BTreeMap<String, String> {
     BTreeMap::from([("istio".to_owned(), "ingressgateway".to_owned())])
+}
+
+/// The ingress gateway a policy applies at, by name: Istio's classic one
+/// (selected by label in istio-system) or a Gateway API Gateway of class
+/// istio (by targetRefs, beside it); None for anywhere else.
+fn ingress_of(
+    m: &Manifests,
+    ns: Option<&String>,
+    labels: Option<&BTreeMap<String, String>>,
+    targets: Option<Vec<(String, String, String)>>,
+) -> Option<String> {
+    let ns = ns.cloned().unwrap_or_else(|| super::NAMESPACE.to_owned());
+    match targets {
+        None => (ns == GATEWAY_NAMESPACE && labels == Some(&ingress_selector()))
+            .then(|| format!("istio: ingressgateway in {GATEWAY_NAMESPACE}")),
+        Some(t) => {
+            let [(group, kind, name)] = t.as_slice() else {
+                return None;
+            };
+            let exists = m.k8s_gateways.iter().any(|(_, g)| {
+                g.spec.gateway_class_name == GATEWAY_CLASS
+                    && name_of(&g.metadata) == *name
+                    && namespace_of(&g.metadata) == ns
+            });
+            (exists && group == "gateway.networking.k8s.io" && kind == "Gateway")
+                .then(|| format!("Gateway {ns}/{name}"))
+        }
+    }
 }
 
 /// The claim → header copies the frontend relies on.
@@ -41,9 +70,6 @@ pub fn check_auth(m: &Manifests, problems: &mut Vec<String>) {
     if m.request_authentications.is_empty() {
         return;
     }
-    let at_gateway = |ns: Option<&String>, labels: Option<&BTreeMap<String, String>>| {
-        ns.map(String::as_str) == Some(GATEWAY_NAMESPACE) && labels == Some(&ingress_selector())
-    };
     let demo = identity::Minter::demo();
     let token = demo
         .mint(
@@ -53,6 +79,7 @@ pub fn check_auth(m: &Manifests, problems: &mut Vec<String>) {
             mesh_kit::clock::unix_now(),
         )
         .expect("the demo key mints");
+    let mut gateways = Vec::new();
     for ra in &m.request_authentications {
         let name = ra.metadata.name.clone().unwrap_or_default();
         let labels = ra
@@ -60,10 +87,22 @@ pub fn check_auth(m: &Manifests, problems: &mut Vec<String>) {
             .selector
             .as_ref()
             .and_then(|s| s.match_labels.as_ref());
-        if !at_gateway(ra.metadata.namespace.as_ref(), labels) {
-            problems.push(format!(
-                "RequestAuthentication {name}: must select the ingress gateway (istio: ingressgateway in {GATEWAY_NAMESPACE}), where end users' requests come in"
-            ));
+        let targets = ra.spec.target_refs.as_ref().map(|t| {
+            t.iter()
+                .map(|r| {
+                    (
+                        r.group.clone().unwrap_or_default(),
+                        r.kind.clone(),
+                        r.name.clone(),
+                    )
+                })
+                .collect()
+        });
+        match ingress_of(m, ra.metadata.namespace.as_ref(), labels, targets) {
+            Some(g) => gateways.push(g),
+            None => problems.push(format!(
+                "RequestAuthentication {name}: must select the ingress gateway (istio: ingressgateway in {GATEWAY_NAMESPACE}, or target a Gateway of class {GATEWAY_CLASS} beside it), where end users' requests come in"
+            )),
         }
         for rule in ra.spec.jwt_rules.iter().flatten() {
             let issuer = rule.issuer.clone().unwrap_or_default();
@@ -120,21 +159,43 @@ pub fn check_auth(m: &Manifests, problems: &mut Vec<String>) {
         }
     }
 
-    let deny_rules: Vec<&AuthorizationPolicyRules> = m
-        .authorization_policies
-        .iter()
-        .filter(|ap| {
-            matches!(ap.spec.action, Some(AuthorizationPolicyAction::Deny))
-                && at_gateway(
-                    ap.metadata.namespace.as_ref(),
-                    ap.spec
-                        .selector
-                        .as_ref()
-                        .and_then(|s| s.match_labels.as_ref()),
-                )
-        })
-        .flat_map(|ap| ap.spec.rules.iter().flatten())
-        .collect();
+    // Each gateway that verifies tokens must also require them.
+    for gateway in gateways {
+        let deny_rules: Vec<&AuthorizationPolicyRules> = m
+            .authorization_policies
+            .iter()
+            .filter(|ap| {
+                let targets = ap.spec.target_refs.as_ref().map(|t| {
+                    t.iter()
+                        .map(|r| {
+                            (
+                                r.group.clone().unwrap_or_default(),
+                                r.kind.clone(),
+                                r.name.clone(),
+                            )
+                        })
+                        .collect()
+                });
+                let labels = ap
+                    .spec
+                    .selector
+                    .as_ref()
+                    .and_then(|s| s.match_labels.as_ref());
+                matches!(ap.spec.action, Some(AuthorizationPolicyAction::Deny))
+                    && ingress_of(m, ap.metadata.namespace.as_ref(), labels, targets).as_ref()
+                        == Some(&gateway)
+            })
+            .flat_map(|ap| ap.spec.rules.iter().flatten())
+            .collect();
+        check_deny_rules(&gateway, &deny_rules, problems);
+    }
+}
+
+fn check_deny_rules(
+    gateway: &str,
+    deny_rules: &[&AuthorizationPolicyRules],
+    problems: &mut Vec<String>,
+) {
     let feedback_needs_token = deny_rules.iter().any(|r| {
         anonymous(r)
             && r.when.is_none()
@@ -149,7 +210,7 @@ pub fn check_auth(m: &Manifests, problems: &mut Vec<String>) {
     });
     if !feedback_needs_token {
         problems.push(format!(
-            "no DENY AuthorizationPolicy on the ingress gateway ({GATEWAY_NAMESPACE}) refuses POST /feedback without a token (from notRequestPrincipals: [\"*\"])"
+            "no DENY AuthorizationPolicy on the ingress gateway ({gateway}) refuses POST /feedback without a token (from notRequestPrincipals: [\"*\"])"
         ));
     }
     for (_, header) in expected_claims() {
@@ -163,7 +224,7 @@ pub fn check_auth(m: &Manifests, problems: &mut Vec<String>) {
         });
         if !refused {
             problems.push(format!(
-                "nothing at the ingress gateway refuses a client's own {header} without a token: anyone could claim to be any user"
+                "nothing at the ingress gateway ({gateway}) refuses a client's own {header} without a token: anyone could claim to be any user"
             ));
         }
     }
