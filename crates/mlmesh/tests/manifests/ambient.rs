@@ -265,9 +265,7 @@ pub fn check(m: &Manifests, problems: &mut Vec<String>) {
                 .namespace
                 .clone()
                 .unwrap_or_else(|| namespace_of(&r.metadata));
-            let Some((_, g)) = m.k8s_gateways.iter().find(|(_, g)| {
-                name_of(&g.metadata) == p.name && namespace_of(&g.metadata) == gw_ns
-            }) else {
+            let Some(g) = gateway_api::find(m, &gw_ns, &p.name) else {
                 continue;
             };
             for b in r

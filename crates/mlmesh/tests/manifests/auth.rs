@@ -12,7 +12,7 @@ use istio_api_rs::security::v1::authorization_policy::{
 use mesh_kit::propagation::{AUTH_GROUP_HEADER, AUTH_USER_HEADER};
 
 use super::Manifests;
-use super::gateway_api::{GATEWAY_CLASS, name_of, namespace_of};
+use super::gateway_api::{GATEWAY_CLASS, target_refs};
 
 /// Where Istio's classic ingress gateway runs, and its pods' label.
 const GATEWAY_NAMESPACE: &str = "istio-system";
@@ -38,11 +38,8 @@ fn ingress_of(
             let [(group, kind, name)] = t.as_slice() else {
                 return None;
             };
-            let exists = m.k8s_gateways.iter().any(|(_, g)| {
-                g.spec.gateway_class_name == GATEWAY_CLASS
-                    && name_of(&g.metadata) == *name
-                    && namespace_of(&g.metadata) == ns
-            });
+            let exists = super::gateway_api::find(m, &ns, name)
+                .is_some_and(|g| g.spec.gateway_class_name == GATEWAY_CLASS);
             (exists && group == "gateway.networking.k8s.io" && kind == "Gateway")
                 .then(|| format!("Gateway {ns}/{name}"))
         }
@@ -87,17 +84,7 @@ pub fn check_auth(m: &Manifests, problems: &mut Vec<String>) {
             .selector
             .as_ref()
             .and_then(|s| s.match_labels.as_ref());
-        let targets = ra.spec.target_refs.as_ref().map(|t| {
-            t.iter()
-                .map(|r| {
-                    (
-                        r.group.clone().unwrap_or_default(),
-                        r.kind.clone(),
-                        r.name.clone(),
-                    )
-                })
-                .collect()
-        });
+        let targets = target_refs(ra.spec.target_refs.as_ref());
         match ingress_of(m, ra.metadata.namespace.as_ref(), labels, targets) {
             Some(g) => gateways.push(g),
             None => problems.push(format!(
@@ -165,17 +152,7 @@ pub fn check_auth(m: &Manifests, problems: &mut Vec<String>) {
             .authorization_policies
             .iter()
             .filter(|ap| {
-                let targets = ap.spec.target_refs.as_ref().map(|t| {
-                    t.iter()
-                        .map(|r| {
-                            (
-                                r.group.clone().unwrap_or_default(),
-                                r.kind.clone(),
-                                r.name.clone(),
-                            )
-                        })
-                        .collect()
-                });
+                let targets = target_refs(ap.spec.target_refs.as_ref());
                 let labels = ap
                     .spec
                     .selector

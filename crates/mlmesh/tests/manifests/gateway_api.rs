@@ -47,6 +47,29 @@ pub fn principal(g: &Gateway) -> String {
     }
 }
 
+/// The Gateway API Gateway `ns/name`, if the set has it.
+pub fn find<'m>(m: &'m Manifests, ns: &str, name: &str) -> Option<&'m Gateway> {
+    m.k8s_gateways
+        .iter()
+        .map(|(_, g)| g)
+        .find(|g| name_of(&g.metadata) == name && namespace_of(&g.metadata) == ns)
+}
+
+/// A policy's `targetRefs` as (group, kind, name), whichever Istio kind's
+/// generated type holds them (each kind has its own).
+pub fn target_refs<T: serde::Serialize>(
+    refs: Option<&Vec<T>>,
+) -> Option<Vec<(String, String, String)>> {
+    let refs = serde_json::to_value(refs?).ok()?;
+    let field = |r: &serde_json::Value, k: &str| r[k].as_str().unwrap_or_default().to_owned();
+    Some(
+        refs.as_array()?
+            .iter()
+            .map(|r| (field(r, "group"), field(r, "kind"), field(r, "name")))
+            .collect(),
+    )
+}
+
 /// The `version` label of every pod template `svc` selects.
 fn versions(m: &Manifests, svc: &Service) -> BTreeSet<String> {
     let selector = svc
@@ -150,9 +173,7 @@ pub fn check(m: &Manifests, problems: &mut Vec<String>) {
                 continue;
             }
             let gw_ns = p.namespace.clone().unwrap_or_else(|| route_ns.clone());
-            let Some((_, g)) = m.k8s_gateways.iter().find(|(_, g)| {
-                name_of(&g.metadata) == p.name && namespace_of(&g.metadata) == gw_ns
-            }) else {
+            let Some(g) = find(m, &gw_ns, &p.name) else {
                 problems.push(format!(
                     "{origin}: parentRef Gateway {gw_ns}/{} does not exist",
                     p.name
@@ -479,11 +500,8 @@ fn check_gateway_envoy_filters(m: &Manifests, problems: &mut Vec<String>) {
             .clone()
             .unwrap_or_else(|| NAMESPACE.into());
         for t in ef.spec.target_refs.iter().flatten() {
-            let g = m
-                .k8s_gateways
-                .iter()
-                .find(|(_, g)| name_of(&g.metadata) == t.name && namespace_of(&g.metadata) == ns);
-            let Some((_, g)) = g.filter(|_| {
+            let g = find(m, &ns, &t.name);
+            let Some(g) = g.filter(|_| {
                 t.kind == "Gateway" && t.group.as_deref() == Some("gateway.networking.k8s.io")
             }) else {
                 problems.push(format!(
