@@ -190,6 +190,13 @@ impl Analysis {
         }
     }
 
+    /// Forgets all but the last `n` looks (their numbers stay), so a
+    /// long-lived analysis polled by a controller keeps a bounded report.
+    pub fn keep_last_looks(&mut self, n: usize) {
+        let drop = self.looks.len().saturating_sub(n);
+        self.looks.drain(..drop);
+    }
+
     /// Evaluates one snapshot, remembers the look, and returns the report.
     pub fn look(&mut self, snap: &Snapshot) -> Report {
         self.look_at(snap, SystemTime::now())
@@ -206,7 +213,7 @@ impl Analysis {
         .checks();
         let (verdict, reasons) = decide(&checks);
         self.looks.push(Look {
-            number: self.looks.len() + 1,
+            number: self.looks.last().map_or(1, |l| l.number + 1),
             elapsed_seconds: now
                 .duration_since(started)
                 .unwrap_or(Duration::ZERO)
@@ -354,6 +361,11 @@ mlmesh_frontend_model_request_duration_seconds_bucket{model_version="v2",le="+In
         let r = a.look(&snap);
         assert_eq!(r.looks.len(), 2);
         assert_eq!(r.verdict, Verdict::Rollback);
+        // A long-polled analysis keeps its last looks, numbered on.
+        a.keep_last_looks(1);
+        let r3 = a.look(&snap);
+        let numbers: Vec<usize> = r3.looks.iter().map(|l| l.number).collect();
+        assert_eq!(numbers, [2, 3]);
         assert_eq!(r.check("errors").unwrap().status, Status::Fail);
         // v2's tail is beyond every edge: its p99 is unbounded above.
         let latency = r.check("latency").unwrap();

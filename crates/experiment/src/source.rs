@@ -32,6 +32,32 @@ pub enum SourceError {
     Reset(#[from] CounterReset),
 }
 
+/// Where to read from, as `mlmesh analyze` and `mlmesh analyze serve` take it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SourceArgs {
+    /// Read from Prometheus' HTTP API, e.g. http://127.0.0.1:9090.
+    #[arg(
+        long,
+        env = "PROMETHEUS_URL",
+        value_name = "URL",
+        conflicts_with = "scrape"
+    )]
+    pub prometheus: Option<String>,
+
+    /// Read the services' own /metrics (the default when --prometheus is not given).
+    #[arg(long)]
+    pub scrape: bool,
+
+    /// With --scrape: the frontend [default: http://127.0.0.1:8080].
+    #[arg(long, value_name = "URL")]
+    pub frontend_url: Option<String>,
+
+    /// With --scrape: each model-inference service, repeatable
+    /// [default: http://127.0.0.1:8082 and :8083, as `mlmesh up` runs them].
+    #[arg(long = "model-url", value_name = "URL")]
+    pub model_urls: Vec<String>,
+}
+
 /// One reading of every series the experiment needs.
 pub trait Source {
     fn read(&self) -> impl Future<Output = Result<Samples, SourceError>> + Send;

@@ -8,11 +8,36 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use clap::Args;
-use experiment::source::{Prometheus, Scrape, Source};
+use clap::{Args, Subcommand};
+use experiment::source::{Prometheus, Scrape, Source, SourceArgs};
 use experiment::{Analysis, Plan, Report, Snapshot, Verdict, render};
 
 use crate::up::{DEFAULT_PORT, V1_OFFSET, V2_OFFSET};
+
+/// `mlmesh analyze [serve]`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct AnalyzeCmd {
+    #[command(subcommand)]
+    pub action: Option<AnalyzeAction>,
+    #[command(flatten)]
+    pub args: AnalyzeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AnalyzeAction {
+    /// Serve the verdict over HTTP for Argo Rollouts, Flagger and curl:
+    /// GET /v1/verdict?baseline=v1&candidate=v2[&window=10m][&status=ok]
+    /// answers the JSON report; 200 promote/continue, 409 rollback, 422
+    /// invalid, 502 when the source cannot be read (retry); with status=ok
+    /// every verdict is a 200.
+    Serve {
+        #[command(flatten)]
+        server: mesh_kit::ServerArgs,
+        #[command(flatten)]
+        verdict: verdict::VerdictArgs,
+    },
+}
 
 #[derive(Debug, Clone, Args)]
 #[command(
@@ -21,22 +46,8 @@ Without --window the figures are the counters' totals since the services started
 increase() over the window and --scrape the change since analyze's first reading."
 )]
 pub struct AnalyzeArgs {
-    /// Read from Prometheus' HTTP API, e.g. http://127.0.0.1:9090.
-    #[arg(long, value_name = "URL", conflicts_with = "scrape")]
-    pub prometheus: Option<String>,
-
-    /// Read the services' own /metrics (the default when --prometheus is not given).
-    #[arg(long)]
-    pub scrape: bool,
-
-    /// With --scrape: the frontend [default: http://127.0.0.1:8080].
-    #[arg(long, value_name = "URL")]
-    pub frontend_url: Option<String>,
-
-    /// With --scrape: each model-inference service, repeatable
-    /// [default: http://127.0.0.1:8082 and :8083, as `mlmesh up` runs them].
-    #[arg(long = "model-url", value_name = "URL")]
-    pub model_urls: Vec<String>,
+    #[command(flatten)]
+    pub source: SourceArgs,
 
     /// The version in production (the `model_version` / `version` label).
     #[arg(long, default_value = "v1")]
@@ -105,28 +116,43 @@ async fn analyze(args: AnalyzeArgs) -> anyhow::Result<Verdict> {
         Some(path) => Plan::load(path)?,
         None => Plan::caravan_offer(),
     };
-    match &args.prometheus {
+    match &args.source.prometheus {
         Some(url) => {
             let source = Prometheus::new(url, args.window, args.timeout);
             // increase() over the window already is the delta.
             looks(&args, plan, &source, false).await
         }
         None => {
-            let local = |port: u16| format!("http://127.0.0.1:{port}");
-            let frontend = args
-                .frontend_url
-                .clone()
-                .unwrap_or_else(|| local(DEFAULT_PORT));
-            let models = if args.model_urls.is_empty() {
-                vec![
-                    local(DEFAULT_PORT + V1_OFFSET),
-                    local(DEFAULT_PORT + V2_OFFSET),
-                ]
-            } else {
-                args.model_urls.clone()
-            };
+            let (frontend, models) =
+                scrape_urls(args.source.frontend_url.as_ref(), &args.source.model_urls);
             let source = Scrape::new(&frontend, &models, args.timeout);
             looks(&args, plan, &source, args.window.is_some()).await
+        }
+    }
+}
+
+/// The services to scrape: as given, or as `mlmesh up` runs them.
+pub fn scrape_urls(frontend: Option<&String>, models: &[String]) -> (String, Vec<String>) {
+    let local = |port: u16| format!("http://127.0.0.1:{port}");
+    let frontend = frontend.cloned().unwrap_or_else(|| local(DEFAULT_PORT));
+    let models = if models.is_empty() {
+        vec![
+            local(DEFAULT_PORT + V1_OFFSET),
+            local(DEFAULT_PORT + V2_OFFSET),
+        ]
+    } else {
+        models.to_vec()
+    };
+    (frontend, models)
+}
+
+/// `mlmesh analyze serve`'s source, from its flags.
+pub fn verdict_source(args: &SourceArgs) -> verdict::SourceConfig {
+    match &args.prometheus {
+        Some(url) => verdict::SourceConfig::Prometheus(url.clone()),
+        None => {
+            let (frontend, models) = scrape_urls(args.frontend_url.as_ref(), &args.model_urls);
+            verdict::SourceConfig::Scrape { frontend, models }
         }
     }
 }

@@ -41,7 +41,7 @@ enum Command {
     /// Decide an experiment from its metrics: promote, rollback, continue or
     /// invalid, with sequential statistics (read from the stack's /metrics or
     /// from Prometheus).
-    Analyze(analyze::AnalyzeArgs),
+    Analyze(analyze::AnalyzeCmd),
     /// Mint an end-user JWT for the ingress gateway's RequestAuthentication
     /// (istio/auth/), or print a key's JWKS.
     Token(token::TokenArgs),
@@ -111,7 +111,13 @@ async fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         // Its own exit codes: the verdict's, or 2 for usage and source errors.
-        Command::Analyze(args) => return Ok(analyze::run(args).await),
+        Command::Analyze(analyze::AnalyzeCmd { action: None, args }) => {
+            return Ok(analyze::run(args).await);
+        }
+        Command::Analyze(analyze::AnalyzeCmd {
+            action: Some(analyze::AnalyzeAction::Serve { server, verdict }),
+            ..
+        }) => run_verdict(server, verdict).await?,
         Command::Up(args) => up::run(args).await?,
         Command::Token(args) => token::run(args)?,
         Command::Healthcheck { url, timeout } => healthcheck(&url, timeout).await?,
@@ -193,6 +199,18 @@ async fn run_frontend(server: ServerArgs, args: FrontendArgs) -> anyhow::Result<
         svc.serve(frontend::router(state), axum::Router::new())
             .await
             .context("serving frontend")
+    })
+    .await
+}
+
+async fn run_verdict(server: ServerArgs, args: verdict::VerdictArgs) -> anyhow::Result<()> {
+    with_telemetry("verdict", server.log_format, || async move {
+        let source = analyze::verdict_source(&args.source);
+        let (svc, state) =
+            verdict::build(&args, source, server).context("starting the verdict service")?;
+        svc.serve(verdict::router(state), axum::Router::new())
+            .await
+            .context("serving the verdict")
     })
     .await
 }

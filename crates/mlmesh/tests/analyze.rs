@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use common::Stack;
 use serde_json::Value;
 use test_support::redis_server::REFUSED_PORT;
@@ -19,19 +18,6 @@ fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("mlmesh-analyze-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-/// `--scrape` arguments for `stack`.
-fn scrape(stack: &Stack) -> Vec<String> {
-    vec![
-        "--scrape".into(),
-        "--frontend-url".into(),
-        stack.frontend.clone(),
-        "--model-url".into(),
-        format!("http://127.0.0.1:{}", stack.v1_port),
-        "--model-url".into(),
-        format!("http://127.0.0.1:{}", stack.v2_port),
-    ]
 }
 
 fn analyze(args: &[String]) -> Output {
@@ -68,26 +54,13 @@ fn check<'a>(report: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {name} check in {report:#}"))
 }
 
-async fn load(stack: &Stack, args: &[&str]) -> loadtest::Report {
-    let mut argv = vec!["mlmesh-loadtest", stack.frontend.as_str(), "--feedback"];
-    argv.extend_from_slice(args);
-    let mut cfg = loadtest::Config::try_parse_from(argv).unwrap();
-    cfg.users_file = common::models().join("customers.csv");
-    cfg.quiet = true;
-    let users =
-        loadtest::users::load(&cfg.users_file, cfg.all_users, cfg.beta_share, cfg.seed).unwrap();
-    let r = loadtest::run::run(&cfg, users).await.unwrap();
-    println!("{}", r.render());
-    r
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_healthy_canary_is_neither_rolled_back_nor_invalid() {
     let stack = Stack::start(Stack::ports(), &[], &[]);
-    let r = load(&stack, &[]).await;
+    let r = common::load(&stack, &[]).await;
     assert_eq!(r.all.errors, 0);
     let dir = scratch("healthy");
-    let mut args = scrape(&stack);
+    let mut args = stack.scrape_args();
     args.extend([
         "--markdown".into(),
         dir.join("report.md").display().to_string(),
@@ -164,7 +137,7 @@ async fn a_healthy_canary_is_neither_rolled_back_nor_invalid() {
 
     // With a window, --scrape judges only what happens after its first
     // reading: nothing here, so no data and no decision.
-    let mut windowed = scrape(&stack);
+    let mut windowed = stack.scrape_args();
     windowed.extend(["--window".into(), "1s".into()]);
     let (code, _, report) = analyze_json(&windowed, &dir);
     assert_eq!(code, 3);
@@ -187,13 +160,9 @@ async fn a_healthy_canary_is_neither_rolled_back_nor_invalid() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_candidate_is_rolled_back_on_its_errors_while_watching() {
-    let stack = Stack::start(
-        Stack::ports(),
-        &["--canary-percent", "50", "--set", "v2.FAULT_ERROR_RATE=0.5"],
-        &[],
-    );
+    let stack = Stack::start(Stack::ports(), common::FAILING_CANDIDATE, &[]);
     let dir = scratch("failing");
-    let mut args = scrape(&stack);
+    let mut args = stack.scrape_args();
     args.extend([
         "--watch".into(),
         "--interval".into(),
@@ -212,7 +181,7 @@ async fn a_failing_candidate_is_rolled_back_on_its_errors_while_watching() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    load(&stack, &["--requests", "2000", "--rate", "200/s"]).await;
+    common::load(&stack, &["--requests", "2000", "--rate", "200/s"]).await;
     let started = Instant::now();
     let out = tokio::task::spawn_blocking(move || watcher.wait_with_output())
         .await
@@ -266,14 +235,14 @@ async fn a_score_degraded_candidate_is_never_promoted() {
         &[],
     );
     // Every customer once: the faulty v2 over-offers to customers who do not buy.
-    let r = load(
+    let r = common::load(
         &stack,
         &["--all-users", "--requests-per-user", "1", "-c", "8"],
     )
     .await;
     assert_eq!(r.all.errors, 0, "all 200s");
     let dir = scratch("degraded");
-    let (code, _, report) = analyze_json(&scrape(&stack), &dir);
+    let (code, _, report) = analyze_json(&stack.scrape_args(), &dir);
     assert!(code == 1 || code == 3, "exit {code}: {}", report["verdict"]);
     let acceptance = check(&report, "acceptance");
     if code == 1 {
@@ -301,7 +270,7 @@ async fn until_prometheus_caught_up(stack: &Stack, args: &[String], dir: &Path) 
             .map(|n| check(r, n)["samples"].clone())
             .collect()
     };
-    let (_, _, direct) = analyze_json(&scrape(stack), dir);
+    let (_, _, direct) = analyze_json(&stack.scrape_args(), dir);
     let want = samples(&direct);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -320,11 +289,7 @@ async fn until_prometheus_caught_up(stack: &Stack, args: &[String], dir: &Path) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_verdict_comes_through_real_prometheus() {
-    let stack = Stack::start(
-        Stack::ports(),
-        &["--canary-percent", "50", "--set", "v2.FAULT_ERROR_RATE=0.5"],
-        &[],
-    );
+    let stack = Stack::start(Stack::ports(), common::FAILING_CANDIDATE, &[]);
     let prom = common::prometheus::prometheus(&stack).await;
     prom.wait_for_all_targets().await;
     let dir = scratch("prometheus");
@@ -333,9 +298,9 @@ async fn the_same_verdict_comes_through_real_prometheus() {
     // it, and the labelled series appear with the first request: a warm-up
     // makes every series exist and be scraped before the measured load, so
     // the windowed figures below do not depend on where the scrapes fell.
-    load(&stack, &["--requests", "300"]).await;
+    common::load(&stack, &["--requests", "300"]).await;
     until_prometheus_caught_up(&stack, &args, &dir).await;
-    load(&stack, &["--requests", "1500"]).await;
+    common::load(&stack, &["--requests", "1500"]).await;
     let (code, report) = until_prometheus_caught_up(&stack, &args, &dir).await;
     assert_eq!(code, 1, "{report:#}");
     assert_eq!(report["verdict"], "rollback");

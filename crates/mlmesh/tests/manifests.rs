@@ -8,7 +8,7 @@
 //! against the binary and the header names the frontend really uses: sidecar
 //! mode (k8s/base and istio/, both routing APIs) and ambient mode
 //! (k8s/overlays/ambient rendered here, istio/gateway-api/, istio/ambient/).
-//! Two more tests break the real manifests on purpose (61 ways in sidecar
+//! Two more tests break the real manifests on purpose (67 ways in sidecar
 //! mode, 15 in ambient) and require each break to be reported.
 
 #[path = "manifests/ambient.rs"]
@@ -22,6 +22,8 @@ mod fields;
 mod gateway_api;
 #[path = "manifests/kustomize.rs"]
 mod kustomize;
+#[path = "manifests/progressive.rs"]
+mod progressive;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -81,11 +83,19 @@ struct Manifests {
     /// Gateway API Gateways (ingress and waypoints), with their file.
     k8s_gateways: Vec<(String, ApiGateway)>,
     http_routes: Vec<(String, HttpRoute)>,
+    analysis_templates: Vec<progressive::AnalysisTemplate>,
 }
 
 /// Istio's own gateways, which exist once Istio is installed (k8s/kind's
 /// demo profile): routes may send to them though no manifest here makes them.
 const ISTIO_GATEWAY_HOSTS: [&str; 1] = ["istio-egressgateway.istio-system.svc.cluster.local"];
+
+/// The progressive-delivery controllers that call the verdict service, by
+/// the service accounts their own installs create (k8s/progressive/).
+const CONTROLLERS: [&str; 2] = [
+    "cluster.local/ns/argo-rollouts/sa/argo-rollouts",
+    "cluster.local/ns/istio-system/sa/flagger",
+];
 
 /// `T` from `v`, with every field `T` does not know reported (a typo must not pass).
 fn typed<T: DeserializeOwned>(v: Value, origin: &str, problems: &mut Vec<String>) -> Option<T> {
@@ -131,6 +141,9 @@ fn parse(files: &[(String, String)], problems: &mut Vec<String>) -> Manifests {
                 ("v1", "ServiceAccount") => m.service_accounts.extend(typed(v, &origin, problems)),
                 ("v1", "Secret") => m.secrets.extend(typed(v, &origin, problems)),
                 ("v1", "ConfigMap") => m.config_maps.extend(typed(v, &origin, problems)),
+                ("argoproj.io/v1alpha1", "AnalysisTemplate") => {
+                    m.analysis_templates.extend(typed(v, &origin, problems))
+                }
                 ("gateway.networking.k8s.io/v1", "Gateway") => m
                     .k8s_gateways
                     .extend(typed(v, &origin, problems).map(|g| (path.clone(), g))),
@@ -200,6 +213,7 @@ fn relative(p: &Path) -> String {
 fn shipped_files() -> Vec<(String, String)> {
     let mut paths = Vec::new();
     yaml_under(&common::repo().join("istio"), &mut paths);
+    yaml_under(&common::repo().join(PROGRESSIVE), &mut paths);
     paths.retain(|p| !relative(p).starts_with(AMBIENT_ONLY));
     let kustomization: Value = serde_yaml_ng::from_str(
         &std::fs::read_to_string(common::repo().join("k8s/base/kustomization.yaml")).unwrap(),
@@ -215,12 +229,15 @@ fn shipped_files() -> Vec<(String, String)> {
         .collect()
 }
 
+/// The controllers' resources (Argo Rollouts, Flagger), for either mode.
+const PROGRESSIVE: &str = "k8s/progressive/";
 /// Files only an ambient-mode user applies.
 const AMBIENT_ONLY: &str = "istio/ambient/";
 const AMBIENT_OVERLAY: &str = "k8s/overlays/ambient";
 /// What istio/README.md has an ambient-mode user apply on top of the
 /// overlay: the Gateway API forms and what works unchanged in ambient.
-const AMBIENT_APPLIED: [&str; 5] = [
+const AMBIENT_APPLIED: [&str; 6] = [
+    PROGRESSIVE,
     "istio/gateway-api/",
     AMBIENT_ONLY,
     "istio/telemetry/",
@@ -236,6 +253,7 @@ fn ambient_files(
     let mut files = kustomize::render(AMBIENT_OVERLAY, read, problems);
     let mut paths = Vec::new();
     yaml_under(&common::repo().join("istio"), &mut paths);
+    yaml_under(&common::repo().join(PROGRESSIVE), &mut paths);
     paths.sort();
     for p in paths {
         let rel = relative(&p);
@@ -836,6 +854,7 @@ fn check(m: &Manifests) -> Vec<String> {
                     .iter()
                     .map(|(_, g)| gateway_api::principal(g)),
             )
+            .chain(CONTROLLERS.map(str::to_owned))
             .collect();
     let mut allowed: Vec<(BTreeMap<String, String>, BTreeSet<String>)> = Vec::new();
     for ap in &m.authorization_policies {
@@ -921,6 +940,7 @@ fn check(m: &Manifests) -> Vec<String> {
     check_egress(m, &mut problems);
     auth::check_auth(m, &mut problems);
     gateway_api::check(m, &mut problems);
+    progressive::check(m, &mut problems);
     problems
 }
 
@@ -977,6 +997,7 @@ fn check_ambient(m: &Manifests) -> Vec<String> {
     gateway_api::check(m, &mut problems);
     ambient::check(m, &mut problems);
     auth::check_auth(m, &mut problems);
+    progressive::check(m, &mut problems);
     problems
 }
 
@@ -1116,7 +1137,7 @@ fn shipped() -> Manifests {
 #[test]
 fn the_shipped_manifests_parse_strictly_and_cross_check() {
     let m = shipped();
-    assert_eq!(m.deployments.len(), 5);
+    assert_eq!(m.deployments.len(), 6);
     assert!(m.virtual_services.len() >= 7);
     let problems = check(&m);
     assert!(problems.is_empty(), "problems:\n{}", problems.join("\n"));
@@ -1267,7 +1288,7 @@ fn the_ambient_overlay_renders_and_cross_checks() {
         "rendering and parsing:\n{}",
         problems.join("\n")
     );
-    assert_eq!(m.deployments.len(), 5);
+    assert_eq!(m.deployments.len(), 6);
     assert_eq!(m.jobs.len(), 1);
     assert_eq!(
         m.k8s_gateways.len(),
@@ -1604,6 +1625,37 @@ fn deliberately_broken_manifests_are_caught() {
             }),
             "refuses a client's own x-mlmesh-auth-group",
         ),
+        // Progressive delivery.
+        (
+            "k8s/progressive/argo-rollouts/analysis-template.yaml",
+            Box::new(|t| t.replace("&status=ok", "")),
+            "needs status=ok",
+        ),
+        (
+            "k8s/progressive/argo-rollouts/analysis-template.yaml",
+            Box::new(|t| t.replace("http://verdict.mlmesh", "http://verdikt.mlmesh")),
+            "is not the verdict Service",
+        ),
+        (
+            "k8s/progressive/argo-rollouts/analysis-template.yaml",
+            Box::new(|t| t.replace("      value: v2", "      value: v3")),
+            "candidate v3 is not a version the model's pods run",
+        ),
+        (
+            "k8s/progressive/argo-rollouts/analysis-template.yaml",
+            Box::new(|t| t.replace("result.verdict == \"rollback\" ||", "")),
+            "on a `rollback` it is inconclusive",
+        ),
+        (
+            "k8s/progressive/argo-rollouts/analysis-template.yaml",
+            Box::new(|t| t.replace("timeoutSeconds: 25", "timeoutSeconds: 10")),
+            "is not above the verdict service's worst case",
+        ),
+        (
+            "k8s/progressive/argo-rollouts/analysis-template.yaml",
+            Box::new(|t| t.replace("consecutiveErrorLimit", "consecutiveErrorLimt")),
+            "is not a field of AnalysisTemplate in",
+        ),
         // The Gateway API forms.
         (
             "istio/gateway-api/auth/request-authentication.yaml",
@@ -1618,12 +1670,12 @@ fn deliberately_broken_manifests_are_caught() {
         (
             "istio/gateway-api/canary/http-route.yaml",
             Box::new(|t| t.replace("weight: 10", "wieght: 10")),
-            "is not a field in Istio 1.31 / Gateway API v1.6.1",
+            "is not a field of HTTPRoute in Istio 1.31",
         ),
         (
             "istio/canary/virtual-service.yaml",
             Box::new(|t| t.replace("weight: 10", "wieght: 10")),
-            "is not a field in Istio 1.31 / Gateway API v1.6.1",
+            "is not a field of VirtualService in Istio 1.31",
         ),
         (
             "istio/gateway-api/canary/http-route.yaml",

@@ -150,6 +150,11 @@ impl Drop for Proc {
     }
 }
 
+/// `mlmesh up` flags for a candidate that fails half its calls, on half
+/// the customers: what a verdict must roll back.
+pub const FAILING_CANDIDATE: &[&str] =
+    &["--canary-percent", "50", "--set", "v2.FAULT_ERROR_RATE=0.5"];
+
 /// A whole `mlmesh up` stack on four free ports.
 pub struct Stack {
     pub child: Child,
@@ -238,4 +243,64 @@ impl Drop for Stack {
             let _ = wait_exit(&mut self.child, Duration::from_secs(30));
         }
     }
+}
+
+/// Customers through `stack`'s frontend with feedback, as the load tool
+/// runs them (`args` are its flags); prints and returns its report.
+pub async fn load(stack: &Stack, args: &[&str]) -> loadtest::Report {
+    use clap::Parser as _;
+    let mut argv = vec!["mlmesh-loadtest", stack.frontend.as_str(), "--feedback"];
+    argv.extend_from_slice(args);
+    let mut cfg = loadtest::Config::try_parse_from(argv).unwrap();
+    cfg.users_file = models().join("customers.csv");
+    cfg.quiet = true;
+    let users =
+        loadtest::users::load(&cfg.users_file, cfg.all_users, cfg.beta_share, cfg.seed).unwrap();
+    let r = loadtest::run::run(&cfg, users).await.unwrap();
+    println!("{}", r.render());
+    r
+}
+
+impl Stack {
+    /// `--scrape` arguments of `mlmesh analyze` (and `analyze serve`) for this stack.
+    pub fn scrape_args(&self) -> Vec<String> {
+        vec![
+            "--scrape".into(),
+            "--frontend-url".into(),
+            self.frontend.clone(),
+            "--model-url".into(),
+            format!("http://127.0.0.1:{}", self.v1_port),
+            "--model-url".into(),
+            format!("http://127.0.0.1:{}", self.v2_port),
+        ]
+    }
+}
+
+/// Argo's condition language (expr), for the forms the template uses:
+/// `result.<field> == "<text>"` or `!=`, joined by `||` and `&&` (`&&`
+/// binding tighter). Anything else fails the test, so a template that
+/// outgrows this is noticed.
+pub fn argo_condition(expr: &str, result: &serde_json::Value) -> bool {
+    expr.split("||").any(|any| {
+        any.split("&&").all(|term| {
+            let term = term.trim();
+            let (lhs, rhs, equal) = if let Some((l, r)) = term.split_once("==") {
+                (l, r, true)
+            } else if let Some((l, r)) = term.split_once("!=") {
+                (l, r, false)
+            } else {
+                panic!("unsupported condition {term:?}")
+            };
+            let field = lhs
+                .trim()
+                .strip_prefix("result.")
+                .unwrap_or_else(|| panic!("{term:?}"));
+            let want = rhs
+                .trim()
+                .strip_prefix('"')
+                .and_then(|r| r.strip_suffix('"'));
+            let want = want.unwrap_or_else(|| panic!("{term:?}: compare with a string"));
+            (result[field].as_str() == Some(want)) == equal
+        })
+    })
 }

@@ -207,6 +207,7 @@ pub fn check(m: &Manifests, problems: &mut Vec<String>) {
                 .map(|(_, g)| gateway_api::principal(g)),
         )
         .chain([PROMETHEUS.to_owned()])
+        .chain(super::CONTROLLERS.map(str::to_owned))
         .collect();
     for ap in &m.authorization_policies {
         for p in ap

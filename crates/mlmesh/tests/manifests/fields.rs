@@ -1,9 +1,10 @@
 //! The releases a user really installs, field by field. The typed structs
-//! come from older releases (Istio 1.27's CRDs, the Gateway API's v1.5), so
-//! every Istio and Gateway API document is also walked against the field
-//! paths of Istio 1.31's and Gateway API v1.6.1's CRDs (crd-fields.txt,
-//! made by scripts/crd-fields.py): a field must be known to both, so neither
-//! a field 1.31 dropped nor one 1.27 never had gets through.
+//! come from older releases (Istio 1.27's CRDs, the Gateway API's v1.5) or
+//! cover only what mlmesh uses (Argo Rollouts, Flagger), so every such
+//! document is also walked against the field paths of the installed
+//! releases' CRDs (crd-fields.txt, made by scripts/crd-fields.py): a field
+//! must be known to both, so neither a field 1.31 dropped nor one 1.27 never
+//! had gets through.
 
 use std::collections::BTreeSet;
 use std::sync::LazyLock;
@@ -18,7 +19,7 @@ static FIELDS: LazyLock<BTreeSet<&'static str>> = LazyLock::new(|| {
 });
 
 /// What the field list was made from, for messages.
-pub const RELEASES: &str = "Istio 1.31 / Gateway API v1.6.1";
+pub const RELEASES: &str = "Istio 1.31, Gateway API v1.6.1, Argo Rollouts v1.9.1, Flagger v1.44.0";
 
 /// Reports every field of `doc` (an `apiVersion`/`kind` document) that its
 /// kind's CRD in the installed releases does not have; kinds the list does
@@ -31,11 +32,12 @@ pub fn check(origin: &str, doc: &Value, problems: &mut Vec<String>) {
         return;
     }
     let has = |path: &str| FIELDS.contains(format!("{prefix}{path}").as_str());
-    walk(origin, "spec", &doc["spec"], &has, problems);
+    walk(origin, kind, "spec", &doc["spec"], &has, problems);
 }
 
 fn walk(
     origin: &str,
+    kind: &str,
     path: &str,
     v: &Value,
     has: &dyn Fn(&str) -> bool,
@@ -52,19 +54,19 @@ fn walk(
                 let field = format!("{path}.{key}");
                 let map = format!("{path}{{}}");
                 if has(&field) {
-                    walk(origin, &field, x, has, problems);
+                    walk(origin, kind, &field, x, has, problems);
                 } else if has(&map) {
-                    walk(origin, &map, x, has, problems);
+                    walk(origin, kind, &map, x, has, problems);
                 } else {
                     problems.push(format!(
-                        "{origin}: {field} is not a field in {RELEASES}'s CRDs"
+                        "{origin}: {field} is not a field of {kind} in {RELEASES}"
                     ));
                 }
             }
         }
         Value::Sequence(s) => {
             for x in s {
-                walk(origin, &format!("{path}[]"), x, has, problems);
+                walk(origin, kind, &format!("{path}[]"), x, has, problems);
             }
         }
         _ => {}
