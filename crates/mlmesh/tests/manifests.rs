@@ -8,7 +8,7 @@
 //! against the binary and the header names the frontend really uses: sidecar
 //! mode (k8s/base and istio/, both routing APIs) and ambient mode
 //! (k8s/overlays/ambient rendered here, istio/gateway-api/, istio/ambient/).
-//! Two more tests break the real manifests on purpose (67 ways in sidecar
+//! Two more tests break the real manifests on purpose (68 ways in sidecar
 //! mode, 15 in ambient) and require each break to be reported.
 
 #[path = "manifests/ambient.rs"]
@@ -45,7 +45,7 @@ use k8s_openapi::api::batch::v1::Job;
 use ::gateway_api::gateways::Gateway as ApiGateway;
 use ::gateway_api::httproutes::HttpRoute;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, Namespace, PodSpec, PodTemplateSpec, Secret, Service, ServiceAccount,
+    Container, Namespace, PodSpec, PodTemplateSpec, Secret, Service, ServiceAccount,
 };
 use serde::de::DeserializeOwned;
 use serde_yaml_ng::Value;
@@ -79,7 +79,6 @@ struct Manifests {
     envoy_filters: Vec<EnvoyFilter>,
     service_entries: Vec<ServiceEntry>,
     sidecars: Vec<Sidecar>,
-    config_maps: Vec<ConfigMap>,
     /// Gateway API Gateways (ingress and waypoints), with their file.
     k8s_gateways: Vec<(String, ApiGateway)>,
     http_routes: Vec<(String, HttpRoute)>,
@@ -140,7 +139,6 @@ fn parse(files: &[(String, String)], problems: &mut Vec<String>) -> Manifests {
                 ("v1", "Namespace") => m.namespaces.extend(typed(v, &origin, problems)),
                 ("v1", "ServiceAccount") => m.service_accounts.extend(typed(v, &origin, problems)),
                 ("v1", "Secret") => m.secrets.extend(typed(v, &origin, problems)),
-                ("v1", "ConfigMap") => m.config_maps.extend(typed(v, &origin, problems)),
                 ("argoproj.io/v1alpha1", "AnalysisTemplate") => {
                     m.analysis_templates.extend(typed(v, &origin, problems))
                 }
@@ -967,9 +965,18 @@ fn check_services(m: &Manifests, problems: &mut Vec<String>) {
             .as_ref()
             .and_then(|s| s.selector.clone())
             .unwrap_or_default();
-        if !workloads(m)
-            .iter()
-            .any(|(_, t, _)| selects(&selector, &labels(t)))
+        // A Service for a Gateway's pods selects what Istio deploys.
+        let for_gateway = selector
+            .get(gateway_api::GATEWAY_NAME_LABEL)
+            .is_some_and(|g| {
+                m.k8s_gateways
+                    .iter()
+                    .any(|(_, gw)| gateway_api::name_of(&gw.metadata) == *g)
+            });
+        if !for_gateway
+            && !workloads(m)
+                .iter()
+                .any(|(_, t, _)| selects(&selector, &labels(t)))
         {
             problems.push(format!(
                 "Service {name}: selector {selector:?} selects no pod template"
@@ -1745,7 +1752,12 @@ fn deliberately_broken_manifests_are_caught() {
         (
             "istio/gateway-api/gateway.yaml",
             Box::new(|t| t.replace("nodePort: 30080", "nodePort: 30081")),
-            "which kind maps to localhost",
+            "kind's localhost mapping",
+        ),
+        (
+            "istio/gateway-api/gateway.yaml",
+            Box::new(|t| t.replace("      targetPort: 80\n", "      targetPort: 8080\n")),
+            "kind's localhost mapping",
         ),
         (
             "istio/gateway-api/gateway.yaml",

@@ -11,7 +11,7 @@ use gateway_api::gateways::{Gateway, GatewayListenersAllowedRoutesNamespacesFrom
 use gateway_api::httproutes::HttpRouteRulesMatchesPathType as PathType;
 use istio_api_rs::networking::v1alpha3::envoy_filter::EnvoyFilter;
 use k8s_openapi::api::core::v1::Service;
-use serde_yaml_ng::Value;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{Manifests, NAMESPACE, known_header_value, labels, selects, workloads};
 
@@ -19,7 +19,9 @@ use super::{Manifests, NAMESPACE, known_header_value, labels, selects, workloads
 pub const GATEWAY_CLASS: &str = "istio";
 pub const WAYPOINT_CLASS: &str = "istio-waypoint";
 /// Where kind's port mapping lands (k8s/kind/cluster.yaml).
-const KIND_NODE_PORT: i64 = 30080;
+const KIND_NODE_PORT: i32 = 30080;
+/// The label Istio puts on the pods it deploys for a Gateway.
+pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
 
 pub fn name_of(
     md: &k8s_openapi_for_gateway_api::apimachinery::pkg::apis::meta::v1::ObjectMeta,
@@ -352,49 +354,31 @@ fn check_gateway(m: &Manifests, file: &str, g: &Gateway, problems: &mut Vec<Stri
     }
     match g.spec.gateway_class_name.as_str() {
         GATEWAY_CLASS => {
-            let Some(r) = g.spec.infrastructure.as_ref().and_then(|i| i.parameters_ref.as_ref()) else {
-                return;
-            };
-            let cm = m.config_maps.iter().find(|c| {
-                c.metadata.name.as_deref() == Some(r.name.as_str())
-                    && c.metadata.namespace.as_deref() == Some(ns.as_str())
-            });
-            let Some(cm) = cm.filter(|_| r.kind == "ConfigMap" && r.group.is_empty()) else {
-                problems.push(format!(
-                    "{origin}: parametersRef {}/{} is not a ConfigMap in {ns}",
-                    r.kind, r.name
-                ));
-                return;
-            };
-            // Under kind, the generated Service must take the NodePort that
-            // cluster.yaml maps to localhost.
-            let service: Value = cm
-                .data
-                .as_ref()
-                .and_then(|d| d.get("service"))
-                .and_then(|s| serde_yaml_ng::from_str(s).ok())
-                .unwrap_or_default();
-            let node_ports: Vec<(i64, i64)> = service["spec"]["ports"]
-                .as_sequence()
-                .into_iter()
-                .flatten()
-                .filter_map(|p| Some((p["port"].as_i64()?, p["nodePort"].as_i64()?)))
-                .collect();
-            let http_ports: Vec<i64> = g
+            // Under kind, a NodePort Service beside the Gateway must send
+            // the port cluster.yaml maps to localhost to an HTTP listener.
+            let http_ports: Vec<i32> = g
                 .spec
                 .listeners
                 .iter()
                 .filter(|l| l.protocol == "HTTP")
-                .map(|l| i64::from(l.port))
+                .map(|l| l.port)
                 .collect();
-            let mapped = service["spec"]["type"].as_str() == Some("NodePort")
-                && node_ports
-                    .iter()
-                    .any(|(port, node)| *node == KIND_NODE_PORT && http_ports.contains(port));
+            let want = BTreeMap::from([(GATEWAY_NAME_LABEL.to_owned(), name_of(&g.metadata))]);
+            let mapped = m.services.iter().any(|svc| {
+                let Some(spec) = svc.spec.as_ref() else {
+                    return false;
+                };
+                svc.metadata.namespace.as_deref() == Some(ns.as_str())
+                    && spec.type_.as_deref() == Some("NodePort")
+                    && spec.selector.as_ref() == Some(&want)
+                    && spec.ports.iter().flatten().any(|p| {
+                        p.node_port == Some(KIND_NODE_PORT)
+                            && matches!(&p.target_port, Some(IntOrString::Int(t)) if http_ports.contains(t))
+                    })
+            });
             if !mapped {
                 problems.push(format!(
-                    "{origin}: its options ({}) must make the Service a NodePort with an HTTP listener's port on {KIND_NODE_PORT}, which kind maps to localhost",
-                    r.name
+                    "{origin}: no NodePort Service in {ns} sends node port {KIND_NODE_PORT} (kind's localhost mapping) to an HTTP listener of its pods ({GATEWAY_NAME_LABEL})"
                 ));
             }
         }
