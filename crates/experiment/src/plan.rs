@@ -201,6 +201,14 @@ impl Plan {
         Self::parse(DEFAULT_PLAN, "built-in plan").expect("the built-in plan is valid")
     }
 
+    /// The plan in `path`, or the built-in caravan-offer plan without one.
+    pub fn load_or_default(path: Option<&Path>) -> Result<Self, PlanError> {
+        match path {
+            Some(p) => Self::load(p),
+            None => Ok(Self::caravan_offer()),
+        }
+    }
+
     pub fn load(path: &Path) -> Result<Self, PlanError> {
         let shown = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| PlanError::Read {

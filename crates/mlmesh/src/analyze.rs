@@ -112,10 +112,7 @@ async fn analyze(args: AnalyzeArgs) -> anyhow::Result<Verdict> {
     if args.interval.is_zero() {
         anyhow::bail!("--interval must be more than 0");
     }
-    let plan = match &args.plan {
-        Some(path) => Plan::load(path)?,
-        None => Plan::caravan_offer(),
-    };
+    let plan = Plan::load_or_default(args.plan.as_deref())?;
     match &args.source.prometheus {
         Some(url) => {
             let source = Prometheus::new(url, args.window, args.timeout);

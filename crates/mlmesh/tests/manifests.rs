@@ -85,6 +85,16 @@ struct Manifests {
     analysis_templates: Vec<progressive::AnalysisTemplate>,
 }
 
+impl Manifests {
+    /// The Services by name.
+    fn services_by_name(&self) -> BTreeMap<String, &Service> {
+        self.services
+            .iter()
+            .map(|s| (s.metadata.name.clone().unwrap_or_default(), s))
+            .collect()
+    }
+}
+
 /// Istio's own gateways, which exist once Istio is installed (k8s/kind's
 /// demo profile): routes may send to them though no manifest here makes them.
 const ISTIO_GATEWAY_HOSTS: [&str; 1] = ["istio-egressgateway.istio-system.svc.cluster.local"];
@@ -432,11 +442,7 @@ fn known_header_value(header: &str, exact: &str) -> bool {
 /// Cross-checks of the sidecar-mode set; every problem is a sentence naming where.
 fn check(m: &Manifests) -> Vec<String> {
     let mut problems = Vec::new();
-    let services: BTreeMap<String, &Service> = m
-        .services
-        .iter()
-        .map(|s| (s.metadata.name.clone().unwrap_or_default(), s))
-        .collect();
+    let services = m.services_by_name();
     let sas: BTreeSet<String> = m
         .service_accounts
         .iter()

@@ -134,10 +134,7 @@ pub fn build(
     source: SourceConfig,
     server: ServerArgs,
 ) -> Result<(Service, AppState), experiment::plan::PlanError> {
-    let plan = match &args.plan {
-        Some(p) => Plan::load(p)?,
-        None => Plan::caravan_offer(),
-    };
+    let plan = Plan::load_or_default(args.plan.as_deref())?;
     let mut svc = Service::new("verdict", server);
     let evaluations = Family::<OutcomeLabels, Counter>::default();
     svc.registry_mut().register(

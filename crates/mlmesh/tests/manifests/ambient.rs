@@ -113,11 +113,7 @@ pub fn check(m: &Manifests, problems: &mut Vec<String>) {
         .filter(|(_, g)| g.spec.gateway_class_name == WAYPOINT_CLASS)
         .map(|(_, g)| (name_of(&g.metadata), gateway_api::principal(g)))
         .collect();
-    let services: BTreeMap<String, &Service> = m
-        .services
-        .iter()
-        .map(|s| (s.metadata.name.clone().unwrap_or_default(), s))
-        .collect();
+    let services = m.services_by_name();
     let mut waypoint_of: BTreeMap<String, String> = BTreeMap::new();
     for (name, svc) in &services {
         let svc_labels = svc.metadata.labels.clone().unwrap_or_default();

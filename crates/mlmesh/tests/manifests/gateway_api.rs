@@ -141,11 +141,7 @@ fn namespace_labels(m: &Manifests, ns: &str) -> Option<BTreeMap<String, String>>
 }
 
 pub fn check(m: &Manifests, problems: &mut Vec<String>) {
-    let services: BTreeMap<String, &Service> = m
-        .services
-        .iter()
-        .map(|s| (s.metadata.name.clone().unwrap_or_default(), s))
-        .collect();
+    let services = m.services_by_name();
     for (file, g) in &m.k8s_gateways {
         check_gateway(m, file, g, problems);
     }

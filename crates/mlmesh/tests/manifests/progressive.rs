@@ -7,6 +7,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Container;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -152,7 +153,7 @@ fn check_verdict_url(
         .services
         .iter()
         .find(|s| s.metadata.name.as_deref() == Some(host.as_str()));
-    let serves_verdict = svc.is_some_and(|s| {
+    let fronts_verdict = svc.is_some_and(|s| {
         let sel = s
             .spec
             .as_ref()
@@ -165,15 +166,10 @@ fn check_verdict_url(
             .is_some_and(|ps| ps.iter().any(|p| p.port == i32::from(port)));
         has_port
             && workloads(m).iter().any(|(_, t, _)| {
-                selects(&sel, &labels(t))
-                    && pod_spec(t).containers.iter().any(|c| {
-                        c.args
-                            .as_deref()
-                            .is_some_and(|a| a.starts_with(&["analyze".into(), "serve".into()]))
-                    })
+                selects(&sel, &labels(t)) && pod_spec(t).containers.iter().any(serves_verdict)
             })
     });
-    if !serves_verdict {
+    if !fronts_verdict {
         problems.push(format!(
             "{origin}: {host}:{port} is not the verdict Service (a Service port in front of `mlmesh analyze serve`)"
         ));
@@ -218,12 +214,15 @@ fn verdict_source_timeout(m: &Manifests) -> Duration {
     workloads(m)
         .iter()
         .flat_map(|(_, t, _)| pod_spec(t).containers.iter())
-        .find(|c| {
-            c.args
-                .as_deref()
-                .is_some_and(|a| a.starts_with(&["analyze".into(), "serve".into()]))
-        })
+        .find(|c| serves_verdict(c))
         .and_then(|c| env_value(c, "SOURCE_TIMEOUT"))
         .and_then(|v| humantime::parse_duration(&v).ok())
         .unwrap_or(Duration::from_secs(10))
+}
+
+/// Whether the container runs `mlmesh analyze serve`.
+fn serves_verdict(c: &Container) -> bool {
+    c.args
+        .as_deref()
+        .is_some_and(|a| a.starts_with(&["analyze".into(), "serve".into()]))
 }
