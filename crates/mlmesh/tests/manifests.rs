@@ -7,9 +7,11 @@
 //! set a user applies is cross-checked the way `istioctl analyze` would,
 //! against the binary and the header names the frontend really uses: sidecar
 //! mode (k8s/base and istio/, both routing APIs) and ambient mode
-//! (k8s/overlays/ambient rendered here, istio/gateway-api/, istio/ambient/).
-//! Two more tests break the real manifests on purpose (68 ways in sidecar
-//! mode, 15 in ambient) and require each break to be reported.
+//! (k8s/overlays/ambient rendered here, istio/gateway-api/, istio/ambient/),
+//! and what the cluster holds while Argo Rollouts or Flagger runs a canary
+//! (k8s/progressive/: manifests/progressive.rs builds it). Two more tests
+//! break the real manifests on purpose (93 ways in sidecar mode, 15 in
+//! ambient) and require each break to be reported.
 
 #[path = "manifests/ambient.rs"]
 mod ambient;
@@ -83,6 +85,10 @@ struct Manifests {
     k8s_gateways: Vec<(String, ApiGateway)>,
     http_routes: Vec<(String, HttpRoute)>,
     analysis_templates: Vec<progressive::AnalysisTemplate>,
+    rollouts: Vec<progressive::Rollout>,
+    canaries: Vec<progressive::FlaggerCanary>,
+    /// JSON patches (k8s/progressive/candidate-*.yaml), by file.
+    patches: Vec<(String, json_patch::Patch)>,
 }
 
 impl Manifests {
@@ -141,6 +147,16 @@ fn parse(files: &[(String, String)], problems: &mut Vec<String>) -> Manifests {
                     continue;
                 }
             };
+            // A list is a JSON patch for `kubectl patch --type json`.
+            if v.is_sequence() && path.starts_with(PROGRESSIVE) {
+                match serde_json::to_value(&v).map(serde_json::from_value::<json_patch::Patch>) {
+                    Ok(Ok(p)) => m.patches.push((path.clone(), p)),
+                    Ok(Err(e)) | Err(e) => {
+                        problems.push(format!("{origin}: not a JSON patch: {e}"))
+                    }
+                }
+                continue;
+            }
             let api = v["apiVersion"].as_str().unwrap_or_default().to_owned();
             let kind = v["kind"].as_str().unwrap_or_default().to_owned();
             let origin = format!("{origin} ({kind})");
@@ -152,6 +168,10 @@ fn parse(files: &[(String, String)], problems: &mut Vec<String>) -> Manifests {
                 ("argoproj.io/v1alpha1", "AnalysisTemplate") => {
                     m.analysis_templates.extend(typed(v, &origin, problems))
                 }
+                ("argoproj.io/v1alpha1", "Rollout") => {
+                    m.rollouts.extend(typed(v, &origin, problems))
+                }
+                ("flagger.app/v1beta1", "Canary") => m.canaries.extend(typed(v, &origin, problems)),
                 ("gateway.networking.k8s.io/v1", "Gateway") => m
                     .k8s_gateways
                     .extend(typed(v, &origin, problems).map(|g| (path.clone(), g))),
@@ -216,9 +236,28 @@ fn relative(p: &Path) -> String {
         .to_string()
 }
 
-/// What a sidecar-mode user may apply: k8s/base (kustomize resources) and
-/// istio/** but istio/ambient/, in both routing APIs.
+/// What a sidecar-mode user may apply: k8s/base (kustomize resources),
+/// istio/** but istio/ambient/, in both routing APIs, and k8s/progressive/
+/// (Argo's routing, which replaces istio/'s, is in `all_files` only).
 fn shipped_files() -> Vec<(String, String)> {
+    let mut files = all_files();
+    files.retain(|(p, _)| !ARGO_ROUTING.contains(&p.as_str()));
+    files
+}
+
+/// Argo Rollouts' VirtualService and DestinationRule: same names as
+/// istio/'s, so they replace them; checked in the Argo set only.
+const ARGO_ROUTING: [&str; 2] = [
+    "k8s/progressive/argo-rollouts/virtual-service.yaml",
+    "k8s/progressive/argo-rollouts/destination-rule.yaml",
+];
+
+const ROLLOUT: &str = "k8s/progressive/argo-rollouts/rollout.yaml";
+const FLAGGER_TARGET: &str = "k8s/progressive/flagger/deployment.yaml";
+const FLAGGER_CANARY: &str = "k8s/progressive/flagger/canary.yaml";
+
+/// Every file of the sidecar-mode sets.
+fn all_files() -> Vec<(String, String)> {
     let mut paths = Vec::new();
     yaml_under(&common::repo().join("istio"), &mut paths);
     yaml_under(&common::repo().join(PROGRESSIVE), &mut paths);
@@ -245,7 +284,9 @@ const AMBIENT_OVERLAY: &str = "k8s/overlays/ambient";
 /// What istio/README.md has an ambient-mode user apply on top of the
 /// overlay: the Gateway API forms and what works unchanged in ambient.
 const AMBIENT_APPLIED: [&str; 6] = [
-    PROGRESSIVE,
+    // The controllers' canaries route with the Istio API (sidecar mode);
+    // the verdict's AnalysisTemplate serves any Argo Rollouts router.
+    "k8s/progressive/argo-rollouts/analysis-template.yaml",
     "istio/gateway-api/",
     AMBIENT_ONLY,
     "istio/telemetry/",
@@ -928,14 +969,23 @@ fn check(m: &Manifests) -> Vec<String> {
                         .as_ref()
                         .and_then(|s| s.selector.clone())
                         .unwrap_or_default();
-                    let ok = allowed.iter().any(|(sel, ps)| {
-                        !sel.is_empty() && selects(sel, &selector) && ps.contains(&caller)
-                    });
-                    if !ok {
-                        problems.push(format!(
-                            "{name} calls {host} ({}), but no AuthorizationPolicy allows {caller}",
-                            e.name
-                        ));
+                    // Every pod behind the Service must let the caller in
+                    // (a pod no policy selects is refused by allow-nothing).
+                    let pods: Vec<BTreeMap<String, String>> = workloads(m)
+                        .iter()
+                        .map(|(_, t, _)| labels(t))
+                        .filter(|l| !selector.is_empty() && selects(&selector, l))
+                        .collect();
+                    for pod in &pods {
+                        let ok = allowed.iter().any(|(sel, ps)| {
+                            !sel.is_empty() && selects(sel, pod) && ps.contains(&caller)
+                        });
+                        if !ok {
+                            problems.push(format!(
+                                "{name} calls {host} ({}), but no AuthorizationPolicy on its pods {pod:?} allows {caller}",
+                                e.name
+                            ));
+                        }
                     }
                 }
             }
@@ -1150,10 +1200,44 @@ fn shipped() -> Manifests {
 #[test]
 fn the_shipped_manifests_parse_strictly_and_cross_check() {
     let m = shipped();
-    assert_eq!(m.deployments.len(), 6);
+    assert_eq!(
+        m.deployments.len(),
+        7,
+        "k8s/base's six and Flagger's target"
+    );
     assert!(m.virtual_services.len() >= 7);
-    let problems = check(&m);
+    assert_eq!(
+        (m.rollouts.len(), m.canaries.len(), m.patches.len()),
+        (1, 1, 2)
+    );
+    let problems = check_all(&all_files());
     assert!(problems.is_empty(), "problems:\n{}", problems.join("\n"));
+    let mut problems = Vec::new();
+    let routing = parse(
+        &all_files()
+            .into_iter()
+            .filter(|(p, _)| ARGO_ROUTING.contains(&p.as_str()))
+            .collect::<Vec<_>>(),
+        &mut problems,
+    );
+    let sets = progressive::sets(&m, &routing, &mut problems);
+    assert!(problems.is_empty(), "{problems:?}");
+    let names: Vec<&str> = sets.iter().map(|(n, _)| *n).collect();
+    assert_eq!(names, ["argo-rollouts", "flagger"]);
+    for (name, set) in &sets {
+        // Two model-inference pod sets, v1 and v2, and k8s/base's per-version
+        // Deployments gone.
+        let versions: Vec<String> = workloads(set)
+            .iter()
+            .filter(|(_, t, _)| labels(t).get("app").map(String::as_str) == Some("model-inference"))
+            .filter_map(|(_, t, _)| labels(t).get("version").cloned())
+            .collect();
+        assert_eq!(versions.len(), 2, "{name}: {versions:?}");
+        assert!(
+            versions.contains(&"v1".into()) && versions.contains(&"v2".into()),
+            "{name}"
+        );
+    }
 
     // The kind cluster, Istio install and scripts agree with each other.
     let cluster = std::fs::read_to_string(common::repo().join("k8s/kind/cluster.yaml")).unwrap();
@@ -1354,9 +1438,28 @@ fn collect_secret_refs(v: &serde_json::Value, out: &mut Vec<String>) {
     }
 }
 
+/// The problems of every sidecar-mode set `files` make: the union of what a
+/// user may apply, and each progressive-delivery controller's set while it
+/// runs a canary of v2 (`progressive::sets`), its problems marked.
+fn check_all(files: &[(String, String)]) -> Vec<String> {
+    let (routing, union): (Vec<_>, Vec<_>) = files
+        .iter()
+        .cloned()
+        .partition(|(p, _)| ARGO_ROUTING.contains(&p.as_str()));
+    let mut problems = Vec::new();
+    let m = parse(&union, &mut problems);
+    let r = parse(&routing, &mut problems);
+    problems.extend(check(&m));
+    progressive::check_shipped(&m, &mut problems);
+    for (name, set) in progressive::sets(&m, &r, &mut problems) {
+        problems.extend(check(&set).into_iter().map(|p| format!("[{name}] {p}")));
+    }
+    problems
+}
+
 /// Applies `edit` to one shipped file and returns the problems found.
 fn problems_after(file: &str, edit: impl Fn(&str) -> String) -> Vec<String> {
-    let files: Vec<(String, String)> = shipped_files()
+    let files: Vec<(String, String)> = all_files()
         .into_iter()
         .map(|(p, t)| {
             if p == file {
@@ -1368,10 +1471,7 @@ fn problems_after(file: &str, edit: impl Fn(&str) -> String) -> Vec<String> {
             }
         })
         .collect();
-    let mut problems = Vec::new();
-    let m = parse(&files, &mut problems);
-    problems.extend(check(&m));
-    problems
+    check_all(&files)
 }
 
 #[test]
@@ -1492,7 +1592,7 @@ fn deliberately_broken_manifests_are_caught() {
         (
             "istio/security/authorization.yaml",
             Box::new(|t| t.replace("              - cluster.local/ns/mlmesh/sa/seed\n", "")),
-            "no AuthorizationPolicy allows cluster.local/ns/mlmesh/sa/seed",
+            "allows cluster.local/ns/mlmesh/sa/seed",
         ),
         (
             "k8s/base/deployments.yaml",
@@ -1668,6 +1768,162 @@ fn deliberately_broken_manifests_are_caught() {
             "k8s/progressive/argo-rollouts/analysis-template.yaml",
             Box::new(|t| t.replace("consecutiveErrorLimit", "consecutiveErrorLimt")),
             "is not a field of AnalysisTemplate in",
+        ),
+        // Argo Rollouts' Rollout and routing (checked in its own set).
+        (
+            ROLLOUT,
+            Box::new(|t| t.replace("              - primary\n", "              - main\n")),
+            "VirtualService model-inference has no http route main",
+        ),
+        (
+            ROLLOUT,
+            Box::new(|t| t.replace("canarySubsetName: canary", "canarySubsetName: preview")),
+            "DestinationRule model-inference: has no subset preview",
+        ),
+        (
+            ROLLOUT,
+            Box::new(|t| t.replace("- setWeight: 50", "- setWeight: 5")),
+            "setWeights [10, 25, 5, 100] must rise to 100",
+        ),
+        (
+            ROLLOUT,
+            Box::new(|t| {
+                t.replacen(
+                    "        - pause: {duration: 2m}\n",
+                    "        - pause: {}\n",
+                    1,
+                )
+            }),
+            "step 0 (setWeight) needs a timed pause",
+        ),
+        (
+            ROLLOUT,
+            Box::new(|t| t.replace("propensity-v1.onnx", "propensity-v2.onnx")),
+            "its pod template differs from k8s/base's model-inference-v1 at /spec/containers/0/env/0/value",
+        ),
+        (
+            ROLLOUT,
+            Box::new(|t| t.replace("            value: v2\n", "            value: v3\n")),
+            "analysis arg candidate Some(\"v3\") is not the canary pods' version",
+        ),
+        (
+            ROLLOUT,
+            Box::new(|t| {
+                t.replace(
+                    "templateName: mlmesh-verdict",
+                    "templateName: mlmesh-verdikt",
+                )
+            }),
+            "AnalysisTemplate mlmesh-verdikt does not exist",
+        ),
+        (
+            ROLLOUT,
+            Box::new(|t| {
+                t.replace(
+                    "    matchLabels:\n      app: model-inference\n",
+                    "    matchLabels:\n      app: model-inference\n      version: v1\n",
+                )
+            }),
+            "does not select the canary pods",
+        ),
+        (
+            ROLLOUT,
+            Box::new(|t| t.replace("startingStep: 1", "startingStp: 1")),
+            "is not a field of Rollout in",
+        ),
+        (
+            ARGO_ROUTING[0],
+            Box::new(|t| t.replace("subset: canary", "subset: preview")),
+            "DestinationRule subset canary not found in route",
+        ),
+        (
+            ARGO_ROUTING[1],
+            Box::new(|t| format!("{t}    - name: v1\n      labels:\n        version: v1\n")),
+            "Argo Rollouts deletes subset v1",
+        ),
+        // The candidates both controllers are given.
+        (
+            progressive::CANDIDATE,
+            Box::new(|t| {
+                t.replace(
+                    "value: /models/propensity-v2.onnx",
+                    "value: /models/propensity-v1.onnx",
+                )
+            }),
+            "the patched v1 template differs from k8s/base's model-inference-v2 at /spec/containers/0/env/0/value",
+        ),
+        (
+            progressive::CANDIDATE,
+            Box::new(|t| t.replace("  value: MODEL_VERSION\n", "  value: MODEL_NAME\n")),
+            "does not apply to",
+        ),
+        (
+            progressive::FAILING_CANDIDATE,
+            Box::new(|t| t.replace("value: \"0.5\"", "value: \"0\"")),
+            "to make the candidate fail",
+        ),
+        (
+            progressive::FAILING_CANDIDATE,
+            Box::new(|t| {
+                t.replace(
+                    "value: /models/propensity-v2.onnx",
+                    "value: /models/propensity-v1.onnx",
+                )
+            }),
+            "must be k8s/progressive/candidate-v2.yaml plus one operation",
+        ),
+        (
+            progressive::CANDIDATE,
+            Box::new(|t| t.replacen("  value: v2\n", "  value: v3\n", 1)),
+            "pod label version Some(\"v3\") is not its MODEL_VERSION Some(\"v2\")",
+        ),
+        // Flagger's Canary and target (checked in its own set too).
+        (
+            FLAGGER_TARGET,
+            Box::new(|t| {
+                t.replace("  selector:\n    matchLabels:\n      app.kubernetes.io/name: model-inference\n", "  selector:\n    matchLabels:\n      app: model-inference\n")
+            }),
+            "[flagger] frontend calls model-inference (MODEL_URL), but no AuthorizationPolicy on its pods",
+        ),
+        (
+            FLAGGER_TARGET,
+            Box::new(|t| t.replace("cpu: 200m", "cpu: 100m")),
+            "Deployment model-inference's pod template differs from k8s/base's model-inference-v1 at /spec/containers/0/resources/requests/cpu",
+        ),
+        (
+            FLAGGER_CANARY,
+            Box::new(|t| t.replace("    appProtocol: http\n", "")),
+            "[flagger] Service model-inference: port 8080 needs a name and appProtocol",
+        ),
+        (
+            FLAGGER_CANARY,
+            Box::new(|t| t.replace("&window=10m", "&window=10m&status=ok")),
+            "it would never roll back",
+        ),
+        (
+            FLAGGER_CANARY,
+            Box::new(|t| t.replace("candidate=v2", "candidate=v1")),
+            "candidate Some(\"v1\") is not the canary pods' version",
+        ),
+        (
+            FLAGGER_CANARY,
+            Box::new(|t| t.replace("timeout: 25s", "timeout: 15s")),
+            "is not above the verdict service's worst case",
+        ),
+        (
+            FLAGGER_CANARY,
+            Box::new(|t| t.replace("port: 8080", "port: 80")),
+            "service model-inference:80 is not a port of the Service the frontend calls",
+        ),
+        (
+            FLAGGER_CANARY,
+            Box::new(|t| t.replace("stepWeights: [10, 25, 50]", "stepWeights: [10, 50, 25]")),
+            "must rise within 1..100",
+        ),
+        (
+            FLAGGER_CANARY,
+            Box::new(|t| t.replace("type: rollout", "type: rolout")),
+            "type must be `rollout`",
         ),
         // The Gateway API forms.
         (
@@ -1945,4 +2201,35 @@ fn deliberately_broken_ambient_manifests_are_caught() {
             "breaking {file} should report {expect:?}; got {problems:#?}"
         );
     }
+}
+
+/// Every repository path the cluster READMEs have a user apply, render or
+/// patch with exists: a renamed file must not leave a dead command behind.
+#[test]
+fn the_cluster_readmes_name_only_real_files() {
+    let mut named = 0;
+    for readme in ["istio/README.md", "k8s/progressive/README.md"] {
+        let text = std::fs::read_to_string(common::repo().join(readme)).unwrap();
+        let words: Vec<&str> = text
+            .split_whitespace()
+            .map(|w| w.trim_matches(|c: char| "`'\"(),;:.".contains(c)))
+            .collect();
+        for pair in words.windows(2) {
+            let [flag, path] = pair else { unreachable!() };
+            let local = ["k8s/", "istio/", "docker/", "experiments/"]
+                .iter()
+                .any(|d| path.starts_with(d));
+            if ["-f", "-k", "--patch-file", "--filename"].contains(flag) && local {
+                named += 1;
+                assert!(
+                    common::repo().join(path).exists(),
+                    "{readme}: `{flag} {path}` names no file of the repository"
+                );
+            }
+        }
+    }
+    assert!(
+        named >= 20,
+        "only {named} paths found: is the parsing broken?"
+    );
 }

@@ -1,7 +1,8 @@
 //! `mlmesh analyze serve` against real `mlmesh up` stacks, and played the
 //! way the controllers call it: Argo Rollouts' `web` metric with the exact
 //! conditions of k8s/progressive/argo-rollouts/analysis-template.yaml, and
-//! Flagger's webhook rule (a POST; up to 202 passes). A failing candidate is
+//! Flagger's webhook rule (a POST; up to 202 passes) with the URL and
+//! threshold of k8s/progressive/flagger/canary.yaml. A failing candidate is
 //! aborted by both, a healthy one passes both, a Prometheus that is down is
 //! "retry" (502) and never a rollback, polls arriving together share one
 //! evaluation, and bad queries are 400 with a JSON error.
@@ -72,6 +73,31 @@ fn argo_template() -> ArgoTemplate {
         failure: metric["failureCondition"].as_str().unwrap().to_owned(),
         failure_limit: metric["failureLimit"].as_u64().unwrap_or(0),
         consecutive_error_limit: metric["consecutiveErrorLimit"].as_u64().unwrap_or(4),
+    }
+}
+
+/// The Canary as shipped: its verdict webhook's query and its threshold.
+struct FlaggerCanary {
+    query: String,
+    threshold: u32,
+}
+
+fn flagger_canary() -> FlaggerCanary {
+    let text = std::fs::read_to_string(common::repo().join("k8s/progressive/flagger/canary.yaml"))
+        .unwrap();
+    let c: Value = serde_yaml_ng::from_str(&text).unwrap();
+    let analysis = &c["spec"]["analysis"];
+    let hook = analysis["webhooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["type"] == "rollout")
+        .expect("a rollout webhook");
+    let (path, query) = hook["url"].as_str().unwrap().split_once('?').unwrap();
+    assert!(path.ends_with(VERDICT_PATH), "{path}");
+    FlaggerCanary {
+        query: format!("?{query}"),
+        threshold: analysis["threshold"].as_u64().unwrap() as u32,
     }
 }
 
@@ -203,10 +229,15 @@ async fn a_failing_candidate_is_aborted_by_argo_and_by_flagger() {
         ["failed rollback"],
         "aborted at the first measurement"
     );
+    let f = flagger_canary();
     let (rolled_back, statuses) =
-        play_flagger(&svc.base, "?baseline=v1&candidate=v2&window=10m", 2, 5).await;
+        play_flagger(&svc.base, &f.query, f.threshold, f.threshold + 3).await;
     assert!(rolled_back, "{statuses:?}");
-    assert_eq!(statuses, [409, 409]);
+    assert_eq!(
+        statuses,
+        vec![409; f.threshold as usize],
+        "rolled back at the threshold"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -260,7 +291,8 @@ async fn a_healthy_candidate_passes_both_and_concurrent_polls_share_one_evaluati
         calls["baseline"].as_u64().unwrap() + calls["candidate"].as_u64().unwrap() >= 1400,
         "the load is inside the template's window: {windowed:#}"
     );
-    let (rolled_back, statuses) = play_flagger(&svc.base, "?baseline=v1&candidate=v2", 1, 3).await;
+    let f = flagger_canary();
+    let (rolled_back, statuses) = play_flagger(&svc.base, &f.query, f.threshold, 3).await;
     assert!(
         !rolled_back && statuses.iter().all(|s| *s == 200),
         "{statuses:?}"

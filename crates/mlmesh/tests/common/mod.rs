@@ -4,7 +4,7 @@
 
 pub mod prometheus;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -65,15 +65,24 @@ pub fn wait_exit(child: &mut Child, within: Duration) -> ExitStatus {
 }
 
 /// `mlmesh <args> --help`, with line wrapping undone so `[env: X=]` and
-/// flag names are never split.
+/// flag names are never split. Run once per `args` and kept: the manifest
+/// checks ask for the same few subcommands thousands of times.
 pub fn help(args: &[&str]) -> String {
+    static SEEN: std::sync::Mutex<BTreeMap<Vec<String>, String>> =
+        std::sync::Mutex::new(BTreeMap::new());
+    let key: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    if let Some(h) = SEEN.lock().unwrap().get(&key) {
+        return h.clone();
+    }
     let out = mlmesh().args(args).arg("--help").output().unwrap();
     assert!(out.status.success(), "mlmesh {args:?} --help");
-    String::from_utf8(out.stdout)
+    let h = String::from_utf8(out.stdout)
         .unwrap()
         .split_whitespace()
         .collect::<Vec<_>>()
-        .join(" ")
+        .join(" ");
+    SEEN.lock().unwrap().insert(key, h.clone());
+    h
 }
 
 /// Env names `mlmesh <args> --help` documents.
