@@ -91,6 +91,15 @@ pub fn extract_context(headers: &HeaderMap) -> Context {
     propagator().extract(&HeaderExtractor(headers))
 }
 
+/// The trace id (32 hex digits) the inbound headers carry, W3C or B3: the
+/// trace this request belongs to, for records kept outside the spans.
+pub fn trace_id_of(headers: &HeaderMap) -> Option<String> {
+    use opentelemetry::trace::TraceContextExt as _;
+    let cx = extract_context(headers);
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then(|| sc.trace_id().to_string())
+}
+
 /// Writes `cx` as `traceparent`/`tracestate`, `x-b3-*` and `baggage` headers.
 pub fn inject_context(cx: &Context, headers: &mut HeaderMap) {
     propagator().inject_context(cx, &mut HeaderInjector(headers));
@@ -185,6 +194,16 @@ mod tests {
         assert_eq!(trace_id(&extract_context(&multi)), TRACE);
         let single = headers(&[("b3", &format!("{TRACE}-{SPAN}-1"))]);
         assert_eq!(trace_id(&extract_context(&single)), TRACE);
+    }
+
+    #[test]
+    fn the_trace_id_of_either_format_or_none() {
+        let b3 = headers(&[("b3", &format!("{TRACE}-{SPAN}-1"))]);
+        assert_eq!(trace_id_of(&b3).as_deref(), Some(TRACE));
+        let w3c = headers(&[("traceparent", &format!("00-{TRACE}-{SPAN}-01"))]);
+        assert_eq!(trace_id_of(&w3c).as_deref(), Some(TRACE));
+        assert_eq!(trace_id_of(&HeaderMap::new()), None);
+        assert_eq!(trace_id_of(&headers(&[("traceparent", "garbage")])), None);
     }
 
     #[test]
