@@ -96,7 +96,10 @@ async fn a_dead_redis_costs_events_not_requests_and_writing_resumes() {
     let mut registry = Registry::default();
     let log = EventLog::start(&args(redis.url(), 10_000, 10_000), &mut registry).unwrap();
     log.log(prediction(0));
-    until("the first event", || counter(&registry, "events_written", None) == 1.0).await;
+    until("the first event", || {
+        counter(&registry, "events_written", None) == 1.0
+    })
+    .await;
 
     redis.kill();
     let started = Instant::now();
@@ -104,7 +107,10 @@ async fn a_dead_redis_costs_events_not_requests_and_writing_resumes() {
         log.log(prediction(i));
     }
     // Logging never waits for Redis (2000 try_sends, no network).
-    println!("2000 events logged with Redis down in {:?}", started.elapsed());
+    println!(
+        "2000 events logged with Redis down in {:?}",
+        started.elapsed()
+    );
     until("the drops counted", || {
         counter(&registry, "events_dropped", Some("redis")) >= 1.0
             && counter(&registry, "events_written", None)
@@ -139,8 +145,14 @@ async fn a_writer_that_falls_behind_drops_instead_of_blocking() {
     for i in 0..1_000 {
         log.log(prediction(i));
     }
-    assert_eq!(counter(&registry, "events_dropped", Some("queue_full")), 990.0);
-    until("the queued ten written", || counter(&registry, "events_written", None) == 10.0).await;
+    assert_eq!(
+        counter(&registry, "events_dropped", Some("queue_full")),
+        990.0
+    );
+    until("the queued ten written", || {
+        counter(&registry, "events_written", None) == 10.0
+    })
+    .await;
     assert_eq!(redis.query(&["XLEN", STREAM_KEY]), "10");
 }
 
@@ -155,5 +167,8 @@ async fn off_without_a_url_and_no_password_in_errors() {
         &mut registry,
     );
     let e = bad.err().expect("an unparsable URL is refused").to_string();
-    assert!(e.contains("invalid --event-log-url") && !e.contains("s3cret"), "{e}");
+    assert!(
+        e.contains("invalid --event-log-url") && !e.contains("s3cret"),
+        "{e}"
+    );
 }

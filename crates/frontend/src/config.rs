@@ -90,6 +90,10 @@ pub struct FrontendArgs {
     /// Feedback for decisions older than this is rejected.
     #[arg(long, env = "DECISION_MAX_AGE", default_value = "24h", value_parser = humantime::parse_duration)]
     pub decision_max_age: Duration,
+
+    /// `exposure` and `outcome` events (events crate).
+    #[command(flatten)]
+    pub events: events::EventLogArgs,
 }
 
 impl FrontendArgs {
@@ -111,6 +115,7 @@ impl FrontendArgs {
             decision_key: Some("mlmesh-test-decision-key".into()),
             decision_key_file: None,
             decision_max_age: Duration::from_secs(24 * 3600),
+            events: events::EventLogArgs::default(),
         }
     }
 }

@@ -30,6 +30,7 @@ use crate::exposure::Seen;
 use crate::feedback::{Ledger, Outcome, Recorded};
 use crate::metrics::{FrontendMetrics, UNKNOWN_VERSION};
 use crate::upstream::{ConfigError, UpstreamError, Upstreams};
+use events::{Event, EventLog, Exposure};
 
 /// The browser's equivalent of `x-user-group: beta`: set by `?group=beta`
 /// (or the header), cleared by `?group=none`, so the choice survives reloads.
@@ -62,6 +63,7 @@ struct Inner {
     metrics: FrontendMetrics,
     /// This replica's name, reported in every answer's `served_by`.
     pod_name: Option<String>,
+    events: EventLog,
 }
 
 impl AppState {
@@ -69,6 +71,7 @@ impl AppState {
         let metrics = FrontendMetrics::register(svc.registry_mut(), args.canary_percent);
         let upstreams = Upstreams::new(args, metrics.clone())?;
         let signer = signer(args)?;
+        let events = EventLog::start(&args.events, svc.registry_mut())?;
         tracing::info!(
             routing = ?args.routing,
             canary_percent = args.canary_percent,
@@ -92,6 +95,7 @@ impl AppState {
             upstreams,
             metrics,
             pod_name: svc.pod_name().map(str::to_owned),
+            events,
         })))
     }
 }
@@ -367,7 +371,12 @@ impl AppState {
         self.0
             .metrics
             .decision(&scored.model_version, cohort, decision.as_str(), false);
-        self.expose(&user_id, assignment);
+        self.expose(
+            &user_id,
+            assignment,
+            &request_id,
+            Some(&scored.model_version),
+        );
         let body = answer.body(
             decision,
             Some(scored.probability),
@@ -400,7 +409,12 @@ impl AppState {
             Decision::NoOffer.as_str(),
             true,
         );
-        self.expose(answer.user_id, answer.assignment);
+        self.expose(
+            answer.user_id,
+            answer.assignment,
+            answer.request_id,
+            model_version,
+        );
         let body = answer.body(
             Decision::NoOffer,
             None,
@@ -412,12 +426,29 @@ impl AppState {
         respond(body, model_version, group)
     }
 
-    /// Counts the user's first answered decision at this replica.
-    fn expose(&self, user_id: &str, assignment: Assignment) {
+    /// Counts the user's first answered decision at this replica, and logs
+    /// every decision as an `exposure` event.
+    fn expose(
+        &self,
+        user_id: &str,
+        assignment: Assignment,
+        request_id: &str,
+        version: Option<&str>,
+    ) {
         if self.0.users_seen.first(user_id) {
             self.0
                 .metrics
                 .user(assignment.cohort.as_str(), assignment.reason.as_str());
+        }
+        if self.0.events.is_enabled() {
+            self.0.events.log(Event::Exposure(Exposure {
+                request_id: request_id.to_owned(),
+                user_id: user_id.to_owned(),
+                cohort: assignment.cohort.as_str().to_owned(),
+                assignment: assignment.reason.as_str().to_owned(),
+                version: version.map(str::to_owned),
+                time_ms: mesh_kit::clock::unix_now_ms(),
+            }));
         }
     }
 
@@ -468,6 +499,13 @@ impl AppState {
                     outcome,
                     first_for_user,
                 );
+                self.0.events.log(Event::Outcome(events::Outcome {
+                    request_id: claims.request_id.clone(),
+                    user_id: claims.user_id.clone(),
+                    version: claims.model_version.clone(),
+                    accepted: req.outcome == Outcome::Accepted,
+                    time_ms: mesh_kit::clock::unix_now_ms(),
+                }));
                 true
             }
             // A retry: same answer, counted once.

@@ -196,6 +196,8 @@ pub enum ConfigError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    EventLog(#[from] events::EventLogError),
 }
 
 impl Upstreams {

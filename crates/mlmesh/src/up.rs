@@ -40,7 +40,9 @@ pub struct UpArgs {
     #[arg(long)]
     pub shadow: bool,
 
-    /// Use this Redis for features (seeded first) instead of the embedded store.
+    /// Use this Redis for features (seeded first) instead of the embedded
+    /// store, and for the experiment event log (stream mlmesh:events:v1) of
+    /// the frontend and both models.
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
 
@@ -173,6 +175,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         ] {
             let mut m = service(&exe, "model-inference", addr);
             m.env("MODEL_PATH", model).env("MODEL_VERSION", version);
+            event_log(&mut m, &args);
             running.push(spawn(name, m, &args)?);
         }
         // The frontend degrades while upstreams start, so wait for them first.
@@ -191,6 +194,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         } else {
             fe.env_remove("SHADOW_URL");
         }
+        event_log(&mut fe, &args);
         running.push(spawn("frontend", fe, &args)?);
         let last = running.len() - 1;
         wait_ready(&mut running[last], frontend_addr).await?;
@@ -215,6 +219,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     };
     stop_all(&mut running).await;
     outcome
+}
+
+/// With `--redis-url`, the service logs its experiment events there (in
+/// the environment: the URL may carry a password).
+fn event_log(cmd: &mut Command, args: &UpArgs) {
+    if let Some(r) = &args.redis_url {
+        cmd.env("EVENT_LOG_URL", r);
+    }
 }
 
 /// A child process for one service: its subcommand and address.
@@ -317,7 +329,11 @@ async fn stop_all(running: &mut [Running]) {
 
 fn print_banner(args: &UpArgs, fe: SocketAddr, fs: SocketAddr, v1: SocketAddr, v2: SocketAddr) {
     let store = match &args.redis_url {
-        Some(r) => format!("Redis at {}", mesh_kit::config::redact_url(r)),
+        Some(r) => format!(
+            "Redis at {} (with the event log, stream {})",
+            mesh_kit::config::redact_url(r),
+            events::STREAM_KEY
+        ),
         None => "embedded store, seeded".to_owned(),
     };
     println!(

@@ -79,6 +79,10 @@ pub struct ModelArgs {
     /// which degrades ranking quality (AUC) while still answering 200.
     #[arg(long, env = "FAULT_SCORE_NOISE", default_value_t = 0.0, value_parser = parse_non_negative)]
     pub fault_score_noise: f32,
+
+    /// One `prediction` event per scored row (events crate).
+    #[command(flatten)]
+    pub events: events::EventLogArgs,
 }
 
 impl ModelArgs {
@@ -115,6 +119,7 @@ impl ModelArgs {
             max_body_bytes: 1 << 20,
             fault_score_shift: 0.0,
             fault_score_noise: 0.0,
+            events: events::EventLogArgs::default(),
         }
     }
 }

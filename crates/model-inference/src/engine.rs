@@ -20,6 +20,9 @@ pub enum EngineError {
     Unsupported { path: PathBuf, reason: String },
     #[error("inference failed: {0}")]
     Run(String),
+    /// Not the engine's own, but part of loading the service.
+    #[error(transparent)]
+    EventLog(#[from] events::EventLogError),
 }
 
 /// What the model looks like from outside: the OIP metadata and the feature order.

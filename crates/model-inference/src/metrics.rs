@@ -58,10 +58,11 @@ pub enum Outcome {
 }
 
 impl Traffic {
+    /// Also the `traffic` of the event log's predictions.
     pub fn as_str(self) -> &'static str {
         match self {
-            Self::Live => "live",
-            Self::Shadow => "shadow",
+            Self::Live => events::LIVE,
+            Self::Shadow => events::SHADOW,
         }
     }
 }

@@ -15,6 +15,8 @@ use mesh_kit::extract::Path;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use events::{Event, EventLog, Prediction};
+use mesh_kit::propagation::{REQUEST_ID_HEADER, trace_id_of};
 use mesh_kit::{ApiError, Health, ServerArgs, Service};
 
 use crate::batcher::{Admission, BatchConfig, Batcher, InferError, ScoreFault};
@@ -41,12 +43,14 @@ struct Inner {
     batcher: Batcher,
     metrics: InferenceMetrics,
     health: Health,
+    events: EventLog,
 }
 
 impl AppState {
     /// Loads, optimizes and warms the model and starts the workers; the
     /// service turns ready only after this succeeds.
     pub fn load(args: &ModelArgs, svc: &mut Service) -> Result<Self, EngineError> {
+        let events = EventLog::start(&args.events, svc.registry_mut())?;
         let engine = Arc::new(Engine::load_with_batches(
             &args.model_path,
             args.max_batch_size as usize,
@@ -90,6 +94,7 @@ impl AppState {
             batcher,
             metrics,
             health,
+            events,
         })))
     }
 
@@ -122,6 +127,15 @@ impl AppState {
         let req: InferRequest =
             mesh_kit::error::parse_json(headers, body, "invalid inference request")?;
         let v = oip::validate(req, &self.0.spec, self.0.max_rows)?;
+        // Hashed before the rows move to the batcher; only with the log on.
+        let hashes: Vec<String> = if self.0.events.is_enabled() {
+            v.input
+                .chunks(self.0.spec.n_features.max(1))
+                .map(events::input_hash)
+                .collect()
+        } else {
+            Vec::new()
+        };
         let deadline = headers
             .get(DEADLINE_HEADER)
             .and_then(|h| h.to_str().ok())
@@ -144,6 +158,9 @@ impl AppState {
             })?;
         if let Some(ix) = self.0.spec.output_index("probability") {
             self.0.metrics.scores(traffic, columns[ix].iter().copied());
+            if !hashes.is_empty() {
+                self.log_predictions(headers, v.id.as_deref(), traffic, &columns[ix], hashes);
+            }
         }
         let outputs = v
             .outputs
@@ -165,6 +182,45 @@ impl AppState {
             outputs,
         };
         Ok(Json(res).into_response())
+    }
+
+    /// One `prediction` event per row: the request id joins a live call
+    /// with its mirrored copy (Envoy and the frontend's mirror keep the
+    /// header), the input hash proves they scored the same row.
+    fn log_predictions(
+        &self,
+        headers: &HeaderMap,
+        body_id: Option<&str>,
+        traffic: Traffic,
+        scores: &[f32],
+        hashes: Vec<String>,
+    ) {
+        let request_id = headers
+            .get(REQUEST_ID_HEADER)
+            .and_then(|h| h.to_str().ok())
+            .or(body_id)
+            .unwrap_or_default()
+            .to_owned();
+        let trace_id = trace_id_of(headers);
+        let time_ms = mesh_kit::clock::unix_now_ms();
+        let width = scores.len() / hashes.len().max(1);
+        for (row, input_hash) in hashes.into_iter().enumerate() {
+            // The positive class: the last column of the row.
+            let Some(&score) = scores.get(row * width + width.saturating_sub(1)) else {
+                break;
+            };
+            self.0.events.log(Event::Prediction(Prediction {
+                request_id: request_id.clone(),
+                trace_id: trace_id.clone(),
+                row: row as u32,
+                model: self.0.name.clone(),
+                version: self.0.version.clone(),
+                traffic: traffic.as_str().to_owned(),
+                score,
+                input_hash,
+                time_ms,
+            }));
+        }
     }
 
     /// A place in the queue, waited for at most `--admission-wait`, before the
