@@ -10,6 +10,10 @@
 # preempts the other (load on one core is enough: mlmesh-loadtest drives
 # ~90k req/s per core); MODE=shared lets both float over all CPUs instead.
 #
+# EVENT_LOG=on also starts a redis-server (on the load generator's CPU) and
+# has the service write its experiment event log there, to measure what the
+# log costs the service.
+#
 #   scripts/bench-service.sh [v1|v2] [seconds per step]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +27,8 @@ cargo build --release -p mlmesh -p loadtest >&2
 bin=target/release/mlmesh
 load=target/release/mlmesh-loadtest
 tmp=$(mktemp -d)
-trap 'kill "$pid" 2>/dev/null || true; rm -rf "$tmp"' EXIT
+redis_pid=
+trap 'kill "$pid" $redis_pid 2>/dev/null || true; rm -rf "$tmp"' EXIT
 
 server_pin=() load_pin=() server_args=()
 if [ "$mode" = pinned ]; then
@@ -32,9 +37,17 @@ if [ "$mode" = pinned ]; then
     server_pin=(taskset -c 1) load_pin=(taskset -c 0) server_args=(--workers 1)
     export TOKIO_WORKER_THREADS=1
 fi
-echo "mode: $mode, model $version, ${secs}s per step" >&2
+event_log=()
+if [ "${EVENT_LOG:-off}" = on ]; then
+    redis_port=$((port + 1))
+    "${load_pin[@]}" redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no >/dev/null &
+    redis_pid=$!
+    for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+    event_log=(--event-log-url "redis://127.0.0.1:$redis_port")
+fi
+echo "mode: $mode, model $version, ${secs}s per step, event log ${EVENT_LOG:-off}" >&2
 RUST_LOG=warn "${server_pin[@]}" "$bin" model-inference --listen "127.0.0.1:$port" --drain-delay 0s \
-    --model-path "models/propensity-$version.onnx" --model-version "$version" "${server_args[@]}" &
+    --model-path "models/propensity-$version.onnx" --model-version "$version" "${server_args[@]}" "${event_log[@]}" &
 pid=$!
 unset TOKIO_WORKER_THREADS
 for _ in $(seq 100); do curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
@@ -61,3 +74,6 @@ print(f"| {c} | {r['throughput_rps']:,.0f} | {ms(l['p50_ms'])} | {ms(l['p90_ms']
       f"| {ms(l['p999_ms'])} | {r['all']['errors']} | {ticks / hz * 1e6 / r['requests']:.1f} |")
 PY
 done
+if [ -n "$redis_pid" ]; then
+    curl -fs "$url/metrics" | grep -E '^mlmesh_events_(written|dropped)_total' >&2
+fi
