@@ -9,13 +9,16 @@
 //! - [`checks`] and [`stats`]: each metric compared with always-valid
 //!   confidence sequences, the split checked for a sample-ratio mismatch;
 //! - [`report`]: the verdict and the looks; [`render`] prints it as a
-//!   terminal table, Markdown or a self-contained HTML page.
+//!   terminal table, Markdown or a self-contained HTML page;
+//! - [`shadow`]: a shadow launch per request, from the event log: the
+//!   baseline's live and the candidate's shadow prediction side by side.
 
 pub mod checks;
 pub mod histogram;
 pub mod plan;
 pub mod render;
 pub mod report;
+pub mod shadow;
 pub mod snapshot;
 pub mod source;
 pub mod stats;

@@ -150,6 +150,11 @@ pub struct Report {
     pub looks: Vec<Look>,
     /// The counters the checks were computed from, per arm.
     pub data: Data,
+    /// A shadow launch per request, when the event log has shadow
+    /// predictions (`mlmesh analyze --event-log-url`); describes, does not
+    /// change the verdict.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<crate::shadow::ShadowSection>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -271,6 +276,7 @@ impl Analysis {
                 users: snap.users.clone(),
                 canary_percent: snap.canary_percent,
             },
+            shadow: None,
         }
     }
 }

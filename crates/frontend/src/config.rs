@@ -16,6 +16,10 @@ pub enum RoutingMode {
     Direct,
 }
 
+/// The offer threshold the frontend decides at unless told otherwise (and
+/// `mlmesh analyze` judges a shadow launch at).
+pub const DEFAULT_THRESHOLD: f64 = 0.1;
+
 #[derive(Debug, Clone, Args)]
 pub struct FrontendArgs {
     /// `mesh` under Istio, `direct` under docker compose and `mlmesh up`.
@@ -67,7 +71,7 @@ pub struct FrontendArgs {
 
     /// Offer when the predicted purchase probability is at least this. The
     /// default offers to roughly the top 17-20% of customers.
-    #[arg(long, env = "DECISION_THRESHOLD", default_value = "0.1", value_parser = parse_fraction)]
+    #[arg(long, env = "DECISION_THRESHOLD", default_value_t = DEFAULT_THRESHOLD, value_parser = parse_fraction)]
     pub threshold: f64,
 
     /// Timeout on every call to an upstream (feature store, model).
@@ -110,7 +114,7 @@ impl FrontendArgs {
             model_name: "propensity".into(),
             canary_percent: 10,
             experiment_salt: "mlmesh-experiment-1".into(),
-            threshold: 0.1,
+            threshold: DEFAULT_THRESHOLD,
             upstream_timeout: Duration::from_secs(1),
             decision_key: Some("mlmesh-test-decision-key".into()),
             decision_key_file: None,

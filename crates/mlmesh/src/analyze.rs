@@ -92,6 +92,17 @@ pub struct AnalyzeArgs {
     /// Write a self-contained HTML report.
     #[arg(long, value_name = "FILE")]
     pub html: Option<PathBuf>,
+
+    /// The experiment event log (Redis, stream mlmesh:events:v1): adds the
+    /// shadow section, the live and the shadow prediction of each request
+    /// side by side. May carry a password: never printed.
+    #[arg(long, env = "EVENT_LOG_URL", hide_env_values = true)]
+    pub event_log_url: Option<String>,
+
+    /// The frontend's offer threshold (DECISION_THRESHOLD), for the shadow
+    /// section's decisions.
+    #[arg(long, default_value_t = frontend::config::DEFAULT_THRESHOLD)]
+    pub threshold: f64,
 }
 
 /// Runs the analysis; any error is a usage or source error (exit 2).
@@ -188,6 +199,15 @@ async fn looks<S: Source + Sync>(
     } else {
         None
     };
+    let event_log = match &args.event_log_url {
+        Some(url) => Some(
+            rustis::client::Client::connect(url.as_str())
+                .await
+                // Not the URL: it may carry a password.
+                .map_err(|e| anyhow::anyhow!("connecting to the event log: {e}"))?,
+        ),
+        None => None,
+    };
     let started = Instant::now();
     let mut report: Report;
     loop {
@@ -197,6 +217,9 @@ async fn looks<S: Source + Sync>(
             None => now,
         };
         report = analysis.look(&snap);
+        if let Some(client) = &event_log {
+            report.shadow = shadow(client, args).await?;
+        }
         write_outputs(args, &report)?;
         if !args.watch {
             break;
@@ -217,6 +240,44 @@ async fn looks<S: Source + Sync>(
     }
     print!("{}", render::text(&report, color));
     Ok(report.verdict)
+}
+
+/// The shadow section from the event log, over the window when one is set.
+async fn shadow(
+    client: &rustis::client::Client,
+    args: &AnalyzeArgs,
+) -> anyhow::Result<Option<experiment::shadow::ShadowSection>> {
+    let since = args.window.map_or(i64::MIN, |w| {
+        mesh_kit::clock::unix_now_ms() - i64::try_from(w.as_millis()).unwrap_or(i64::MAX)
+    });
+    let entries = events::read_stream(client, 10_000)
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the event log: {e}"))?;
+    let mut undecodable = 0;
+    let events: Vec<events::Event> = entries
+        .into_iter()
+        .filter_map(|(_, e)| e.map_err(|_| undecodable += 1).ok())
+        .filter(|e| event_time(e) >= since)
+        .collect();
+    if undecodable > 0 {
+        eprintln!(
+            "mlmesh analyze: {undecodable} event-log entries did not decode and were left out"
+        );
+    }
+    Ok(experiment::shadow::compare(
+        &events,
+        &args.baseline,
+        &args.candidate,
+        args.threshold,
+    ))
+}
+
+fn event_time(e: &events::Event) -> i64 {
+    match e {
+        events::Event::Prediction(p) => p.time_ms,
+        events::Event::Exposure(x) => x.time_ms,
+        events::Event::Outcome(o) => o.time_ms,
+    }
 }
 
 fn write_outputs(args: &AnalyzeArgs, report: &Report) -> anyhow::Result<()> {

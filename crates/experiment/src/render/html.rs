@@ -146,15 +146,89 @@ td.num{{text-align:right;font-variant-numeric:tabular-nums}} .pass{{color:#2e7d3
         |e| format!("{e:.2}"),
         "share of scored rows per score bucket (upper edge)",
     ));
+    o.push_str("</div>");
+    if let Some(s) = &r.shadow {
+        o.push_str(&shadow(r, s));
+    }
     let _ = writeln!(
         o,
-        "</div><h2>Method</h2><ul><li>{}</li><li>{}</li><li>{}</li><li>{}</li><li>{}</li></ul></body></html>",
+        "<h2>Method</h2><ul><li>{}</li><li>{}</li><li>{}</li><li>{}</li><li>{}</li></ul></body></html>",
         esc(r.method.sequential),
         esc(&r.method.family_wise),
         esc(&r.method.srm),
         esc(r.method.latency),
         esc(r.method.acceptance)
     );
+    o
+}
+
+/// The shadow launch: its sentences, the flip table, and a scatter of the
+/// two models' scores with the threshold drawn on both axes.
+fn shadow(r: &Report, s: &crate::shadow::ShadowSection) -> String {
+    let mut o = String::from(
+        "<h2>Shadow launch</h2><p class=muted>Per request, from the event log: the baseline's live prediction beside the candidate's shadow prediction of the same request (95% Wilson intervals; descriptive, not part of the verdict).</p><ul>",
+    );
+    for line in super::shadow_lines(s, &r.baseline, &r.candidate) {
+        let _ = write!(o, "<li>{}</li>", esc(&line));
+    }
+    let t = &s.flip_table;
+    let _ = write!(
+        o,
+        "</ul><table><tr><th>{b} \\ {c}</th><th>offer</th><th>no offer</th></tr><tr><th>offer</th><td>{}</td><td class=fail>{}</td></tr><tr><th>no offer</th><td class=fail>{}</td><td>{}</td></tr></table>",
+        t[0][0],
+        t[0][1],
+        t[1][0],
+        t[1][1],
+        b = esc(&r.baseline),
+        c = esc(&r.candidate)
+    );
+    // Scores on a square-root scale: most customers sit near 0.
+    let (size, pad) = (360.0_f64, 36.0_f64);
+    let top = s
+        .scatter
+        .iter()
+        .flat_map(|p| [p[0], p[1]])
+        .fold(s.threshold as f32, f32::max)
+        .max(1e-6) as f64;
+    let at = |v: f64| pad + (v.max(0.0) / top).sqrt() * (size - 2.0 * pad);
+    let mut svg = format!(
+        "<figure><svg width=\"{size}\" height=\"{size}\" viewBox=\"0 0 {size} {size}\" role=\"img\"><rect width=\"{size}\" height=\"{size}\" fill=\"#fafafa\"/>"
+    );
+    let (lo, hi) = (at(0.0), at(top));
+    let th = at(s.threshold);
+    let _ = write!(
+        svg,
+        "<line x1=\"{lo:.1}\" y1=\"{:.1}\" x2=\"{hi:.1}\" y2=\"{:.1}\" stroke=\"#bbb\"/><line x1=\"{th:.1}\" y1=\"{:.1}\" x2=\"{th:.1}\" y2=\"{:.1}\" stroke=\"#999\" stroke-dasharray=\"4 3\"/><line x1=\"{lo:.1}\" y1=\"{:.1}\" x2=\"{hi:.1}\" y2=\"{:.1}\" stroke=\"#999\" stroke-dasharray=\"4 3\"/>",
+        size - lo,
+        size - hi,
+        size - lo,
+        size - hi,
+        size - th,
+        size - th
+    );
+    for p in &s.scatter {
+        let (x, y) = (f64::from(p[0]), f64::from(p[1]));
+        let flip = (x >= s.threshold) != (y >= s.threshold);
+        let _ = write!(
+            svg,
+            "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"2.2\" fill=\"{}\" fill-opacity=\"0.6\"><title>{x:.4} / {y:.4}</title></circle>",
+            at(x),
+            size - at(y),
+            if flip { CAND } else { BASE }
+        );
+    }
+    let _ = write!(
+        svg,
+        "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"end\">{} score →</text><text x=\"6\" y=\"14\" font-size=\"11\">↑ {} score</text></svg><figcaption>{} of {} pairs (square-root axes, dashed: the threshold {}; flips in the candidate's colour)</figcaption></figure>",
+        size - 6.0,
+        size - 8.0,
+        esc(&r.baseline),
+        esc(&r.candidate),
+        s.scatter.len(),
+        s.pairs,
+        s.threshold
+    );
+    o.push_str(&svg);
     o
 }
 

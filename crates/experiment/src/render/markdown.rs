@@ -79,6 +79,25 @@ pub fn markdown(r: &Report) -> String {
     for c in &r.checks {
         let _ = writeln!(w, "- **{}**: {}", c.name, c.reason);
     }
+    if let Some(s) = &r.shadow {
+        let _ = writeln!(
+            w,
+            "\n## Shadow launch\n\nPer request, from the event log (95% Wilson intervals; descriptive, not part of the verdict):\n"
+        );
+        for line in super::shadow_lines(s, &r.baseline, &r.candidate) {
+            let _ = writeln!(w, "- {line}");
+        }
+        let _ = writeln!(
+            w,
+            "\n| {b} \\ {c} | offer | no offer |\n|---|---:|---:|\n| offer | {} | {} |\n| no offer | {} | {} |",
+            s.flip_table[0][0],
+            s.flip_table[0][1],
+            s.flip_table[1][0],
+            s.flip_table[1][1],
+            b = r.baseline,
+            c = r.candidate
+        );
+    }
     let _ = writeln!(w, "\n## Verdict: `{}`\n", r.verdict.as_str());
     for reason in &r.reasons {
         let _ = writeln!(w, "- {reason}");

@@ -115,6 +115,15 @@ pub fn text(r: &Report, color: bool) -> String {
             paint(&status, c.status, color).trim_end()
         );
     }
+    if let Some(s) = &r.shadow {
+        let _ = writeln!(
+            out,
+            "\nshadow launch (95% intervals; not part of the verdict):"
+        );
+        for line in shadow_lines(s, &r.baseline, &r.candidate) {
+            let _ = writeln!(out, "  {line}");
+        }
+    }
     let _ = writeln!(out, "\nverdict: {}", paint_verdict(r.verdict, color));
     for reason in &r.reasons {
         let _ = writeln!(out, "  - {reason}");
@@ -150,4 +159,58 @@ pub fn look_line(r: &Report, color: bool) -> String {
         paint_verdict(r.verdict, color),
         parts.join(" · ")
     )
+}
+
+/// The shadow section as sentences, the same in every output.
+pub(crate) fn shadow_lines(
+    s: &crate::shadow::ShadowSection,
+    baseline: &str,
+    candidate: &str,
+) -> Vec<String> {
+    use crate::shadow::Share;
+    let share = |x: &Share| match x.interval {
+        Some(i) => format!(
+            "{:.1}% [{:.1}, {:.1}] of {}",
+            i.estimate * 100.0,
+            i.lo * 100.0,
+            i.hi * 100.0,
+            x.of
+        ),
+        None => "no data".to_owned(),
+    };
+    let mut out = vec![
+        format!(
+            "{} pairs: {baseline}'s live prediction and {candidate}'s shadow prediction of the same request and input, decided at threshold {}",
+            s.pairs, s.threshold
+        ),
+        format!(
+            "{candidate} would decide as {baseline} on {}",
+            share(&s.agreement)
+        ),
+        format!(
+            "flips: {baseline} offer → {candidate} no offer {}; {baseline} no offer → {candidate} offer {}",
+            share(&s.flips_to_no_offer),
+            share(&s.flips_to_offer)
+        ),
+        format!(
+            "{candidate} would have withheld the offer from {} customers who accepted it",
+            share(&s.withheld_from_accepted)
+        ),
+        format!(
+            "{candidate} would have withheld the offer from {} customers who declined it",
+            share(&s.withheld_from_declined)
+        ),
+    ];
+    if let Some(d) = &s.scores {
+        out.push(format!(
+            "scores: mean {candidate} − {baseline} {:+.4}, |Δ| p50 {:.4}, p95 {:.4}, rank correlation {}",
+            d.mean,
+            d.p50_abs,
+            d.p95_abs,
+            d.rank_correlation
+                .map_or_else(|| "n/a".to_owned(), |r| format!("{r:.3}"))
+        ));
+    }
+    out.extend(s.unpaired.why.iter().cloned());
+    out
 }
