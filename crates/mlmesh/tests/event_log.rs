@@ -252,3 +252,76 @@ async fn analyze_says_how_often_v2_would_decide_differently() {
             < healthy["scores"]["rank_correlation"].as_f64().unwrap()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pairs_join_under_mesh_style_mirroring_too() {
+    // The frontend in mesh mode calls one model URL; in front of it a proxy
+    // that routes to v1 and mirrors to v2 as Envoy does (same headers, Host
+    // `-shadow`): the pairs must join just the same.
+    let redis = RedisServer::start();
+    let ports = Stack::ports();
+    let [_, _, v1, v2] = ports;
+    let mirror = test_support::proxy::Recorder::mirroring(
+        &format!("http://127.0.0.1:{v1}"),
+        &format!("http://127.0.0.1:{v2}"),
+    )
+    .await;
+    let stack = Stack::start(
+        ports,
+        &[
+            "--redis-url",
+            &redis.url(),
+            "--set",
+            "frontend.ROUTING_MODE=mesh",
+            "--set",
+            &format!("frontend.MODEL_URL={}", mirror.base()),
+        ],
+        &[],
+    );
+    common::load(&stack, &["--requests", "300", "--rate", "150/s"]).await;
+    let client = rustis::client::Client::connect(redis.url()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let events: Vec<Event> = read_stream(&client, 500)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(_, e)| e.unwrap())
+            .collect();
+        let mut live = BTreeMap::new();
+        let mut shadow = BTreeMap::new();
+        for e in &events {
+            if let Event::Prediction(p) = e {
+                let side = if p.traffic == LIVE {
+                    &mut live
+                } else {
+                    &mut shadow
+                };
+                side.insert(
+                    (p.request_id.clone(), p.row),
+                    (p.version.clone(), p.input_hash.clone()),
+                );
+            }
+        }
+        let joined = live
+            .iter()
+            .filter(|(k, (v, h))| {
+                v == "v1" && shadow.get(*k).is_some_and(|(sv, sh)| sv == "v2" && sh == h)
+            })
+            .count();
+        if live.len() >= 300 && joined == live.len() {
+            println!(
+                "mesh-style mirroring: {joined} of {} live predictions joined",
+                live.len()
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{joined} of {} live predictions joined ({} shadow)",
+            live.len(),
+            shadow.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1,6 +1,9 @@
 //! A recording reverse proxy: sits between a service and its upstream and
 //! keeps the headers of every request that passed, so tests can check what
 //! actually went over the wire (trace headers, request ids, cohort headers).
+//! It can also mirror like Envoy: a copy of each request, same headers and
+//! body, Host suffixed `-shadow`, sent to another upstream and its answer
+//! thrown away.
 
 use std::sync::{Arc, Mutex};
 
@@ -22,6 +25,7 @@ pub struct Seen {
 #[derive(Clone)]
 struct Ctx {
     upstream: String,
+    mirror: Option<String>,
     client: reqwest::Client,
     seen: Arc<Mutex<Vec<Seen>>>,
 }
@@ -34,8 +38,19 @@ pub struct Recorder {
 impl Recorder {
     /// Proxies everything to `upstream` (a base URL such as `http://127.0.0.1:1234`).
     pub async fn start(upstream: &str) -> Self {
+        Self::start_mirroring(upstream, None).await
+    }
+
+    /// Proxies to `upstream` and, as Envoy's request mirroring does, sends a
+    /// copy of each request to `mirror` with the Host suffixed `-shadow`.
+    pub async fn mirroring(upstream: &str, mirror: &str) -> Self {
+        Self::start_mirroring(upstream, Some(mirror)).await
+    }
+
+    async fn start_mirroring(upstream: &str, mirror: Option<&str>) -> Self {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let ctx = Ctx {
+            mirror: mirror.map(|m| m.trim_end_matches('/').to_owned()),
             upstream: upstream.trim_end_matches('/').to_owned(),
             client: reqwest::Client::new(),
             seen: Arc::clone(&seen),
@@ -74,7 +89,28 @@ async fn forward(State(ctx): State<Ctx>, req: Request) -> Response {
         Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
     };
     let mut headers = parts.headers;
-    headers.remove(axum::http::header::HOST);
+    let host = headers.remove(axum::http::header::HOST);
+    if let Some(mirror) = &ctx.mirror {
+        // Envoy's mirror Host: `-shadow` after the name, before the port.
+        let shadow_host =
+            host.as_ref()
+                .and_then(|h| h.to_str().ok())
+                .map(|h| match h.rsplit_once(':') {
+                    Some((name, port)) => format!("{name}-shadow:{port}"),
+                    None => format!("{h}-shadow"),
+                });
+        let mut copy = ctx
+            .client
+            .request(parts.method.clone(), format!("{mirror}{path}"))
+            .headers(headers.clone())
+            .body(body.clone());
+        if let Some(h) = shadow_host {
+            copy = copy.header(axum::http::header::HOST, h);
+        }
+        tokio::spawn(async move {
+            let _ = copy.send().await;
+        });
+    }
     let res = ctx
         .client
         .request(parts.method, format!("{}{path}", ctx.upstream))
