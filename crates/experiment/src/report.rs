@@ -162,6 +162,9 @@ pub struct Data {
     pub baseline: VersionCounts,
     pub candidate: VersionCounts,
     pub users: crate::snapshot::Users,
+    /// The users were counted exactly from the event log's exposures, not
+    /// from the frontend replicas' metrics.
+    pub users_from_event_log: bool,
     pub canary_percent: Option<f64>,
 }
 
@@ -274,6 +277,7 @@ impl Analysis {
                 baseline: arm(&self.baseline),
                 candidate: arm(&self.candidate),
                 users: snap.users.clone(),
+                users_from_event_log: false,
                 canary_percent: snap.canary_percent,
             },
             shadow: None,

@@ -54,6 +54,32 @@ pub struct Users {
     pub beta: u64,
 }
 
+impl Users {
+    /// Exact distinct users per cohort from the event log's exposures, each
+    /// user counted once, where their first exposure put them (the metrics
+    /// count per frontend replica; the log sees every replica). `None`
+    /// without exposures.
+    pub fn from_exposures(events: &[events::Event]) -> Option<Self> {
+        let mut seen = std::collections::HashSet::new();
+        let mut users = Self::default();
+        for e in events {
+            let events::Event::Exposure(x) = e else {
+                continue;
+            };
+            if !seen.insert(x.user_id.as_str()) {
+                continue;
+            }
+            match (x.cohort.as_str(), x.assignment.as_str()) {
+                (_, "beta-group") => users.beta += 1,
+                ("baseline", _) => users.baseline += 1,
+                ("candidate", _) => users.candidate += 1,
+                _ => {}
+            }
+        }
+        (!seen.is_empty()).then_some(users)
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Snapshot {
     pub versions: BTreeMap<String, VersionCounts>,
@@ -365,6 +391,38 @@ fn parse_labels(mut s: &str) -> Option<(BTreeMap<String, String>, &str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exposures_count_each_user_once_where_they_first_landed() {
+        let x = |user: &str, cohort: &str, assignment: &str| {
+            events::Event::Exposure(events::Exposure {
+                request_id: format!("r-{user}"),
+                user_id: user.into(),
+                cohort: cohort.into(),
+                assignment: assignment.into(),
+                version: Some("v1".into()),
+                time_ms: 0,
+            })
+        };
+        assert_eq!(Users::from_exposures(&[]), None);
+        let log = [
+            x("1", "baseline", "bucket"),
+            x("1", "baseline", "bucket"),
+            x("2", "candidate", "bucket"),
+            x("3", "candidate", "beta-group"),
+            // Moved by a larger canary later: still counted where first seen.
+            x("1", "candidate", "bucket"),
+            x("4", "baseline", "bucket"),
+        ];
+        assert_eq!(
+            Users::from_exposures(&log),
+            Some(Users {
+                baseline: 2,
+                candidate: 1,
+                beta: 1
+            })
+        );
+    }
 
     const EXPOSITION: &str = r#"# HELP mlmesh_frontend_decisions Decisions
 # TYPE mlmesh_frontend_decisions counter

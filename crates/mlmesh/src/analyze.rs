@@ -216,9 +216,27 @@ async fn looks<S: Source + Sync>(
             Some(f) => now.minus(f)?,
             None => now,
         };
+        let logged = match &event_log {
+            Some(client) => Some(read_events(client, args).await?),
+            None => None,
+        };
+        // The log counts each user once across every frontend replica.
+        let exact_users = logged
+            .as_deref()
+            .and_then(experiment::snapshot::Users::from_exposures);
+        let mut snap = snap;
+        if let Some(users) = &exact_users {
+            snap.users = users.clone();
+        }
         report = analysis.look(&snap);
-        if let Some(client) = &event_log {
-            report.shadow = shadow(client, args).await?;
+        report.data.users_from_event_log = exact_users.is_some();
+        if let Some(events) = &logged {
+            report.shadow = experiment::shadow::compare(
+                events,
+                &args.baseline,
+                &args.candidate,
+                args.threshold,
+            );
         }
         write_outputs(args, &report)?;
         if !args.watch {
@@ -242,11 +260,11 @@ async fn looks<S: Source + Sync>(
     Ok(report.verdict)
 }
 
-/// The shadow section from the event log, over the window when one is set.
-async fn shadow(
+/// The event log's events, over the window when one is set.
+async fn read_events(
     client: &rustis::client::Client,
     args: &AnalyzeArgs,
-) -> anyhow::Result<Option<experiment::shadow::ShadowSection>> {
+) -> anyhow::Result<Vec<events::Event>> {
     let since = args.window.map_or(i64::MIN, |w| {
         mesh_kit::clock::unix_now_ms() - i64::try_from(w.as_millis()).unwrap_or(i64::MAX)
     });
@@ -264,12 +282,7 @@ async fn shadow(
             "mlmesh analyze: {undecodable} event-log entries did not decode and were left out"
         );
     }
-    Ok(experiment::shadow::compare(
-        &events,
-        &args.baseline,
-        &args.candidate,
-        args.threshold,
-    ))
+    Ok(events)
 }
 
 fn event_time(e: &events::Event) -> i64 {

@@ -127,6 +127,14 @@ fn analyze_shadow(stack: &Stack, redis: &RedisServer) -> serde_json::Value {
     assert_ne!(status.code(), Some(2), "analyze failed: {status}");
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    // With exposures in the log, the sample-ratio check counts users from it.
+    assert_eq!(
+        report["data"]["users_from_event_log"], true,
+        "{:#}",
+        report["data"]
+    );
+    let users = &report["data"]["users"];
+    assert!(users["baseline"].as_u64().unwrap() > 0, "{users}");
     report["shadow"].clone()
 }
 
