@@ -91,13 +91,36 @@ pub fn extract_context(headers: &HeaderMap) -> Context {
     propagator().extract(&HeaderExtractor(headers))
 }
 
-/// The trace id (32 hex digits) the inbound headers carry, W3C or B3: the
-/// trace this request belongs to, for records kept outside the spans.
+/// The trace id (32 hex digits) the inbound headers carry, W3C first, then
+/// B3 (multi or single; a 64-bit id padded as OpenTelemetry pads it): the
+/// trace this request belongs to, for records kept outside the spans. Read
+/// from the headers directly, not through the propagators: it runs per
+/// request on the hot path of every event written.
 pub fn trace_id_of(headers: &HeaderMap) -> Option<String> {
-    use opentelemetry::trace::TraceContextExt as _;
-    let cx = extract_context(headers);
-    let sc = cx.span().span_context().clone();
-    sc.is_valid().then(|| sc.trace_id().to_string())
+    let valid = |id: &str| {
+        (id.len() == 16 || id.len() == 32)
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            && id.bytes().any(|b| b != b'0')
+    };
+    let padded = |id: &str| format!("{id:0>32}");
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(tp) = header("traceparent") {
+        let mut parts = tp.trim().split('-');
+        if let (Some(version), Some(id)) = (parts.next(), parts.next()) {
+            if version.len() == 2 && id.len() == 32 && valid(id) {
+                return Some(id.to_owned());
+            }
+        }
+    }
+    if let Some(id) = header("x-b3-traceid").map(str::trim).filter(|id| valid(id)) {
+        return Some(padded(id));
+    }
+    header("b3")
+        .and_then(|b3| b3.trim().split('-').next())
+        .filter(|id| valid(id))
+        .map(padded)
 }
 
 /// Writes `cx` as `traceparent`/`tracestate`, `x-b3-*` and `baggage` headers.
@@ -204,6 +227,28 @@ mod tests {
         assert_eq!(trace_id_of(&w3c).as_deref(), Some(TRACE));
         assert_eq!(trace_id_of(&HeaderMap::new()), None);
         assert_eq!(trace_id_of(&headers(&[("traceparent", "garbage")])), None);
+        // As the propagators read them: a 64-bit B3 id padded, zeros invalid.
+        for (h, v) in [
+            ("x-b3-traceid", "a3ce929d0e0e4736"),
+            ("b3", "a3ce929d0e0e4736-00f067aa0ba902b7-1"),
+        ] {
+            let hs = headers(&[(h, v), ("x-b3-spanid", SPAN)]);
+            let via_propagator = {
+                use opentelemetry::trace::TraceContextExt as _;
+                extract_context(&hs)
+                    .span()
+                    .span_context()
+                    .trace_id()
+                    .to_string()
+            };
+            assert_eq!(
+                trace_id_of(&hs).as_deref(),
+                Some(via_propagator.as_str()),
+                "{h}"
+            );
+        }
+        let zeros = format!("00-{}-{SPAN}-01", "0".repeat(32));
+        assert_eq!(trace_id_of(&headers(&[("traceparent", &zeros)])), None);
     }
 
     #[test]
