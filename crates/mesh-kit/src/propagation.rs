@@ -108,10 +108,12 @@ pub fn trace_id_of(headers: &HeaderMap) -> Option<String> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     if let Some(tp) = header("traceparent") {
         let mut parts = tp.trim().split('-');
-        if let (Some(version), Some(id)) = (parts.next(), parts.next()) {
-            if version.len() == 2 && id.len() == 32 && valid(id) {
-                return Some(id.to_owned());
-            }
+        if let (Some(version), Some(id)) = (parts.next(), parts.next())
+            && version.len() == 2
+            && id.len() == 32
+            && valid(id)
+        {
+            return Some(id.to_owned());
         }
     }
     if let Some(id) = header("x-b3-traceid").map(str::trim).filter(|id| valid(id)) {
