@@ -5,33 +5,13 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
 use common::*;
-use events::{Event, read_stream};
+use events::Event;
 use serde_json::{Value, json};
 use test_support::redis_server::RedisServer;
 
 async fn logged(redis: &RedisServer, want: usize) -> Vec<Event> {
-    let client = rustis::client::Client::connect(redis.url()).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let got: Vec<Event> = read_stream(&client, 100)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|(_, e)| e.unwrap())
-            .collect();
-        if got.len() >= want {
-            return got;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "only {} of {want} events",
-            got.len()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    test_support::event_log::wait_for(&redis.url(), "the events", |e| e.len() >= want).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

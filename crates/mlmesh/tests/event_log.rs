@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use common::Stack;
-use events::{Event, LIVE, SHADOW, read_stream};
+use events::{Event, LIVE, SHADOW};
 use test_support::RedisServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -35,30 +35,16 @@ async fn every_live_prediction_has_its_shadow_twin_and_every_decision_its_exposu
     assert_eq!(report.all.errors, 0, "{}", report.render());
 
     // Read until the writers have caught up with the load.
-    let client = rustis::client::Client::connect(redis.url()).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let events = loop {
-        let events: Vec<Event> = read_stream(&client, 500)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|(_, e)| e.expect("every entry decodes"))
-            .collect();
-        let count = |kind: &str| events.iter().filter(|e| e.kind() == kind).count();
-        let shadows = events
-            .iter()
-            .filter(|e| matches!(e, Event::Prediction(p) if p.traffic == SHADOW))
-            .count();
-        if count("exposure") >= 600 && shadows >= 600 {
-            break events;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} exposures, {shadows} shadows",
-            count("exposure")
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let events =
+        test_support::event_log::wait_for(&redis.url(), "600 exposures and shadows", |events| {
+            let exposures = events.iter().filter(|e| e.kind() == "exposure").count();
+            let shadows = events
+                .iter()
+                .filter(|e| matches!(e, Event::Prediction(p) if p.traffic == SHADOW))
+                .count();
+            exposures >= 600 && shadows >= 600
+        })
+        .await;
 
     let mut live = BTreeMap::new();
     let mut shadow = BTreeMap::new();
@@ -189,13 +175,7 @@ async fn analyze_says_how_often_v2_would_decide_differently() {
 
     // The same agreement computed without the log or analyze: each paired
     // customer's answer from v1, and from v2 by forcing the candidate.
-    let client = rustis::client::Client::connect(redis.url()).await.unwrap();
-    let events: Vec<Event> = read_stream(&client, 1000)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|(_, e)| e.unwrap())
-        .collect();
+    let events = test_support::event_log::wait_for(&redis.url(), "the log", |_| true).await;
     let user_of: BTreeMap<&str, &str> = events
         .iter()
         .filter_map(|e| match e {
@@ -287,49 +267,36 @@ async fn pairs_join_under_mesh_style_mirroring_too() {
         &[],
     );
     common::load(&stack, &["--requests", "300", "--rate", "150/s"]).await;
-    let client = rustis::client::Client::connect(redis.url()).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let events: Vec<Event> = read_stream(&client, 500)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|(_, e)| e.unwrap())
-            .collect();
+    // Joined: each live v1 prediction has its v2 shadow twin of the same input.
+    let joined = |events: &[Event]| {
         let mut live = BTreeMap::new();
         let mut shadow = BTreeMap::new();
-        for e in &events {
+        for e in events {
             if let Event::Prediction(p) = e {
                 let side = if p.traffic == LIVE {
                     &mut live
                 } else {
                     &mut shadow
                 };
-                side.insert(
-                    (p.request_id.clone(), p.row),
-                    (p.version.clone(), p.input_hash.clone()),
-                );
+                side.insert((&p.request_id, p.row), (&p.version, &p.input_hash));
             }
         }
         let joined = live
             .iter()
             .filter(|(k, (v, h))| {
-                v == "v1" && shadow.get(*k).is_some_and(|(sv, sh)| sv == "v2" && sh == h)
+                *v == "v1"
+                    && shadow
+                        .get(*k)
+                        .is_some_and(|(sv, sh)| *sv == "v2" && sh == h)
             })
             .count();
-        if live.len() >= 300 && joined == live.len() {
-            println!(
-                "mesh-style mirroring: {joined} of {} live predictions joined",
-                live.len()
-            );
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{joined} of {} live predictions joined ({} shadow)",
-            live.len(),
-            shadow.len()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        (joined, live.len())
+    };
+    let events = test_support::event_log::wait_for(&redis.url(), "every pair joined", |e| {
+        let (j, live) = joined(e);
+        live >= 300 && j == live
+    })
+    .await;
+    let (j, live) = joined(&events);
+    println!("mesh-style mirroring: {j} of {live} live predictions joined");
 }

@@ -9,35 +9,21 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::{TestApp, infer_body, model_args, probabilities, reference};
-use events::{Event, LIVE, Prediction, SHADOW, read_stream};
+use events::{Event, LIVE, Prediction, SHADOW};
 use mesh_kit::ServerArgs;
 use test_support::redis_server::RedisServer;
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 
 async fn predictions(redis: &RedisServer, want: usize) -> Vec<Prediction> {
-    let client = rustis::client::Client::connect(redis.url()).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let got: Vec<Prediction> = read_stream(&client, 100)
-            .await
-            .unwrap()
-            .into_iter()
-            .filter_map(|(_, e)| match e.unwrap() {
-                Event::Prediction(p) => Some(p),
-                _ => None,
-            })
-            .collect();
-        if got.len() >= want {
-            return got;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "only {} of {want} events",
-            got.len()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    test_support::event_log::wait_for(&redis.url(), "the predictions", |e| e.len() >= want)
+        .await
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Prediction(p) => Some(p),
+            _ => None,
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

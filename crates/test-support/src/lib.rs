@@ -3,6 +3,7 @@
 //! collector, strict OpenMetrics parsing, RSA keys from openssl, and `oneshot` calls that insist on
 //! JSON answers.
 
+pub mod event_log;
 pub mod http;
 pub mod keys;
 pub mod metrics;
