@@ -84,6 +84,15 @@ pub enum DecodeError {
 // === impl Event ===
 
 impl Event {
+    /// When the service saw it (ms since the Unix epoch).
+    pub fn time_ms(&self) -> i64 {
+        match self {
+            Self::Prediction(p) => p.time_ms,
+            Self::Exposure(x) => x.time_ms,
+            Self::Outcome(o) => o.time_ms,
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Prediction(_) => "prediction",
@@ -238,14 +247,18 @@ pub fn input_hash(row: &[f32]) -> String {
 }
 
 /// Every event of the stream with its entry id (`<ms>-<seq>`), oldest
-/// first, read in pages of `page` entries. Entries that do not decode are
-/// returned as errors, not skipped: a reader decides what to do with them.
+/// first, read in pages of `page` entries; with `since_ms`, only the entries
+/// written from then on (an entry id is its write time, never before the
+/// event's own time, so no event of that period is missed). Entries that do
+/// not decode are returned as errors, not skipped: a reader decides what to
+/// do with them.
 pub async fn read_stream(
     client: &Client,
+    since_ms: Option<i64>,
     page: usize,
 ) -> Result<Vec<(String, Result<Event, DecodeError>)>, rustis::Error> {
     let mut out = Vec::new();
-    let mut start = "-".to_owned();
+    let mut start = since_ms.map_or_else(|| "-".to_owned(), |ms| format!("{}-0", ms.max(0)));
     loop {
         let entries: Vec<(String, Vec<String>)> = client
             .send(

@@ -78,8 +78,18 @@ async fn events_are_written_bounded_and_read_back_as_written() {
 
     // Read back: every kept event decodes, oldest first, the newest last.
     let client = rustis::client::Client::connect(redis.url()).await.unwrap();
-    let read = read_stream(&client, 128).await.unwrap();
+    let read = read_stream(&client, None, 128).await.unwrap();
     assert_eq!(read.len() as u64, len, "paged reads see every entry once");
+    // From a time on: entries written since then only.
+    let later = mesh_kit::clock::unix_now_ms() + 60_000;
+    assert!(
+        read_stream(&client, Some(later), 128)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let since_start = read_stream(&client, Some(0), 128).await.unwrap();
+    assert_eq!(since_start.len() as u64, len);
     let events: Vec<Event> = read.into_iter().map(|(_, e)| e.unwrap()).collect();
     assert_eq!(events.last(), Some(&prediction(4_999)));
     let first = match &events[0] {

@@ -265,17 +265,18 @@ async fn read_events(
     client: &rustis::client::Client,
     args: &AnalyzeArgs,
 ) -> anyhow::Result<Vec<events::Event>> {
-    let since = args.window.map_or(i64::MIN, |w| {
-        mesh_kit::clock::unix_now_ms() - i64::try_from(w.as_millis()).unwrap_or(i64::MAX)
-    });
-    let entries = events::read_stream(client, 10_000)
+    let since = args
+        .window
+        .map(|w| mesh_kit::clock::unix_now_ms() - i64::try_from(w.as_millis()).unwrap_or(i64::MAX));
+    // From the window's start only: a --watch re-reads at every look.
+    let entries = events::read_stream(client, since, 10_000)
         .await
         .map_err(|e| anyhow::anyhow!("reading the event log: {e}"))?;
     let mut undecodable = 0;
     let events: Vec<events::Event> = entries
         .into_iter()
         .filter_map(|(_, e)| e.map_err(|_| undecodable += 1).ok())
-        .filter(|e| event_time(e) >= since)
+        .filter(|e| since.is_none_or(|s| e.time_ms() >= s))
         .collect();
     if undecodable > 0 {
         eprintln!(
@@ -283,14 +284,6 @@ async fn read_events(
         );
     }
     Ok(events)
-}
-
-fn event_time(e: &events::Event) -> i64 {
-    match e {
-        events::Event::Prediction(p) => p.time_ms,
-        events::Event::Exposure(x) => x.time_ms,
-        events::Event::Outcome(o) => o.time_ms,
-    }
 }
 
 fn write_outputs(args: &AnalyzeArgs, report: &Report) -> anyhow::Result<()> {

@@ -18,7 +18,7 @@ pub async fn wait_for(
         .expect("the test's redis-server answers");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let events: Vec<Event> = read_stream(&client, 1_000)
+        let events: Vec<Event> = read_stream(&client, None, 1_000)
             .await
             .expect("XRANGE")
             .into_iter()
