@@ -18,6 +18,7 @@
 //! | `outcome` | `request_id` (the decision's), `user_id`, `version`, `outcome` (`accepted`/`declined`), `time_ms` |
 
 mod event;
+mod resp;
 mod writer;
 
 pub use event::{

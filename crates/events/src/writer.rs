@@ -7,10 +7,9 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
-use rustis::client::{Client, ReconnectionConfig};
-use rustis::resp::cmd;
 use tokio::sync::mpsc;
 
+use crate::resp::{Batch, Connection, Target};
 use crate::{Event, STREAM_KEY};
 
 /// Events per pipeline: one round trip for up to this many.
@@ -65,6 +64,10 @@ pub enum EventLogError {
     // Not the URL itself: it may carry a password.
     #[error("invalid --event-log-url: {0}")]
     InvalidUrl(String),
+    #[error(
+        "--event-log-url must name a standalone Redis (redis://[user:password@]host:port[/db]); Sentinel, Cluster and Unix-socket URLs are not supported"
+    )]
+    NotStandalone,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -131,19 +134,15 @@ impl EventLog {
         else {
             return Ok(Self { tx: None, metrics });
         };
-        let mut config: rustis::client::Config = url
+        let config: rustis::client::Config = url
             .parse()
             .map_err(|e: rustis::Error| EventLogError::InvalidUrl(e.to_string()))?;
-        config.connect_timeout = args.event_log_timeout;
-        config.command_timeout = args.event_log_timeout;
-        config.retry_on_error = false;
-        config.connection_name = "mlmesh-event-log".to_owned();
-        config.reconnection = ReconnectionConfig::new_exponential(0, 50, 500, 2);
+        let target = Target::from_config(&config).ok_or(EventLogError::NotStandalone)?;
         let (tx, rx) = mpsc::channel(args.event_log_queue as usize);
         let writer = Writer {
-            config,
-            client: None,
-            max_len: args.event_log_max_len,
+            target,
+            conn: None,
+            batch: Batch::new(args.event_log_max_len),
             timeout: args.event_log_timeout,
             metrics: metrics.clone(),
             resting_until: None,
@@ -176,9 +175,11 @@ impl EventLog {
 }
 
 struct Writer {
-    config: rustis::client::Config,
-    client: Option<Client>,
-    max_len: u64,
+    target: Target,
+    /// Dropped after any failure, reopened by the next write.
+    conn: Option<Connection>,
+    /// Reused for every pipeline.
+    batch: Batch,
     timeout: Duration,
     metrics: Metrics,
     /// After a failure: batches before this instant are dropped untried.
@@ -206,9 +207,15 @@ impl Writer {
                 self.metrics.dropped("redis", n);
             } else {
                 match self.write(&batch).await {
-                    Ok(()) => {
-                        self.metrics.written.inc_by(n as u64);
+                    Ok((refused, first)) => {
+                        self.metrics.written.inc_by((n - refused) as u64);
                         self.resting_until = None;
+                        if let Some(e) = first {
+                            // Redis up but refusing (e.g. the key holds another
+                            // type): counted, and said once per batch.
+                            tracing::warn!(error = %e, refused, "event log: Redis refused events");
+                            self.metrics.dropped("redis", refused);
+                        }
                     }
                     Err(e) => {
                         if self.resting_until.is_none() {
@@ -224,35 +231,33 @@ impl Writer {
         }
     }
 
-    /// One pipeline of `XADD`s, bounded by the timeout whatever the client does.
-    async fn write(&mut self, batch: &[Event]) -> Result<(), String> {
+    /// One pipeline of `XADD`s, bounded by the timeout; returns how many
+    /// the server refused (with its first error), or an error when the
+    /// connection failed and none can be counted as written.
+    async fn write(&mut self, events: &[Event]) -> Result<(usize, Option<String>), String> {
+        self.batch.clear();
+        for e in events {
+            self.batch.xadd(e);
+        }
         let timeout = self.timeout;
         let work = async {
-            if self.client.is_none() {
-                let c = Client::connect(self.config.clone())
-                    .await
-                    .map_err(|e| e.to_string())?;
-                self.client = Some(c);
+            if self.conn.is_none() {
+                self.conn = Some(Connection::open(&self.target).await?);
             }
-            let client = self.client.as_ref().expect("connected above");
-            let mut pipe = client.create_pipeline();
-            for e in batch {
-                let mut c = cmd("XADD")
-                    .key(STREAM_KEY)
-                    .arg("MAXLEN")
-                    .arg("~")
-                    .arg(self.max_len)
-                    .arg("*");
-                for (k, v) in e.fields() {
-                    c = c.arg(k).arg(v);
-                }
-                pipe.forget_command(c);
-            }
-            pipe.execute::<()>().await.map_err(|e| e.to_string())
+            let conn = self.conn.as_mut().expect("connected above");
+            conn.send(&self.batch).await
         };
         match tokio::time::timeout(timeout, work).await {
-            Ok(r) => r,
-            Err(_) => Err(format!("no answer within {timeout:?}")),
+            Ok(Ok(refused)) => Ok((refused.len(), refused.into_iter().next())),
+            Ok(Err(e)) => {
+                self.conn = None;
+                Err(e)
+            }
+            Err(_) => {
+                // Mid-pipeline: what the connection would read next is unknown.
+                self.conn = None;
+                Err(format!("no answer within {timeout:?}"))
+            }
         }
     }
 }

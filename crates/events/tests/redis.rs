@@ -16,7 +16,7 @@ fn prediction(i: u32) -> Event {
         row: 0,
         model: "propensity".into(),
         version: "v1".into(),
-        traffic: LIVE.into(),
+        traffic: LIVE,
         score: i as f32 / 10_000.0,
         input_hash: events::input_hash(&[i as f32]),
         time_ms: 1_764_000_000_000 + i64::from(i),
@@ -181,4 +181,71 @@ async fn off_without_a_url_and_no_password_in_errors() {
         e.contains("invalid --event-log-url") && !e.contains("s3cret"),
         "{e}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writer_authenticates_selects_its_database_and_counts_refusals() {
+    let redis = RedisServer::start_with_password("pa55-word");
+    // Database 3 of a password-protected Redis, as a URL names them.
+    let url = format!("{}/3", redis.url());
+    let mut registry = Registry::default();
+    let log = EventLog::start(&args(url, 10_000, 10_000), &mut registry).unwrap();
+    for i in 0..100 {
+        log.log(prediction(i));
+    }
+    until("100 events written", || {
+        counter(&registry, "events_written", None) == 100.0
+    })
+    .await;
+    assert_eq!(redis.query(&["-n", "3", "XLEN", STREAM_KEY]), "100");
+    assert_eq!(redis.query(&["-n", "0", "EXISTS", STREAM_KEY]), "0");
+
+    // The key taken by another type: Redis refuses each XADD; counted as
+    // dropped, not as written, and the writer keeps going.
+    redis.query(&["-n", "3", "DEL", STREAM_KEY]);
+    redis.query(&["-n", "3", "SET", STREAM_KEY, "not a stream"]);
+    for i in 100..150 {
+        log.log(prediction(i));
+    }
+    until("50 refusals counted", || {
+        counter(&registry, "events_dropped", Some("redis")) == 50.0
+    })
+    .await;
+    assert_eq!(counter(&registry, "events_written", None), 100.0);
+    redis.query(&["-n", "3", "DEL", STREAM_KEY]);
+    log.log(prediction(150));
+    until("writing again", || {
+        counter(&registry, "events_written", None) == 101.0
+    })
+    .await;
+
+    // A wrong password: every event dropped, the requests' side unaffected.
+    let wrong = format!("redis://:wrong@127.0.0.1:{}", redis.port);
+    let mut registry = Registry::default();
+    let log = EventLog::start(&args(wrong, 10_000, 10_000), &mut registry).unwrap();
+    for i in 0..10 {
+        log.log(prediction(i));
+    }
+    until("refused AUTH counted", || {
+        counter(&registry, "events_dropped", Some("redis")) == 10.0
+    })
+    .await;
+    assert_eq!(counter(&registry, "events_written", None), 0.0);
+}
+
+#[test]
+fn only_a_standalone_redis_is_accepted() {
+    let mut registry = Registry::default();
+    let e = EventLog::start(
+        &args(
+            "redis+sentinel://:pw@127.0.0.1:26379/mymaster".into(),
+            10_000,
+            10,
+        ),
+        &mut registry,
+    )
+    .err()
+    .map(|e| e.to_string());
+    let e = e.expect("a Sentinel URL is refused");
+    assert!(e.contains("standalone") && !e.contains("pw@"), "{e}");
 }

@@ -103,13 +103,13 @@ pub fn compare(
     for e in events {
         match e {
             Event::Prediction(p) if p.request_id.is_empty() => {}
-            Event::Prediction(p) if p.traffic == events::LIVE && p.version == baseline => {
+            Event::Prediction(p) if p.traffic == events::LIVE && *p.version == *baseline => {
                 live.insert((&p.request_id, p.row), p);
             }
-            Event::Prediction(p) if p.traffic == events::LIVE && p.version == candidate => {
+            Event::Prediction(p) if p.traffic == events::LIVE && *p.version == *candidate => {
                 live_on_candidate += 1;
             }
-            Event::Prediction(p) if p.traffic == events::SHADOW && p.version == candidate => {
+            Event::Prediction(p) if p.traffic == events::SHADOW && *p.version == *candidate => {
                 shadow.insert((&p.request_id, p.row), p);
             }
             // One outcome per decision (the frontend records the first).
@@ -230,14 +230,14 @@ mod tests {
     use super::*;
     use events::{LIVE, Outcome, SHADOW};
 
-    fn prediction(id: &str, version: &str, traffic: &str, score: f32, input: f32) -> Event {
+    fn prediction(id: &str, version: &str, traffic: &'static str, score: f32, input: f32) -> Event {
         Event::Prediction(Prediction {
             request_id: id.into(),
             trace_id: None,
             row: 0,
             model: "propensity".into(),
             version: version.into(),
-            traffic: traffic.into(),
+            traffic,
             score,
             input_hash: events::input_hash(&[input]),
             time_ms: 0,

@@ -70,18 +70,18 @@ async fn every_live_prediction_has_its_shadow_twin_and_every_decision_its_exposu
     );
     assert_eq!(exposures.len(), 600);
     assert_eq!(live.len(), 600, "one live prediction per decision");
-    let versions: BTreeSet<&str> = live.values().map(|p| p.version.as_str()).collect();
+    let versions: BTreeSet<&str> = live.values().map(|p| &*p.version).collect();
     assert_eq!(versions, BTreeSet::from(["v1", "v2"]), "a 50% canary");
     for (key, l) in &live {
         let s = shadow
             .get(key)
             .unwrap_or_else(|| panic!("live {key:?} has no shadow twin"));
-        assert_eq!(s.version, "v2", "the shadow is v2's");
+        assert_eq!(&*s.version, "v2", "the shadow is v2's");
         assert_eq!(
             s.input_hash, l.input_hash,
             "{key:?}: the same input on both sides"
         );
-        if l.version == "v2" {
+        if &*l.version == "v2" {
             assert_eq!(s.score, l.score, "{key:?}: one model, one input, one score");
         }
     }
@@ -89,7 +89,7 @@ async fn every_live_prediction_has_its_shadow_twin_and_every_decision_its_exposu
         let l = live
             .get(&(x.request_id.clone(), 0))
             .unwrap_or_else(|| panic!("exposure {} has no prediction", x.request_id));
-        assert_eq!(x.version.as_deref(), Some(l.version.as_str()));
+        assert_eq!(x.version.as_deref(), Some(&*l.version));
     }
     assert!(!outcomes.is_empty(), "the load tool sends feedback");
     let exposed: BTreeSet<&str> = exposures.iter().map(|x| x.request_id.as_str()).collect();
@@ -278,7 +278,7 @@ async fn pairs_join_under_mesh_style_mirroring_too() {
                 } else {
                     &mut shadow
                 };
-                side.insert((&p.request_id, p.row), (&p.version, &p.input_hash));
+                side.insert((&p.request_id, p.row), (&*p.version, &p.input_hash));
             }
         }
         let joined = live

@@ -35,8 +35,9 @@ pub struct AppState(Arc<Inner>);
 
 struct Inner {
     spec: ModelSpec,
-    name: String,
-    version: String,
+    // Shared with every event the log writes.
+    name: Arc<str>,
+    version: Arc<str>,
     max_rows: usize,
     max_body_bytes: usize,
     admission_wait: Duration,
@@ -86,8 +87,8 @@ impl AppState {
         health.set_ready(true);
         Ok(Self(Arc::new(Inner {
             spec: engine.spec().clone(),
-            name: args.model_name.clone(),
-            version: args.model_version.clone(),
+            name: args.model_name.as_str().into(),
+            version: args.model_version.as_str().into(),
             max_rows: cfg.max_batch_rows,
             max_body_bytes: args.max_body_bytes,
             admission_wait: args.admission_wait,
@@ -100,14 +101,14 @@ impl AppState {
 
     /// 404 unless the path names this model (and, if given, this version).
     fn check_model(&self, p: &ModelPath) -> Result<(), ApiError> {
-        if p.name != self.0.name {
+        if *p.name != *self.0.name {
             return Err(ApiError::not_found(format!(
                 "model '{}' not found; this server has '{}'",
                 p.name, self.0.name
             )));
         }
         match &p.version {
-            Some(v) if *v != self.0.version => Err(ApiError::not_found(format!(
+            Some(v) if **v != *self.0.version => Err(ApiError::not_found(format!(
                 "version '{v}' of model '{}' not found; this server has '{}'",
                 p.name, self.0.version
             ))),
@@ -213,9 +214,9 @@ impl AppState {
                 request_id: request_id.clone(),
                 trace_id: trace_id.clone(),
                 row: row as u32,
-                model: self.0.name.clone(),
-                version: self.0.version.clone(),
-                traffic: traffic.as_str().to_owned(),
+                model: Arc::clone(&self.0.name),
+                version: Arc::clone(&self.0.version),
+                traffic: traffic.as_str(),
                 score,
                 input_hash,
                 time_ms,

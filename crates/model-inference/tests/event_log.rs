@@ -59,10 +59,10 @@ async fn every_scored_row_is_logged_live_and_shadow_with_its_request_id() {
     for p in &logged {
         assert_eq!(p.request_id, "req-live");
         assert_eq!(p.trace_id.as_deref(), Some(TRACE));
-        assert_eq!((p.model.as_str(), p.version.as_str()), ("propensity", "v2"));
+        assert_eq!((&*p.model, &*p.version), ("propensity", "v2"));
         let row = p.row as usize;
         assert_eq!(p.input_hash, events::input_hash(&rows[row]), "row {row}");
-        let answered = answers[p.traffic.as_str()][row];
+        let answered = answers[p.traffic][row];
         assert!(
             (f64::from(p.score) - answered).abs() < 1e-6,
             "{} row {row}: logged {} answered {answered}",
