@@ -311,7 +311,14 @@ pub async fn run(cfg: &Config, users: Vec<User>) -> Result<Report, RunError> {
     if uri.scheme_str() != Some("http") || uri.host().is_none() {
         return Err(RunError::BaseUrl(cfg.base_url.clone()));
     }
-    let connections = cfg.connections();
+    // Open loop: up to --max-in-flight connections are busy at once, and all
+    // of them must stay pooled. Fewer idle places (the closed loop's count)
+    // close the excess on every lull and reopen it on the next burst: a new
+    // TCP connection per request, paid by the server, not a fixed pool.
+    let connections = match cfg.rate {
+        Some(_) => cfg.max_in_flight,
+        None => cfg.connections(),
+    };
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     let client = Client::builder(TokioExecutor::new())
