@@ -310,6 +310,22 @@ pub async fn read_stream(
     }
 }
 
+/// A small live prediction for unit tests.
+#[cfg(test)]
+pub(crate) fn sample_prediction() -> Event {
+    Event::Prediction(Prediction {
+        request_id: "r".into(),
+        trace_id: None,
+        row: 0,
+        model: "m".into(),
+        version: "v1".into(),
+        traffic: LIVE,
+        score: 0.5,
+        input_hash: input_hash(&[0.0]),
+        time_ms: 0,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -377,18 +393,7 @@ mod tests {
                 field: "user_id"
             })
         );
-        let mut p = Event::Prediction(Prediction {
-            request_id: "r".into(),
-            trace_id: None,
-            row: 0,
-            model: "m".into(),
-            version: "v1".into(),
-            traffic: LIVE,
-            score: 0.5,
-            input_hash: input_hash(&[0.0]),
-            time_ms: 0,
-        })
-        .fields();
+        let mut p = sample_prediction().fields();
         p.retain(|(k, _)| *k != "score");
         p.push(("score", "NaN".into()));
         let fields = p.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();

@@ -205,21 +205,10 @@ impl Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{LIVE, Prediction};
 
     #[test]
     fn an_xadd_is_one_resp_array_of_bulk_strings() {
-        let e = Event::Prediction(Prediction {
-            request_id: "r-1".into(),
-            trace_id: None,
-            row: 0,
-            model: "m".into(),
-            version: "v1".into(),
-            traffic: LIVE,
-            score: 0.5,
-            input_hash: "00".into(),
-            time_ms: 7,
-        });
+        let e = crate::event::sample_prediction();
         let mut b = Batch::new(1000);
         b.xadd(&e);
         let text = String::from_utf8(b.buf.clone()).unwrap();
