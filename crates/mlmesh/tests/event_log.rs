@@ -82,7 +82,15 @@ async fn every_live_prediction_has_its_shadow_twin_and_every_decision_its_exposu
             "{key:?}: the same input on both sides"
         );
         if &*l.version == "v2" {
-            assert_eq!(s.score, l.score, "{key:?}: one model, one input, one score");
+            // Not bit-equal: the two copies may be batched with different
+            // rows, and tract's kernels for another batch size round the
+            // last bits differently (seen: 0.020979285 vs 0.020979345).
+            assert!(
+                (s.score - l.score).abs() < 1e-5,
+                "{key:?}: one model, one input, one score: {} vs {}",
+                s.score,
+                l.score
+            );
         }
     }
     for x in &exposures {
@@ -220,7 +228,11 @@ async fn analyze_says_how_often_v2_would_decide_differently() {
     // Two identical models agree on everything.
     let (same, _s, _r) = shadow_launch(&["--set", "v2.MODEL_PATH=models/propensity-v1.onnx"]).await;
     assert_eq!(rate(&same["agreement"]), 1.0, "{same:#}");
-    assert_eq!(same["scores"]["p95_abs"], 0.0);
+    // Up to rounding: the two copies of a request may be batched differently.
+    assert!(
+        same["scores"]["p95_abs"].as_f64().unwrap() < 1e-5,
+        "{same:#}"
+    );
 
     // A candidate whose logits are noisy flips far more decisions.
     let (noisy, _s, _r) = shadow_launch(&["--set", "v2.FAULT_SCORE_NOISE=2"]).await;
