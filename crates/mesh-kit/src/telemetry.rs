@@ -91,6 +91,13 @@ impl Telemetry {
             .with(
                 tracing_opentelemetry::layer()
                     .with_tracer(tracer)
+                    // Both run at every poll of every request future (a clock
+                    // read, a context attach and detach): busy/idle times are
+                    // not worth that, and mlmesh reads a span's context through
+                    // the span (`OpenTelemetrySpanExt::context`), not from the
+                    // globally active one.
+                    .with_tracked_inactivity(false)
+                    .with_context_activation(false)
                     .with_filter(otel_filter),
             )
             .try_init()?;
