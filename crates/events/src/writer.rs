@@ -146,6 +146,7 @@ impl EventLog {
             timeout: args.event_log_timeout,
             metrics: metrics.clone(),
             resting_until: None,
+            refusing: false,
         };
         tokio::spawn(writer.run(rx));
         tracing::info!(
@@ -184,6 +185,8 @@ struct Writer {
     metrics: Metrics,
     /// After a failure: batches before this instant are dropped untried.
     resting_until: Option<Instant>,
+    /// The last batch had refused events (warned about once).
+    refusing: bool,
 }
 
 // === impl Writer ===
@@ -210,12 +213,15 @@ impl Writer {
                     Ok((refused, first)) => {
                         self.metrics.written.inc_by((n - refused) as u64);
                         self.resting_until = None;
-                        if let Some(e) = first {
+                        if let Some(e) = &first {
                             // Redis up but refusing (e.g. the key holds another
-                            // type): counted, and said once per batch.
-                            tracing::warn!(error = %e, refused, "event log: Redis refused events");
+                            // type): counted always, said once until it stops.
+                            if !self.refusing {
+                                tracing::warn!(error = %e, refused, "event log: Redis refuses events");
+                            }
                             self.metrics.dropped("redis", refused);
                         }
+                        self.refusing = first.is_some();
                     }
                     Err(e) => {
                         if self.resting_until.is_none() {
