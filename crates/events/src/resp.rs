@@ -74,6 +74,15 @@ impl Batch {
         self.commands = 0;
     }
 
+    /// Appends one command of plain arguments.
+    fn command(&mut self, args: &[&[u8]]) {
+        header(&mut self.buf, b'*', args.len());
+        for a in args {
+            bulk(&mut self.buf, a);
+        }
+        self.commands += 1;
+    }
+
     /// Appends `XADD <stream> MAXLEN ~ <max_len> * <field> <value>…`.
     pub(crate) fn xadd(&mut self, event: &Event) {
         self.fields.clear();
@@ -102,6 +111,13 @@ fn bulk(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// The commands of a batch the server answered with an error.
+#[derive(Debug, Default)]
+pub(crate) struct Refused {
+    pub(crate) count: usize,
+    pub(crate) first: Option<String>,
+}
+
 /// A connection to the log's Redis, authenticated and on its database.
 pub(crate) struct Connection {
     stream: BufReader<TcpStream>,
@@ -119,46 +135,39 @@ impl Connection {
             line: Vec::with_capacity(64),
         };
         let mut hello = Batch::default();
-        let mut command = |args: &[&[u8]]| {
-            header(&mut hello.buf, b'*', args.len());
-            for a in args {
-                bulk(&mut hello.buf, a);
-            }
-            hello.commands += 1;
-        };
         match (&t.username, &t.password) {
-            (Some(u), Some(p)) => command(&[b"AUTH", u.as_bytes(), p.as_bytes()]),
-            (None, Some(p)) => command(&[b"AUTH", p.as_bytes()]),
+            (Some(u), Some(p)) => hello.command(&[b"AUTH", u.as_bytes(), p.as_bytes()]),
+            (None, Some(p)) => hello.command(&[b"AUTH", p.as_bytes()]),
             _ => {}
         }
         if t.database != 0 {
-            command(&[b"SELECT", t.database.to_string().as_bytes()]);
+            hello.command(&[b"SELECT", t.database.to_string().as_bytes()]);
         }
-        command(&[b"CLIENT", b"SETNAME", b"mlmesh-event-log"]);
+        hello.command(&[b"CLIENT", b"SETNAME", b"mlmesh-event-log"]);
         // The server's own words for a refused AUTH, never the password.
-        let errors = c.send(&hello).await?;
-        match errors.first() {
+        match c.send(&hello).await?.first {
             None => Ok(c),
             Some(e) => Err(format!("connection setup refused: {e}")),
         }
     }
 
-    /// Writes the batch and reads one reply per command; returns the error
-    /// replies (a full or wrongly typed stream), empty when all were written.
-    /// An `Err` means the connection is no longer usable.
-    pub(crate) async fn send(&mut self, batch: &Batch) -> Result<Vec<String>, String> {
+    /// Writes the batch and reads one reply per command; returns how many
+    /// the server refused (e.g. a wrongly typed stream) and the first
+    /// refusal's message. An `Err` means the connection is no longer usable.
+    pub(crate) async fn send(&mut self, batch: &Batch) -> Result<Refused, String> {
         self.stream
             .get_mut()
             .write_all(&batch.buf)
             .await
             .map_err(|e| format!("write: {e}"))?;
-        let mut errors = Vec::new();
+        let mut refused = Refused::default();
         for _ in 0..batch.commands {
             if let Some(e) = self.reply().await? {
-                errors.push(e);
+                refused.count += 1;
+                refused.first.get_or_insert(e);
             }
         }
-        Ok(errors)
+        Ok(refused)
     }
 
     /// One reply: `None` for any success, the message of an error reply.

@@ -9,7 +9,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tokio::sync::mpsc;
 
-use crate::resp::{Batch, Connection, Target};
+use crate::resp::{Batch, Connection, Refused, Target};
 use crate::{Event, STREAM_KEY};
 
 /// Events per pipeline: one round trip for up to this many.
@@ -210,16 +210,16 @@ impl Writer {
                 self.metrics.dropped("redis", n);
             } else {
                 match self.write(&batch).await {
-                    Ok((refused, first)) => {
-                        self.metrics.written.inc_by((n - refused) as u64);
+                    Ok(Refused { count, first }) => {
+                        self.metrics.written.inc_by((n - count) as u64);
                         self.resting_until = None;
                         if let Some(e) = &first {
                             // Redis up but refusing (e.g. the key holds another
                             // type): counted always, said once until it stops.
                             if !self.refusing {
-                                tracing::warn!(error = %e, refused, "event log: Redis refuses events");
+                                tracing::warn!(error = %e, refused = count, "event log: Redis refuses events");
                             }
-                            self.metrics.dropped("redis", refused);
+                            self.metrics.dropped("redis", count);
                         }
                         self.refusing = first.is_some();
                     }
@@ -240,7 +240,7 @@ impl Writer {
     /// One pipeline of `XADD`s, bounded by the timeout; returns how many
     /// the server refused (with its first error), or an error when the
     /// connection failed and none can be counted as written.
-    async fn write(&mut self, events: &[Event]) -> Result<(usize, Option<String>), String> {
+    async fn write(&mut self, events: &[Event]) -> Result<Refused, String> {
         self.batch.clear();
         for e in events {
             self.batch.xadd(e);
@@ -254,7 +254,7 @@ impl Writer {
             conn.send(&self.batch).await
         };
         match tokio::time::timeout(timeout, work).await {
-            Ok(Ok(refused)) => Ok((refused.len(), refused.into_iter().next())),
+            Ok(Ok(refused)) => Ok(refused),
             Ok(Err(e)) => {
                 self.conn = None;
                 Err(e)
