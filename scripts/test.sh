@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace. Needs a Rust toolchain, Redis (tests start
 # their own redis-server processes), Chromium with ChromeDriver (the web page
-# is tested in a real headless browser) and Prometheus (the compose config is
-# run against the real services). On Debian or Ubuntu it installs what is
-# missing with apt-get (through sudo when not root), saying what first;
-# elsewhere it names what is missing and how to get it.
+# is tested in a real headless browser), Prometheus (the compose config is
+# run against the real services) and Python 3 with venv (Triton's own
+# clients, installed from PyPI into target/, are run against model-inference).
+# On Debian or Ubuntu it installs what is missing with apt-get (through sudo
+# when not root), saying what first; elsewhere it names what is missing and
+# how to get it.
 #
 # With a Docker engine running, the image is built and the compose stack is
 # run for real (crates/mlmesh/tests/docker.rs); without one those tests say
@@ -19,8 +21,17 @@ prereqs=(
     "/usr/bin/chromium chromium (Debian/Ubuntu's package: the browser test drives this path)"
     "/usr/bin/chromedriver chromium-driver (Debian/Ubuntu's package)"
     "/usr/bin/prometheus prometheus (Debian/Ubuntu's package)"
+    "python3 python3 (Triton's own clients are run from a venv the test makes; pip fetches them from PyPI)"
+    "python3-venv python3-venv (Debian/Ubuntu's package: python3 -m venv with pip)"
 )
-have() { if [[ "$1" == /* ]]; then [[ -x "$1" ]]; else command -v "$1" >/dev/null 2>&1; fi; }
+have() {
+    case "$1" in
+        # Not a command: python3 can make a venv with pip in it.
+        python3-venv) python3 -c 'import ensurepip, venv' >/dev/null 2>&1 ;;
+        /*) [[ -x "$1" ]] ;;
+        *) command -v "$1" >/dev/null 2>&1 ;;
+    esac
+}
 
 command -v cargo >/dev/null 2>&1 || { echo "scripts/test.sh: cargo is missing: install Rust from https://rustup.rs" >&2; exit 1; }
 

@@ -25,6 +25,16 @@ pub enum Target {
     Get,
 }
 
+/// How `--target infer` sends each request's features.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Protocol {
+    /// OIP REST with JSON tensors.
+    HttpJson,
+    /// OIP REST with the binary tensor data extension (raw FP32 after the
+    /// JSON header, outputs asked for in binary), as Triton's clients send.
+    HttpBinary,
+}
+
 /// `--expect-share v2=10±2`: the version's share of requests, in percent.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ShareExpectation {
@@ -56,6 +66,11 @@ pub struct Config {
     /// Model name in OIP paths (`--target infer`).
     #[arg(long, default_value = "propensity")]
     pub model_name: String,
+
+    /// How `--target infer` encodes its requests. The input's name is read
+    /// from the model's metadata before the load starts.
+    #[arg(long, value_enum, default_value_t = Protocol::HttpJson)]
+    pub protocol: Protocol,
 
     /// Closed loop: this many requests in flight, each sent when the last one
     /// answered (default 16 unless --rate is given).

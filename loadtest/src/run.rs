@@ -17,7 +17,7 @@ use serde::Deserialize;
 use frontend::cohort::BETA_GROUP;
 use mesh_kit::propagation::USER_GROUP_HEADER;
 
-use crate::config::{Config, Overflow, Target};
+use crate::config::{Config, Overflow, Protocol, Target};
 use crate::stats::{Observation, Report, Shard, new_histogram};
 use crate::users::User;
 
@@ -33,6 +33,8 @@ pub enum RunError {
     WorkerPanicked(usize, String),
     #[error("minting a demo token: {0}")]
     Token(#[from] identity::IdentityError),
+    #[error("reading the model's metadata at {url}: {detail}")]
+    Metadata { url: String, detail: String },
 }
 
 /// How long a simulated user's demo token lives: longer than any run.
@@ -94,7 +96,7 @@ struct Plan {
     client: HttpClient,
     users: Vec<User>,
     /// `--target infer`: each user's OIP request body, built once.
-    bodies: Vec<Bytes>,
+    bodies: Vec<InferBody>,
     base: String,
     infer_uri: String,
     /// `--header`s, on every request.
@@ -155,9 +157,17 @@ impl Plan {
                 }
                 b.body(Full::default())
             }
-            Target::Infer => Request::post(self.infer_uri.as_str())
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Full::new(self.bodies[user].clone())),
+            Target::Infer => {
+                let body = &self.bodies[user];
+                let b = Request::post(self.infer_uri.as_str());
+                match &body.json_len {
+                    None => b.header(header::CONTENT_TYPE, "application/json"),
+                    Some(len) => b
+                        .header(header::CONTENT_TYPE, oip::OCTET_STREAM)
+                        .header(oip::HEADER_LENGTH, len.clone()),
+                }
+                .body(Full::new(body.bytes.clone()))
+            }
             Target::Get => Request::get(self.base.as_str()).body(Full::default()),
         };
         let mut req = builder.expect("request parts were validated up front");
@@ -289,17 +299,78 @@ impl Plan {
     }
 }
 
-fn oip_body(user: &User) -> Bytes {
-    let body = serde_json::json!({
-        "id": user.id,
-        "inputs": [{
-            "name": "features",
-            "shape": [1, user.features.len()],
-            "datatype": "FP32",
-            "data": user.features,
-        }],
-    });
-    Bytes::from(body.to_string())
+/// One user's infer request, encoded once before the clock starts.
+struct InferBody {
+    bytes: Bytes,
+    /// `Inference-Header-Content-Length` when the features travel in binary.
+    json_len: Option<http::HeaderValue>,
+}
+
+fn oip_body(user: &User, input_name: &str, protocol: Protocol) -> InferBody {
+    let binary = protocol == Protocol::HttpBinary;
+    let mut input = oip::InputTensor {
+        name: input_name.into(),
+        shape: vec![1, user.features.len() as i64],
+        datatype: oip::FP32.into(),
+        parameters: None,
+        data: Some(oip::FlatF32(user.features.clone())),
+    };
+    let mut request_params = None;
+    let mut raw = Vec::new();
+    if binary {
+        raw = input.data.take().map(|d| d.0).unwrap_or_default();
+        let mut p = oip::Parameters::new();
+        p.insert(oip::BINARY_DATA_SIZE.into(), (raw.len() * 4).into());
+        input.parameters = Some(p);
+        let mut p = oip::Parameters::new();
+        p.insert(oip::BINARY_DATA_OUTPUT.into(), true.into());
+        request_params = Some(p);
+    }
+    let request = oip::InferRequest {
+        id: Some(user.id.as_str().into()),
+        parameters: request_params,
+        inputs: vec![input],
+        outputs: None,
+    };
+    let (bytes, json_len) =
+        oip::encode_binary(&request, [raw.as_slice()]).expect("an infer request serializes");
+    InferBody {
+        bytes: Bytes::from(bytes),
+        json_len: binary.then(|| http::HeaderValue::from(json_len)),
+    }
+}
+
+/// The model's input name, from its OIP metadata, as a client should.
+async fn input_name(client: &HttpClient, base: &str, model: &str) -> Result<String, RunError> {
+    let url = format!("{base}/v2/models/{model}");
+    let fail = |detail: String| RunError::Metadata {
+        url: url.clone(),
+        detail,
+    };
+    let req = Request::get(url.as_str())
+        .body(Full::default())
+        .map_err(|e| fail(e.to_string()))?;
+    let res = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+        .await
+        .map_err(|_| fail("no answer within 10 s".into()))?
+        .map_err(|e| fail(e.to_string()))?;
+    let status = res.status();
+    let body = res
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| fail(e.to_string()))?
+        .to_bytes();
+    if !status.is_success() {
+        return Err(fail(format!("status {status}")));
+    }
+    let meta: oip::ModelMetadata =
+        serde_json::from_slice(&body).map_err(|e| fail(e.to_string()))?;
+    meta.inputs
+        .into_iter()
+        .next()
+        .map(|i| i.name.into_owned())
+        .ok_or_else(|| fail("the model lists no inputs".into()))
 }
 
 /// Runs the load described by `cfg` against `users` and reports what happened.
@@ -333,7 +404,13 @@ pub async fn run(cfg: &Config, users: Vec<User>) -> Result<Report, RunError> {
         (None, None) => Some(users.len() as u64 * per_user),
     };
     let bodies = match cfg.target {
-        Target::Infer => users.iter().map(oip_body).collect(),
+        Target::Infer => {
+            let input = input_name(&client, &base, &cfg.model_name).await?;
+            users
+                .iter()
+                .map(|u| oip_body(u, &input, cfg.protocol))
+                .collect()
+        }
         _ => Vec::new(),
     };
     let tokens = if cfg.demo_tokens && cfg.target == Target::Frontend {

@@ -2,6 +2,7 @@
 //! (so each callee's server span is its child), forwarded experiment headers,
 //! a deadline on every call, and failures classified for metrics and answers.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -9,7 +10,6 @@ use std::time::{Duration, Instant};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use bytes::Bytes;
 use serde::Deserialize;
-use serde_json::json;
 use tokio::sync::Semaphore;
 use tracing::{Instrument, field};
 
@@ -22,6 +22,9 @@ use crate::metrics::FrontendMetrics;
 pub const FEATURE_STORE: &str = "feature-store";
 pub const MODEL: &str = "model-inference";
 pub const SHADOW: &str = "model-inference-shadow";
+
+/// The model output the frontend reads: the purchase probability.
+const PROBABILITY: &str = "probability";
 
 /// Mirrored calls in flight at once; beyond this, mirroring is skipped so a
 /// slow shadow can never hold memory or sockets the live path needs.
@@ -106,9 +109,9 @@ pub struct Features {
 struct Layout {
     input_name: String,
     feature_names: Vec<String>,
-    /// The names as the metadata gave them, sent back with every infer call
-    /// so a model with another order refuses (409) instead of mis-scoring.
-    joined: String,
+    /// `feature_names` as the metadata gave them, sent back with every infer
+    /// call so a model with another order refuses (409) instead of mis-scoring.
+    parameters: oip::Parameters,
 }
 
 /// A scored user.
@@ -379,18 +382,22 @@ impl Upstreams {
                 }
             }
         }
-        let body = json!({
-            "id": request_id,
-            "parameters": {"feature_names": layout.joined},
-            "inputs": [{
-                "name": layout.input_name,
-                "shape": [1, data.len()],
-                "datatype": "FP32",
-                "data": data,
+        let request = oip::InferRequest {
+            id: Some(Cow::Borrowed(request_id)),
+            parameters: Some(layout.parameters.clone()),
+            inputs: vec![oip::InputTensor {
+                name: Cow::Borrowed(&layout.input_name),
+                shape: vec![1, data.len() as i64],
+                datatype: Cow::Borrowed(oip::FP32),
+                parameters: None,
+                data: Some(oip::FlatF32(data)),
             }],
-            "outputs": [{"name": "probability"}],
-        });
-        let body = Bytes::from(serde_json::to_vec(&body).expect("infer body serializes"));
+            outputs: Some(vec![oip::RequestedOutput {
+                name: Cow::Borrowed(PROBABILITY),
+                parameters: None,
+            }]),
+        };
+        let body = Bytes::from(serde_json::to_vec(&request).expect("infer body serializes"));
         self.mirror(&body, fwd);
         self.call(
             MODEL,
@@ -426,16 +433,6 @@ impl Upstreams {
         fwd: &Forwarded,
         deadline: Instant,
     ) -> Result<Arc<Layout>, UpstreamError> {
-        #[derive(Deserialize)]
-        struct Meta {
-            inputs: Vec<Input>,
-            #[serde(default)]
-            parameters: HashMap<String, serde_json::Value>,
-        }
-        #[derive(Deserialize)]
-        struct Input {
-            name: String,
-        }
         let answer = self
             .call(
                 MODEL,
@@ -447,26 +444,29 @@ impl Upstreams {
                 |s| s.is_success(),
             )
             .await?;
-        let meta: Meta = serde_json::from_slice(&answer.body).map_err(|e| invalid(MODEL, e))?;
+        let meta: oip::ModelMetadata =
+            serde_json::from_slice(&answer.body).map_err(|e| invalid(MODEL, e))?;
         let input_name = meta
             .inputs
             .into_iter()
             .next()
             .ok_or_else(|| invalid(MODEL, "model metadata lists no inputs"))?
-            .name;
-        let feature_names: Vec<String> = meta
+            .name
+            .into_owned();
+        let joined = meta
             .parameters
-            .get("feature_names")
+            .as_ref()
+            .and_then(|p| p.get(oip::FEATURE_NAMES))
             .and_then(|v| v.as_str())
-            .ok_or_else(|| invalid(MODEL, "model metadata lacks parameters.feature_names"))?
-            .split(',')
-            .map(str::to_owned)
-            .collect();
+            .ok_or_else(|| invalid(MODEL, "model metadata lacks parameters.feature_names"))?;
+        let feature_names: Vec<String> = joined.split(',').map(str::to_owned).collect();
+        let mut parameters = oip::Parameters::new();
+        parameters.insert(oip::FEATURE_NAMES.into(), joined.into());
         tracing::info!(url = %target.metadata_url, input = %input_name, features = feature_names.len(), "model layout read from OIP metadata");
         Ok(Arc::new(Layout {
             input_name,
-            joined: feature_names.join(","),
             feature_names,
+            parameters,
         }))
     }
 
@@ -655,21 +655,11 @@ fn served_by(headers: &HeaderMap) -> Option<String> {
 }
 
 fn probability_of(body: &[u8]) -> Result<f64, UpstreamError> {
-    #[derive(Deserialize)]
-    struct Infer {
-        outputs: Vec<Output>,
-    }
-    #[derive(Deserialize)]
-    struct Output {
-        name: String,
-        data: Vec<f64>,
-    }
-    let res: Infer = serde_json::from_slice(body).map_err(|e| invalid(MODEL, e))?;
+    let res: oip::InferResponse = serde_json::from_slice(body).map_err(|e| invalid(MODEL, e))?;
     let p = res
-        .outputs
-        .iter()
-        .find(|o| o.name == "probability")
-        .and_then(|o| o.data.first().copied())
+        .output(PROBABILITY)
+        .and_then(|d| d.first().copied())
+        .map(f64::from)
         .ok_or_else(|| invalid(MODEL, "no 'probability' output in the answer"))?;
     if p.is_finite() && (0.0..=1.0).contains(&p) {
         Ok(p)
@@ -709,14 +699,23 @@ mod tests {
 
     #[test]
     fn probability_must_be_a_probability() {
-        let ok = br#"{"outputs":[{"name":"probability","data":[0.25]}]}"#;
-        assert_eq!(probability_of(ok).unwrap(), 0.25);
+        let answer = |name: &str, data: &str| {
+            format!(
+                r#"{{"model_name":"m","outputs":[{{"name":"{name}","datatype":"FP32","shape":[1,1],"data":{data}}}]}}"#
+            )
+        };
+        assert_eq!(
+            probability_of(answer("probability", "[0.25]").as_bytes()).unwrap(),
+            0.25
+        );
         for bad in [
-            &br#"{"outputs":[{"name":"probability","data":[1.5]}]}"#[..],
-            br#"{"outputs":[{"name":"logit","data":[0.1]}]}"#,
-            br#"{"outputs":[{"name":"probability","data":[]}]}"#,
-            b"not json",
+            answer("probability", "[1.5]"),
+            answer("logit", "[0.1]"),
+            answer("probability", "[]"),
+            answer("probability", "[1e39]"),
+            "not json".to_owned(),
         ] {
+            let bad = bad.as_bytes();
             assert_eq!(probability_of(bad).unwrap_err().kind(), "invalid");
         }
     }

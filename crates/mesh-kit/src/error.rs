@@ -117,28 +117,35 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(
     body: Result<axum::body::Bytes, BytesRejection>,
     what: &str,
 ) -> Result<T, ApiError> {
-    if let Some(value) = headers.get(header::CONTENT_TYPE) {
-        let mime = value
-            .to_str()
-            .unwrap_or_default()
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_ascii_lowercase();
-        if mime != "application/json"
-            && !(mime.starts_with("application/") && mime.ends_with("+json"))
-        {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                format!(
-                    "content-type must be application/json, got '{mime}' (with curl, add -H 'content-type: application/json')"
-                ),
-            ));
-        }
-    }
+    require_json(headers)?;
     let body = body?;
     serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("{what}: {e}")))
+}
+
+/// A content type other than JSON (`application/json` or `application/*+json`)
+/// is a 415; none at all is accepted, as curl without `-H` sends none.
+pub fn require_json(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let mime = value
+        .to_str()
+        .unwrap_or_default()
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    if mime != "application/json" && !(mime.starts_with("application/") && mime.ends_with("+json"))
+    {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "content-type must be application/json, got '{mime}' (with curl, add -H 'content-type: application/json')"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Router fallback: unknown paths get a JSON 404 too.

@@ -149,3 +149,47 @@ async fn latency_percentiles_agree_with_an_injected_delay() {
         assert!(l.max_ms >= l.p99_ms && l.p99_ms >= l.p50_ms);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn infer_load_in_json_and_binary_reaches_the_model_without_errors() {
+    let port = free_port();
+    let model = common::models().join("propensity-v2.onnx");
+    let server = Proc::start(
+        &["model-inference"],
+        port,
+        &[
+            ("MODEL_PATH", model.display().to_string()),
+            ("MODEL_VERSION", "v2".to_owned()),
+        ],
+    )
+    .await;
+    let stats = format!("{}/v2/models/propensity/stats", server.base);
+    let mut served = 0;
+    for protocol in ["http-json", "http-binary"] {
+        let args = [
+            server.base.as_str(),
+            "--target",
+            "infer",
+            "--protocol",
+            protocol,
+            "--requests",
+            "400",
+            "-c",
+            "8",
+        ];
+        let r = load(&config(&args)).await;
+        assert_eq!(r.all.errors, 0, "{protocol}: {}", r.render());
+        assert_eq!(
+            version(&r, "v2").requests,
+            400,
+            "{protocol}: {}",
+            r.render()
+        );
+        // The model counted every one as a success: none was refused, none lost.
+        served += 400;
+        let s = test_support::http::fetch_json(&stats).await;
+        let st = &s["model_stats"][0]["inference_stats"];
+        assert_eq!(st["success"]["count"], served, "{protocol}: {s}");
+        assert_eq!(st["fail"]["count"], 0, "{protocol}: {s}");
+    }
+}

@@ -269,9 +269,9 @@ impl Worker {
                 let _ = job.reply.send(Err(InferError::DeadlineExceeded));
                 continue;
             }
-            self.metrics
-                .queue_wait
-                .observe(now.duration_since(job.enqueued).as_secs_f64());
+            let waited = now.duration_since(job.enqueued);
+            self.metrics.queue_wait.observe(waited.as_secs_f64());
+            self.metrics.stats.queued(waited);
             live.push(job);
         }
         if live.is_empty() {
@@ -285,13 +285,15 @@ impl Worker {
             live.iter().flat_map(|j| j.input.iter().copied()).collect()
         };
         let result = self.session.run_owned(input, rows);
-        self.metrics
-            .compute
-            .observe(started.elapsed().as_secs_f64());
+        let took = started.elapsed();
+        self.metrics.compute.observe(took.as_secs_f64());
         self.metrics.batch_rows.observe(rows as f64);
 
         let mut outputs = match result {
-            Ok(o) => o,
+            Ok(o) => {
+                self.metrics.stats.executed(rows, live.len(), took);
+                o
+            }
             Err(e) => {
                 tracing::error!(error = %e, rows, "model run failed");
                 for job in live {
@@ -328,7 +330,7 @@ mod tests {
 
     /// A batcher whose queue nobody drains, to observe the bound exactly.
     fn stalled(capacity: usize) -> (Batcher, Receiver<Job>) {
-        let metrics = InferenceMetrics::register(&mut Registry::default(), "m", "v1");
+        let metrics = InferenceMetrics::register(&mut Registry::default(), "m", "v1", 8);
         let (tx, rx) = crossbeam_channel::bounded(capacity);
         let room = Arc::new(Semaphore::new(capacity));
         (Batcher { tx, room, metrics }, rx)

@@ -10,8 +10,9 @@ pub mod config;
 pub mod engine;
 pub mod fetch;
 pub mod metrics;
-pub mod oip;
 pub mod service;
+pub mod stats;
+pub mod validate;
 
 pub use config::ModelArgs;
 pub use service::{AppState, DEADLINE_HEADER, MODEL_VERSION_HEADER, app, build, probes, router};

@@ -3,6 +3,7 @@
 //! the label sets are fixed per process and the hot path should not hash them.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -12,6 +13,8 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use mesh_kit::metrics::{LATENCY_BUCKETS, names};
+
+use crate::stats::Counters;
 
 /// Whether a request is a mirrored copy (Envoy appends `-shadow` to the Host
 /// of mirrored requests); shadow answers are discarded by Envoy, so they must
@@ -133,10 +136,18 @@ pub struct InferenceMetrics {
     pub compute: Histogram,
     pub batch_rows: Histogram,
     pub queue_depth: Gauge,
+    /// The statistics extension's cumulative counts, fed beside the above.
+    pub stats: Arc<Counters>,
 }
 
 impl InferenceMetrics {
-    pub fn register(registry: &mut Registry, model: &str, version: &str) -> Self {
+    /// `max_batch_rows` sizes the statistics' per-batch-size table.
+    pub fn register(
+        registry: &mut Registry,
+        model: &str,
+        version: &str,
+        max_batch_rows: usize,
+    ) -> Self {
         let ml = ModelLabels {
             model: model.to_owned(),
             version: version.to_owned(),
@@ -212,6 +223,7 @@ impl InferenceMetrics {
             compute: compute_f.get_or_create(&ml).clone(),
             batch_rows: batch_f.get_or_create(&ml).clone(),
             queue_depth: depth_f.get_or_create(&ml).clone(),
+            stats: Arc::new(Counters::new(max_batch_rows)),
         }
     }
 
@@ -237,7 +249,7 @@ mod tests {
     #[test]
     fn every_outcome_is_counted_under_its_own_labels() {
         let mut registry = Registry::default();
-        let m = InferenceMetrics::register(&mut registry, "propensity", "v1");
+        let m = InferenceMetrics::register(&mut registry, "propensity", "v1", 8);
         for (i, traffic) in TRAFFIC.into_iter().enumerate() {
             for (j, outcome) in OUTCOMES.into_iter().enumerate() {
                 for _ in 0..(1 + i * OUTCOMES.len() + j) {

@@ -1,5 +1,6 @@
 //! HTTP routes of the Open Inference Protocol over one loaded model.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -8,12 +9,12 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use mesh_kit::extract::Path;
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use events::{Event, EventLog, Prediction};
 use mesh_kit::propagation::{REQUEST_ID_HEADER, trace_id_of};
@@ -23,12 +24,16 @@ use crate::batcher::{Admission, BatchConfig, Batcher, InferError, ScoreFault};
 use crate::config::ModelArgs;
 use crate::engine::{Engine, EngineError, ModelSpec};
 use crate::metrics::{InferenceMetrics, Outcome, Traffic};
-use crate::oip::{
-    self, FP32, InferRequest, InferResponse, ModelMetadata, OutputTensor, ServerMetadata,
-    TensorMetadata,
+use crate::validate;
+use oip::{
+    FP32, FlatF32, InferRequest, InferResponse, ModelConfig, ModelMetadata, ModelTensorConfig,
+    OutputTensor, ServerMetadata, TensorMetadata,
 };
 
 pub use mesh_kit::propagation::{DEADLINE_HEADER, MODEL_VERSION_HEADER};
+
+/// What the metadata and configuration say runs the model.
+const PLATFORM: &str = "tract_onnx";
 
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
@@ -56,8 +61,12 @@ impl AppState {
             &args.model_path,
             args.max_batch_size as usize,
         )?);
-        let metrics =
-            InferenceMetrics::register(svc.registry_mut(), &args.model_name, &args.model_version);
+        let metrics = InferenceMetrics::register(
+            svc.registry_mut(),
+            &args.model_name,
+            &args.model_version,
+            args.max_batch_size as usize,
+        );
         // A model run here costs a few µs against ~30 µs of HTTP and JSON work
         // per request, so by default inference gets half the CPUs.
         let workers = args.workers.map_or_else(
@@ -125,9 +134,18 @@ impl AppState {
     ) -> Result<Response, ApiError> {
         self.check_model(p)?;
         let place = self.admit().await?;
-        let req: InferRequest =
-            mesh_kit::error::parse_json(headers, body, "invalid inference request")?;
-        let v = oip::validate(req, &self.0.spec, self.0.max_rows)?;
+        let body = body?;
+        // With the binary extension the header says where the JSON ends and
+        // declares the framing itself; without it the body must be JSON.
+        let framing = headers.get(oip::HEADER_LENGTH).map(HeaderValue::as_bytes);
+        if framing.is_none() {
+            mesh_kit::error::require_json(headers)?;
+        }
+        let (json, binary) =
+            oip::split_body(&body, framing).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let req: InferRequest = serde_json::from_slice(json)
+            .map_err(|e| ApiError::bad_request(format!("invalid inference request: {e}")))?;
+        let v = validate::validate(req, binary, &self.0.spec, self.0.max_rows)?;
         // Hashed before the rows move to the batcher; only with the log on.
         let hashes: Vec<String> = if self.0.events.is_enabled() {
             v.input
@@ -166,23 +184,50 @@ impl AppState {
         let outputs = v
             .outputs
             .iter()
-            .map(|&ix| {
+            .map(|&(ix, _)| {
                 let (name, width) = &self.0.spec.outputs[ix];
                 OutputTensor {
-                    name,
-                    datatype: FP32,
-                    shape: [v.rows, *width],
-                    data: std::mem::take(&mut columns[ix]),
+                    name: Cow::Borrowed(name),
+                    datatype: Cow::Borrowed(FP32),
+                    shape: vec![v.rows as i64, *width as i64],
+                    parameters: None,
+                    data: Some(FlatF32(std::mem::take(&mut columns[ix]))),
                 }
             })
             .collect();
-        let res = InferResponse {
-            model_name: &self.0.name,
-            model_version: &self.0.version,
-            id: v.id,
+        let mut res = InferResponse {
+            model_name: Cow::Borrowed(&self.0.name),
+            model_version: Some(Cow::Borrowed(&self.0.version)),
+            id: v.id.map(Cow::Owned),
+            parameters: None,
             outputs,
         };
-        Ok(Json(res).into_response())
+        if !v.outputs.iter().any(|&(_, binary)| binary) {
+            return Ok(Json(res).into_response());
+        }
+        let chunks: Vec<FlatF32> = res
+            .outputs
+            .iter_mut()
+            .zip(&v.outputs)
+            .filter(|(_, (_, binary))| *binary)
+            .filter_map(|(o, _)| o.into_binary())
+            .collect();
+        let (body, json_len) = oip::encode_binary(&res, chunks.iter().map(|c| c.0.as_slice()))
+            .map_err(|e| ApiError::internal(format!("encoding the answer: {e}")))?;
+        Ok((
+            [
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(oip::OCTET_STREAM),
+                ),
+                (
+                    HeaderName::from_static(oip::HEADER_LENGTH),
+                    HeaderValue::from(json_len),
+                ),
+            ],
+            body,
+        )
+            .into_response())
     }
 
     /// One `prediction` event per row: the request id joins a live call
@@ -238,32 +283,55 @@ impl AppState {
 
     fn model_metadata(&self) -> ModelMetadata<'_> {
         let spec = &self.0.spec;
-        let mut parameters = Map::new();
-        if !spec.feature_names.is_empty() {
-            parameters.insert(
+        let parameters = (!spec.feature_names.is_empty()).then(|| {
+            let mut p = oip::Parameters::new();
+            p.insert(
                 oip::FEATURE_NAMES.into(),
                 Value::String(spec.feature_names.join(",")),
             );
+            p
+        });
+        fn tensor(name: &str, width: usize) -> TensorMetadata<'_> {
+            TensorMetadata {
+                name: Cow::Borrowed(name),
+                datatype: Cow::Borrowed(FP32),
+                shape: vec![-1, width as i64],
+            }
         }
         ModelMetadata {
-            name: &self.0.name,
-            versions: [&self.0.version],
-            platform: "tract_onnx",
-            inputs: vec![TensorMetadata {
-                name: &spec.input_name,
-                datatype: FP32,
-                shape: [-1, spec.n_features as i64],
-            }],
+            name: Cow::Borrowed(&self.0.name),
+            versions: vec![Cow::Borrowed(&self.0.version)],
+            platform: Cow::Borrowed(PLATFORM),
+            inputs: vec![tensor(&spec.input_name, spec.n_features)],
             outputs: spec
                 .outputs
                 .iter()
-                .map(|(name, width)| TensorMetadata {
-                    name,
-                    datatype: FP32,
-                    shape: [-1, *width as i64],
-                })
+                .map(|(name, width)| tensor(name, *width))
                 .collect(),
             parameters,
+        }
+    }
+
+    /// Triton's model configuration: the batch dimension is `max_batch_size`,
+    /// not part of `dims`.
+    fn model_config(&self) -> ModelConfig {
+        let spec = &self.0.spec;
+        let tensor = |name: &str, width: usize| ModelTensorConfig {
+            name: name.to_owned(),
+            data_type: "TYPE_FP32".to_owned(),
+            dims: vec![width as i64],
+        };
+        ModelConfig {
+            name: self.0.name.to_string(),
+            platform: PLATFORM.to_owned(),
+            backend: "tract".to_owned(),
+            max_batch_size: self.0.max_rows as u64,
+            input: vec![tensor(&spec.input_name, spec.n_features)],
+            output: spec
+                .outputs
+                .iter()
+                .map(|(name, width)| tensor(name, *width))
+                .collect(),
         }
     }
 
@@ -302,12 +370,16 @@ async fn infer(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let started = Instant::now();
     let traffic = Traffic::of(&headers);
     let res = s
         .infer(&p, &headers, body, traffic)
         .await
         .unwrap_or_else(IntoResponse::into_response);
     s.0.metrics.request(traffic, outcome_of(res.status()));
+    s.0.metrics
+        .stats
+        .request(res.status().is_success(), started.elapsed());
     res
 }
 
@@ -319,12 +391,35 @@ async fn model_metadata(
     Ok(Json(s.model_metadata()).into_response())
 }
 
-async fn server_metadata() -> Json<ServerMetadata> {
+async fn server_metadata() -> Json<ServerMetadata<'static>> {
     Json(ServerMetadata {
-        name: "mlmesh-model-inference",
-        version: env!("CARGO_PKG_VERSION"),
-        extensions: [],
+        name: Cow::Borrowed("mlmesh-model-inference"),
+        version: Cow::Borrowed(env!("CARGO_PKG_VERSION")),
+        extensions: oip::EXTENSIONS.into_iter().map(Cow::Borrowed).collect(),
     })
+}
+
+async fn model_config(
+    State(s): State<AppState>,
+    Path(p): Path<ModelPath>,
+) -> Result<Json<ModelConfig>, ApiError> {
+    s.check_model(&p)?;
+    Ok(Json(s.model_config()))
+}
+
+/// `/v2/models/stats`: every model's statistics, which is this one's.
+async fn all_stats(State(s): State<AppState>) -> Json<oip::InferStatistics> {
+    Json(oip::InferStatistics {
+        model_stats: vec![s.0.metrics.stats.snapshot(&s.0.name, &s.0.version)],
+    })
+}
+
+async fn model_stats(
+    State(s): State<AppState>,
+    Path(p): Path<ModelPath>,
+) -> Result<Json<oip::InferStatistics>, ApiError> {
+    s.check_model(&p)?;
+    Ok(all_stats(State(s)).await)
 }
 
 async fn model_ready(
@@ -352,6 +447,17 @@ pub fn router(state: AppState) -> Router {
         .route("/v2", get(server_metadata))
         .route("/v2/models/{name}", get(model_metadata))
         .route("/v2/models/{name}/versions/{version}", get(model_metadata))
+        .route("/v2/models/stats", get(all_stats))
+        .route("/v2/models/{name}/stats", get(model_stats))
+        .route(
+            "/v2/models/{name}/versions/{version}/stats",
+            get(model_stats),
+        )
+        .route("/v2/models/{name}/config", get(model_config))
+        .route(
+            "/v2/models/{name}/versions/{version}/config",
+            get(model_config),
+        )
         .route("/v2/models/{name}/infer", post(infer))
         .route("/v2/models/{name}/versions/{version}/infer", post(infer))
         .layer(DefaultBodyLimit::max(max_body))

@@ -9,6 +9,7 @@ pub mod keys;
 pub mod metrics;
 pub mod otlp;
 pub mod proxy;
+pub mod python;
 pub mod redis_server;
 pub mod serve;
 
