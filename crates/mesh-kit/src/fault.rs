@@ -13,6 +13,28 @@ use clap::Args;
 use crate::config::parse_fraction;
 use crate::error::ApiError;
 
+fn is_grpc(req: &Request) -> bool {
+    req.headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"))
+}
+
+/// A gRPC error as a trailers-only answer (HTTP 200, the status in the
+/// headers), which every gRPC client reads; UNAVAILABLE (14), the code a
+/// struggling server gives and the one Envoy's gRPC retry policies name.
+fn grpc_unavailable(message: &'static str) -> Response {
+    let mut res = Response::new(axum::body::Body::empty());
+    let h = res.headers_mut();
+    h.insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert("grpc-status", HeaderValue::from_static("14"));
+    h.insert("grpc-message", HeaderValue::from_static(message));
+    res
+}
+
 /// Response header naming the fault that shaped a response, so a lab can tell
 /// an injected failure from a real one.
 pub const FAULT_HEADER: &str = "x-mlmesh-fault";
@@ -57,7 +79,11 @@ impl FaultArgs {
         }
         let mut res = if self.fault_error_rate > 0.0 && fastrand::f64() < self.fault_error_rate {
             injected = Some("error");
-            ApiError::internal("fault injected (FAULT_ERROR_RATE)").into_response()
+            if is_grpc(&req) {
+                grpc_unavailable("fault injected (FAULT_ERROR_RATE)")
+            } else {
+                ApiError::internal("fault injected (FAULT_ERROR_RATE)").into_response()
+            }
         } else {
             next.run(req).await
         };

@@ -128,25 +128,89 @@ impl Service {
             .route("/readyz", get(move || async move { ready.ready().await }))
             .route("/metrics", get(metrics::serve_metrics).with_state(registry));
 
-        let mut app = business
+        let app = business
             .merge(ops)
             .merge(probes)
             .merge(unmatched)
             // The ops and probe routes' 405s: JSON too, not counted.
-            .method_not_allowed_fallback(error::method_not_allowed);
-        for (name, value) in self.response_headers {
-            app = app.layer(SetResponseHeaderLayer::overriding(name, value));
+            .method_not_allowed_fallback(error::method_not_allowed)
+            // Every answer is what its Content-Type says: no browser sniffs a
+            // JSON error that quotes client input into HTML.
+            .layer(SetResponseHeaderLayer::if_not_present(
+                axum::http::header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            ));
+        stamp(app, &self.response_headers)
+    }
+
+    /// A gRPC app (tonic's routes as axum routers). `business` gets what the
+    /// REST business routes get: the server span parented on the caller's
+    /// W3C/B3 context (gRPC metadata is HTTP/2 headers) and the fault knobs
+    /// (an injected error is a gRPC `UNAVAILABLE`); `probes` (gRPC health)
+    /// get neither. Both get request ids and the response headers as initial
+    /// metadata. RED figures are the service's own metrics: the HTTP status
+    /// of a gRPC call is 200 whatever happened.
+    pub fn grpc_router(&self, business: Router, probes: Router) -> Router {
+        let mut app = business;
+        let faults = self.args.faults.clone();
+        if faults.is_active() {
+            app = app.layer(middleware::from_fn(move |req, next| {
+                faults.clone().apply(req, next)
+            }));
         }
-        // Every answer is what its Content-Type says: no browser sniffs a
-        // JSON error that quotes client input into HTML.
-        app = app.layer(SetResponseHeaderLayer::if_not_present(
-            axum::http::header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        ));
-        let request_id = HeaderName::from_static(REQUEST_ID_HEADER);
-        // Outermost, so the id exists before the span records it and is echoed on every answer.
-        app.layer(PropagateRequestIdLayer::new(request_id.clone()))
-            .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        let app = app
+            .layer(
+                TraceLayer::new_for_http()
+                    .make_span_with(make_grpc_span)
+                    .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
+            )
+            .merge(probes);
+        stamp(app, &self.response_headers)
+    }
+
+    /// [`Self::serve`] with a gRPC app beside the HTTP one on `grpc_addr`
+    /// (its business routes and probes, as [`Self::grpc_router`] takes
+    /// them): one readiness and one drain for both listeners (gRPC clients
+    /// get GOAWAY as the listener closes).
+    pub async fn serve_with_grpc(
+        self,
+        business: Router,
+        probes: Router,
+        grpc: Option<(std::net::SocketAddr, Router, Router)>,
+    ) -> std::io::Result<()> {
+        let Some((grpc_addr, grpc_business, grpc_probes)) = grpc else {
+            return self.serve(business, probes).await;
+        };
+        let listener = TcpListener::bind(self.args.listen).await?;
+        let grpc_listener = TcpListener::bind(grpc_addr).await.map_err(|e| {
+            std::io::Error::new(e.kind(), format!("gRPC listener on {grpc_addr}: {e}"))
+        })?;
+        tracing::info!(service = self.name, addr = %listener.local_addr()?, "listening");
+        tracing::info!(service = self.name, addr = %grpc_listener.local_addr()?, "gRPC listening");
+        let health = self.health.clone();
+        let mut opts = ServeOptions::from(&self.args);
+        opts.max_connections = connection_capacity(opts.max_connections);
+        let grpc_app = self.grpc_router(grpc_business, grpc_probes);
+        // One signal for both listeners.
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = tx.send(true);
+        });
+        let signal = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        let (http, grpc) = tokio::join!(
+            serve_on(
+                listener,
+                self.router(business, probes),
+                health.clone(),
+                opts,
+                signal(rx.clone()),
+            ),
+            serve_on(grpc_listener, grpc_app, health, opts, signal(rx)),
+        );
+        http.and(grpc)
     }
 
     /// Binds `--listen` and serves until SIGTERM/SIGINT, then drains.
@@ -170,6 +234,21 @@ impl Service {
         )
         .await
     }
+}
+
+/// The layers every answer of a listener gets: the fixed response headers,
+/// and outermost the request id, so it exists before the span records it
+/// and is echoed on every answer.
+fn stamp(mut app: Router, headers: &[(HeaderName, HeaderValue)]) -> Router {
+    for (name, value) in headers {
+        app = app.layer(SetResponseHeaderLayer::overriding(
+            name.clone(),
+            value.clone(),
+        ));
+    }
+    let request_id = HeaderName::from_static(REQUEST_ID_HEADER);
+    app.layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
 }
 
 /// Resolves on SIGTERM (Kubernetes, docker stop) or SIGINT (Ctrl-C).
@@ -226,6 +305,33 @@ fn make_span(req: &Request) -> Span {
     );
     let parent = extract_context(req.headers());
     if let Err(e) = span.set_parent(parent) {
+        tracing::debug!(error = ?e, "span parent not set");
+    }
+    span
+}
+
+/// A gRPC server span as OpenTelemetry's RPC conventions name it
+/// (`package.Service/Method`, `rpc.*` attributes), parented like
+/// [`make_span`]. Handlers mark failures (the HTTP status says nothing).
+fn make_grpc_span(req: &Request) -> Span {
+    let path = req.uri().path().trim_start_matches('/');
+    let (service, method) = path.split_once('/').unwrap_or((path, ""));
+    let request_id = req
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let span = tracing::info_span!(
+        "request",
+        otel.name = path,
+        otel.kind = "server",
+        otel.status_code = field::Empty,
+        rpc.system = "grpc",
+        rpc.service = service,
+        rpc.method = method,
+        request_id,
+    );
+    if let Err(e) = span.set_parent(extract_context(req.headers())) {
         tracing::debug!(error = ?e, "span parent not set");
     }
     span

@@ -170,9 +170,17 @@ async fn run_model_inference(server: ServerArgs, model: ModelArgs) -> anyhow::Re
         }
         let (svc, state) =
             model_inference::build(&model, server).context("starting model-inference")?;
-        svc.serve(
+        let grpc = model.grpc_listen.addr().map(|addr| {
+            (
+                addr,
+                model_inference::grpc::routes(state.clone()),
+                model_inference::grpc::probes(state.clone()),
+            )
+        });
+        svc.serve_with_grpc(
             model_inference::router(state.clone()),
             model_inference::probes(state),
+            grpc,
         )
         .await
         .context("serving model-inference")

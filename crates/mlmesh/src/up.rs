@@ -174,7 +174,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             ("v2", &v2_model, v2_addr, "v2"),
         ] {
             let mut m = service(&exe, "model-inference", addr);
-            m.env("MODEL_PATH", model).env("MODEL_VERSION", version);
+            // Both models on one host cannot share gRPC's default :9000;
+            // the local stack speaks REST (gRPC: `mlmesh model-inference`
+            // alone, compose or Kubernetes, where each has its own).
+            m.env("MODEL_PATH", model)
+                .env("MODEL_VERSION", version)
+                .env("GRPC_LISTEN", "off");
             event_log(&mut m, &args);
             running.push(spawn(name, m, &args)?);
         }

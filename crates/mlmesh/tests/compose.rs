@@ -98,12 +98,16 @@ fn every_mlmesh_service_gets_only_env_it_reads_and_a_working_health_check() {
             );
             continue;
         }
-        // Long-running: published on 8080 inside, health-checked by the binary itself.
+        // Long-running: published on 8080 inside (model-inference also on
+        // its gRPC default, 9000), health-checked by the binary itself.
         let ports = str_list(&svc["ports"]);
-        assert!(
-            ports.len() == 1 && ports[0].ends_with(":8080"),
-            "{name}: ports {ports:?}"
-        );
+        let inside: Vec<&str> = ports.iter().filter_map(|p| p.rsplit(':').next()).collect();
+        let want: &[&str] = if sub == ["model-inference"] {
+            &["8080", "9000"]
+        } else {
+            &["8080"]
+        };
+        assert_eq!(inside, want, "{name}: ports {ports:?}");
         let check = str_list(&svc["healthcheck"]["test"]);
         assert_eq!(
             check,

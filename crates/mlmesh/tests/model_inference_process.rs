@@ -13,8 +13,15 @@ use common::{models, sigterm, wait_exit};
 
 /// Starts `mlmesh model-inference` on an ephemeral port; returns the child and its address.
 fn start(extra_env: &[(&str, &str)]) -> (Child, String) {
+    let (child, addr, _) = start_with_grpc(extra_env);
+    (child, addr)
+}
+
+/// [`start`], also returning the gRPC listener's address.
+fn start_with_grpc(extra_env: &[(&str, &str)]) -> (Child, String, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_mlmesh"));
     cmd.args(["model-inference", "--listen", "127.0.0.1:0"])
+        .env("GRPC_LISTEN", "127.0.0.1:0")
         .env("MODEL_PATH", models().join("propensity-v2.onnx"))
         .env("MODEL_VERSION", "v2")
         .env("LOG_FORMAT", "json")
@@ -31,16 +38,21 @@ fn start(extra_env: &[(&str, &str)]) -> (Child, String) {
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if let Ok(v) = serde_json::from_str::<Value>(&line)
-                && v["message"] == "listening"
+                && (v["message"] == "listening" || v["message"] == "gRPC listening")
             {
-                let _ = tx.send(v["addr"].as_str().unwrap().to_owned());
+                let addr = v["addr"].as_str().unwrap().to_owned();
+                let _ = tx.send((v["message"] == "listening", addr));
             }
         }
     });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("mlmesh logs its address");
-    (child, addr)
+    let (mut http, mut grpc) = (None, None);
+    while http.is_none() || grpc.is_none() {
+        let (is_http, addr) = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("mlmesh logs both addresses");
+        *(if is_http { &mut http } else { &mut grpc }) = Some(addr);
+    }
+    (child, http.unwrap(), grpc.unwrap())
 }
 
 fn body() -> Value {
@@ -385,4 +397,141 @@ fn healthcheck_passes_on_ready_and_shows_why_a_call_was_refused() {
     );
     let _ = child.kill();
     let _ = child.wait();
+}
+
+fn grpc_infer_request() -> oip::grpc::ModelInferRequest {
+    oip::grpc::ModelInferRequest {
+        model_name: "propensity".into(),
+        inputs: vec![oip::grpc::model_infer_request::InferInputTensor {
+            name: "features".into(),
+            datatype: oip::FP32.into(),
+            shape: vec![1, 85],
+            ..Default::default()
+        }],
+        raw_input_contents: vec![[1.0f32; 85].iter().flat_map(|v| v.to_le_bytes()).collect()],
+        ..Default::default()
+    }
+}
+
+async fn grpc_client(
+    addr: &str,
+) -> oip::grpc::grpc_inference_service_client::GrpcInferenceServiceClient<tonic::transport::Channel>
+{
+    oip::grpc::grpc_inference_service_client::GrpcInferenceServiceClient::connect(format!(
+        "http://{addr}"
+    ))
+    .await
+    .expect("gRPC connects")
+}
+
+#[tokio::test]
+async fn grpc_spans_continue_the_callers_w3c_trace() {
+    let (endpoint, mut exports) = collector().await;
+    let (mut child, _, grpc) = start_with_grpc(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "60000"),
+        ("DRAIN_DELAY", "0s"),
+    ]);
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent = "00f067aa0ba902b7";
+    let mut req = tonic::Request::new(grpc_infer_request());
+    req.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace}-{parent}-01").parse().unwrap(),
+    );
+    let res = grpc_client(&grpc).await.model_infer(req).await.unwrap();
+    assert_eq!(res.metadata().get("x-model-version").unwrap(), "v2");
+    assert_eq!(res.into_inner().raw_output_contents.len(), 2);
+    sigterm(&child);
+    let status =
+        tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(10)))
+            .await
+            .unwrap();
+    assert!(status.success());
+    let export = tokio::time::timeout(Duration::from_secs(5), exports.recv())
+        .await
+        .expect("spans flushed at shutdown")
+        .unwrap();
+    let spans: Vec<_> = export
+        .resource_spans
+        .iter()
+        .flat_map(|rs| &rs.scope_spans)
+        .flat_map(|s| &s.spans)
+        .collect();
+    let server = spans
+        .iter()
+        .find(|s| s.name == "inference.GRPCInferenceService/ModelInfer")
+        .unwrap_or_else(|| {
+            panic!(
+                "no gRPC span in {:?}",
+                spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+            )
+        });
+    assert_eq!(hex(&server.trace_id), trace, "continues the caller's trace");
+    assert_eq!(hex(&server.parent_span_id), parent);
+    assert_eq!(server.kind, 2, "SPAN_KIND_SERVER");
+    let attr = |k: &str| {
+        server
+            .attributes
+            .iter()
+            .find(|kv| kv.key == k)
+            .and_then(|kv| kv.value.as_ref()?.value.clone())
+    };
+    assert_eq!(
+        attr("rpc.system"),
+        Some(AnyValue::StringValue("grpc".into()))
+    );
+    assert_eq!(
+        attr("rpc.method"),
+        Some(AnyValue::StringValue("ModelInfer".into()))
+    );
+}
+
+#[tokio::test]
+async fn sigterm_turns_grpc_health_off_then_finishes_in_flight_calls() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let (mut child, _, grpc) =
+        start_with_grpc(&[("DRAIN_DELAY", "700ms"), ("FAULT_DELAY", "1500ms")]);
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel.clone());
+    let status = |h: tonic_health::pb::HealthCheckResponse| h.status;
+    let serving = health
+        .check(HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status(serving), ServingStatus::Serving as i32);
+
+    let mut client =
+        oip::grpc::grpc_inference_service_client::GrpcInferenceServiceClient::new(channel);
+    let in_flight = tokio::spawn(async move { client.model_infer(grpc_infer_request()).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sigterm(&child);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Health is a probe: the injected delay does not touch it.
+    let draining = health
+        .check(HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        status(draining),
+        ServingStatus::NotServing as i32,
+        "health turns off first"
+    );
+    let answered = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight call completes");
+    assert_eq!(answered.into_inner().raw_output_contents.len(), 2);
+    let exit = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert!(exit.success());
 }

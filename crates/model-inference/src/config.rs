@@ -66,9 +66,15 @@ pub struct ModelArgs {
     #[arg(long, env = "INFERENCE_WORKERS", value_parser = clap::value_parser!(u32).range(1..=256))]
     pub workers: Option<u32>,
 
-    /// Largest accepted request body, in bytes.
+    /// Largest accepted request body, in bytes (a gRPC message too).
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 1 << 20)]
     pub max_body_bytes: usize,
+
+    /// Where the gRPC protocol (inference.GRPCInferenceService and
+    /// grpc.health.v1) listens, or `off`. Its own port, as in KServe and
+    /// Triton, so the mesh can declare it `grpc` and balance per request.
+    #[arg(long, env = "GRPC_LISTEN", default_value = "0.0.0.0:9000", value_parser = parse_grpc_listen)]
+    pub grpc_listen: GrpcListen,
 
     /// Fault knob: added to every logit (probabilities follow), e.g. 1.5 makes
     /// the model over-confident while still answering 200.
@@ -83,6 +89,32 @@ pub struct ModelArgs {
     /// One `prediction` event per scored row (events crate).
     #[command(flatten)]
     pub events: events::EventLogArgs,
+}
+
+/// `--grpc-listen`: an address, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrpcListen {
+    Off,
+    On(std::net::SocketAddr),
+}
+
+impl GrpcListen {
+    pub fn addr(self) -> Option<std::net::SocketAddr> {
+        match self {
+            Self::Off => None,
+            Self::On(a) => Some(a),
+        }
+    }
+}
+
+fn parse_grpc_listen(s: &str) -> Result<GrpcListen, String> {
+    if s.trim().eq_ignore_ascii_case("off") {
+        return Ok(GrpcListen::Off);
+    }
+    s.trim()
+        .parse()
+        .map(GrpcListen::On)
+        .map_err(|e| format!("{s:?} is neither `off` nor an address like 0.0.0.0:9000: {e}"))
 }
 
 impl ModelArgs {
@@ -117,6 +149,8 @@ impl ModelArgs {
             admission_wait: Duration::from_millis(50),
             workers: None,
             max_body_bytes: 1 << 20,
+            // Tests and embedders choose their own gRPC listener.
+            grpc_listen: GrpcListen::Off,
             fault_score_shift: 0.0,
             fault_score_noise: 0.0,
             events: events::EventLogArgs::default(),

@@ -1,5 +1,5 @@
 //! Serves one ONNX model, run by tract, over the Open Inference Protocol
-//! (KServe V2 REST), coalescing concurrent requests into micro-batches on a
+//! (KServe V2 REST and gRPC), coalescing concurrent requests into micro-batches on a
 //! bounded pool of inference threads.
 //!
 //! The same binary is deployed as v1 and v2 with different model files; the
@@ -9,6 +9,7 @@ pub mod batcher;
 pub mod config;
 pub mod engine;
 pub mod fetch;
+pub mod grpc;
 pub mod metrics;
 pub mod service;
 pub mod stats;

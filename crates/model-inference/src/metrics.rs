@@ -48,6 +48,23 @@ impl Traffic {
     }
 }
 
+/// Which of the service's two ports a request came in on.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum Protocol {
+    /// REST over HTTP/1.1 or h2c, JSON or binary tensors.
+    Http,
+    Grpc,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Grpc => "grpc",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum Outcome {
     Ok,
@@ -89,6 +106,12 @@ impl EncodeLabelValue for Traffic {
     }
 }
 
+impl EncodeLabelValue for Protocol {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.as_str())
+    }
+}
+
 impl EncodeLabelValue for Outcome {
     fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
         encoder.write_str(self.as_str())
@@ -103,6 +126,7 @@ const OUTCOMES: [Outcome; 5] = [
     Outcome::Error,
 ];
 const TRAFFIC: [Traffic; 2] = [Traffic::Live, Traffic::Shadow];
+const PROTOCOLS: [Protocol; 2] = [Protocol::Http, Protocol::Grpc];
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ModelLabels {
@@ -122,6 +146,7 @@ struct RequestLabels {
     model: String,
     version: String,
     traffic: Traffic,
+    protocol: Protocol,
     outcome: Outcome,
 }
 
@@ -130,7 +155,7 @@ pub struct InferenceMetrics {
     /// Each counter beside the labels it was created with, found by them:
     /// an index computed from enum order could silently count one outcome
     /// under another's label. Ten entries: a scan costs nothing.
-    requests: Vec<((Traffic, Outcome), Counter)>,
+    requests: Vec<((Traffic, Protocol, Outcome), Counter)>,
     scores: Vec<(Traffic, Histogram)>,
     pub queue_wait: Histogram,
     pub compute: Histogram,
@@ -168,7 +193,7 @@ impl InferenceMetrics {
 
         registry.register(
             "inference_requests",
-            "Inference requests by traffic (live or shadow) and outcome",
+            "Inference requests by traffic (live or shadow), protocol (http or grpc) and outcome",
             requests_f.clone(),
         );
         registry.register(
@@ -200,14 +225,18 @@ impl InferenceMetrics {
         let mut requests = Vec::new();
         let mut scores = Vec::new();
         for traffic in TRAFFIC {
-            for outcome in OUTCOMES {
-                let l = RequestLabels {
-                    model: ml.model.clone(),
-                    version: ml.version.clone(),
-                    traffic,
-                    outcome,
-                };
-                requests.push(((traffic, outcome), requests_f.get_or_create(&l).clone()));
+            for protocol in PROTOCOLS {
+                for outcome in OUTCOMES {
+                    let l = RequestLabels {
+                        model: ml.model.clone(),
+                        version: ml.version.clone(),
+                        traffic,
+                        protocol,
+                        outcome,
+                    };
+                    let c = requests_f.get_or_create(&l).clone();
+                    requests.push(((traffic, protocol, outcome), c));
+                }
             }
             let l = TrafficLabels {
                 model: ml.model.clone(),
@@ -227,8 +256,9 @@ impl InferenceMetrics {
         }
     }
 
-    pub fn request(&self, traffic: Traffic, outcome: Outcome) {
-        if let Some((_, c)) = self.requests.iter().find(|(k, _)| *k == (traffic, outcome)) {
+    pub fn request(&self, traffic: Traffic, protocol: Protocol, outcome: Outcome) {
+        let key = (traffic, protocol, outcome);
+        if let Some((_, c)) = self.requests.iter().find(|(k, _)| *k == key) {
             c.inc();
         }
     }
@@ -250,25 +280,27 @@ mod tests {
     fn every_outcome_is_counted_under_its_own_labels() {
         let mut registry = Registry::default();
         let m = InferenceMetrics::register(&mut registry, "propensity", "v1", 8);
-        for (i, traffic) in TRAFFIC.into_iter().enumerate() {
-            for (j, outcome) in OUTCOMES.into_iter().enumerate() {
-                for _ in 0..(1 + i * OUTCOMES.len() + j) {
-                    m.request(traffic, outcome);
-                }
+        let keys: Vec<_> = TRAFFIC
+            .into_iter()
+            .flat_map(|t| PROTOCOLS.into_iter().map(move |p| (t, p)))
+            .flat_map(|(t, p)| OUTCOMES.into_iter().map(move |o| (t, p, o)))
+            .collect();
+        for (i, &(t, p, o)) in keys.iter().enumerate() {
+            for _ in 0..=i {
+                m.request(t, p, o);
             }
         }
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
-        for (i, traffic) in TRAFFIC.into_iter().enumerate() {
-            for (j, outcome) in OUTCOMES.into_iter().enumerate() {
-                let line = format!(
-                    "inference_requests_total{{model=\"propensity\",version=\"v1\",traffic=\"{}\",outcome=\"{}\"}} {}",
-                    traffic.as_str(),
-                    outcome.as_str(),
-                    1 + i * OUTCOMES.len() + j
-                );
-                assert!(text.contains(&line), "missing {line}\n{text}");
-            }
+        for (i, (t, p, o)) in keys.iter().enumerate() {
+            let line = format!(
+                "inference_requests_total{{model=\"propensity\",version=\"v1\",traffic=\"{}\",protocol=\"{}\",outcome=\"{}\"}} {}",
+                t.as_str(),
+                p.as_str(),
+                o.as_str(),
+                i + 1
+            );
+            assert!(text.contains(&line), "missing {line}\n{text}");
         }
     }
 

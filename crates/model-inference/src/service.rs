@@ -23,8 +23,8 @@ use mesh_kit::{ApiError, Health, ServerArgs, Service};
 use crate::batcher::{Admission, BatchConfig, Batcher, InferError, ScoreFault};
 use crate::config::ModelArgs;
 use crate::engine::{Engine, EngineError, ModelSpec};
-use crate::metrics::{InferenceMetrics, Outcome, Traffic};
-use crate::validate;
+use crate::metrics::{InferenceMetrics, Outcome, Protocol, Traffic};
+use crate::validate::{self, Validated};
 use oip::{
     FP32, FlatF32, InferRequest, InferResponse, ModelConfig, ModelMetadata, ModelTensorConfig,
     OutputTensor, ServerMetadata, TensorMetadata,
@@ -109,7 +109,7 @@ impl AppState {
     }
 
     /// 404 unless the path names this model (and, if given, this version).
-    fn check_model(&self, p: &ModelPath) -> Result<(), ApiError> {
+    pub(crate) fn check_model(&self, p: &ModelPath) -> Result<(), ApiError> {
         if *p.name != *self.0.name {
             return Err(ApiError::not_found(format!(
                 "model '{}' not found; this server has '{}'",
@@ -146,6 +146,46 @@ impl AppState {
         let req: InferRequest = serde_json::from_slice(json)
             .map_err(|e| ApiError::bad_request(format!("invalid inference request: {e}")))?;
         let v = validate::validate(req, binary, &self.0.spec, self.0.max_rows)?;
+        let (mut res, binary) = self.score(place, v, headers, traffic).await?;
+        if !binary.iter().any(|b| *b) {
+            return Ok(Json(res).into_response());
+        }
+        let chunks: Vec<FlatF32> = res
+            .outputs
+            .iter_mut()
+            .zip(&binary)
+            .filter(|(_, binary)| **binary)
+            .filter_map(|(o, _)| o.into_binary())
+            .collect();
+        let (body, json_len) = oip::encode_binary(&res, chunks.iter().map(|c| c.0.as_slice()))
+            .map_err(|e| ApiError::internal(format!("encoding the answer: {e}")))?;
+        Ok((
+            [
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(oip::OCTET_STREAM),
+                ),
+                (
+                    HeaderName::from_static(oip::HEADER_LENGTH),
+                    HeaderValue::from(json_len),
+                ),
+            ],
+            body,
+        )
+            .into_response())
+    }
+
+    /// The scoring every protocol shares once a request is admitted and
+    /// validated: queue and batch, score metrics, the event log. Returns
+    /// the answer with every requested output's data, and which of them
+    /// were asked for in binary.
+    pub(crate) async fn score(
+        &self,
+        place: Admission,
+        v: Validated,
+        headers: &HeaderMap,
+        traffic: Traffic,
+    ) -> Result<(InferResponse<'_>, Vec<bool>), ApiError> {
         // Hashed before the rows move to the batcher; only with the log on.
         let hashes: Vec<String> = if self.0.events.is_enabled() {
             v.input
@@ -155,15 +195,10 @@ impl AppState {
         } else {
             Vec::new()
         };
-        let deadline = headers
-            .get(DEADLINE_HEADER)
-            .and_then(|h| h.to_str().ok())
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .map(|ms| Instant::now() + Duration::from_millis(ms));
         let mut columns = self
             .0
             .batcher
-            .infer(place, v.input, v.rows, deadline)
+            .infer(place, v.input, v.rows, deadline_of(headers))
             .await
             .map_err(|e| match e {
                 InferError::QueueFull => queue_full(),
@@ -195,39 +230,14 @@ impl AppState {
                 }
             })
             .collect();
-        let mut res = InferResponse {
+        let res = InferResponse {
             model_name: Cow::Borrowed(&self.0.name),
             model_version: Some(Cow::Borrowed(&self.0.version)),
             id: v.id.map(Cow::Owned),
             parameters: None,
             outputs,
         };
-        if !v.outputs.iter().any(|&(_, binary)| binary) {
-            return Ok(Json(res).into_response());
-        }
-        let chunks: Vec<FlatF32> = res
-            .outputs
-            .iter_mut()
-            .zip(&v.outputs)
-            .filter(|(_, (_, binary))| *binary)
-            .filter_map(|(o, _)| o.into_binary())
-            .collect();
-        let (body, json_len) = oip::encode_binary(&res, chunks.iter().map(|c| c.0.as_slice()))
-            .map_err(|e| ApiError::internal(format!("encoding the answer: {e}")))?;
-        Ok((
-            [
-                (
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static(oip::OCTET_STREAM),
-                ),
-                (
-                    HeaderName::from_static(oip::HEADER_LENGTH),
-                    HeaderValue::from(json_len),
-                ),
-            ],
-            body,
-        )
-            .into_response())
+        Ok((res, v.outputs.iter().map(|&(_, b)| b).collect()))
     }
 
     /// One `prediction` event per row: the request id joins a live call
@@ -273,7 +283,7 @@ impl AppState {
     /// body is parsed: past the wait the request is shed with 429 having cost
     /// little more than reading it. The body was read first on purpose: a
     /// client sending its body slowly ties up its own connection, not a place.
-    async fn admit(&self) -> Result<Admission, ApiError> {
+    pub(crate) async fn admit(&self) -> Result<Admission, ApiError> {
         self.0
             .batcher
             .admit(self.0.admission_wait)
@@ -281,7 +291,7 @@ impl AppState {
             .ok_or_else(queue_full)
     }
 
-    fn model_metadata(&self) -> ModelMetadata<'_> {
+    pub(crate) fn model_metadata(&self) -> ModelMetadata<'_> {
         let spec = &self.0.spec;
         let parameters = (!spec.feature_names.is_empty()).then(|| {
             let mut p = oip::Parameters::new();
@@ -314,7 +324,7 @@ impl AppState {
 
     /// Triton's model configuration: the batch dimension is `max_batch_size`,
     /// not part of `dims`.
-    fn model_config(&self) -> ModelConfig {
+    pub(crate) fn model_config(&self) -> ModelConfig {
         let spec = &self.0.spec;
         let tensor = |name: &str, width: usize| ModelTensorConfig {
             name: name.to_owned(),
@@ -335,6 +345,31 @@ impl AppState {
         }
     }
 
+    /// This model's statistics extension figures, now.
+    pub(crate) fn statistics(&self) -> oip::ModelStatistics {
+        self.0.metrics.stats.snapshot(&self.0.name, &self.0.version)
+    }
+
+    pub(crate) fn metrics(&self) -> &InferenceMetrics {
+        &self.0.metrics
+    }
+
+    pub(crate) fn health(&self) -> &Health {
+        &self.0.health
+    }
+
+    pub(crate) fn max_body_bytes(&self) -> usize {
+        self.0.max_body_bytes
+    }
+
+    pub(crate) fn max_rows(&self) -> usize {
+        self.0.max_rows
+    }
+
+    pub(crate) fn spec(&self) -> &ModelSpec {
+        &self.0.spec
+    }
+
     /// The `x-model-version` header for [`Service::with_response_header`].
     pub fn version_header(&self) -> (HeaderName, HeaderValue) {
         let value = HeaderValue::from_str(&self.0.version)
@@ -344,12 +379,51 @@ impl AppState {
 }
 
 #[derive(Debug, Deserialize)]
-struct ModelPath {
-    name: String,
-    version: Option<String>,
+pub(crate) struct ModelPath {
+    pub name: String,
+    pub version: Option<String>,
 }
 
-fn outcome_of(status: StatusCode) -> Outcome {
+/// When the caller stops waiting: Envoy's `x-envoy-expected-rq-timeout-ms`
+/// or gRPC's `grpc-timeout`, whichever comes first.
+fn deadline_of(headers: &HeaderMap) -> Option<Instant> {
+    let envoy = headers
+        .get(DEADLINE_HEADER)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map(Duration::from_millis);
+    let grpc = headers
+        .get(GRPC_TIMEOUT)
+        .and_then(|h| h.to_str().ok())
+        .and_then(parse_grpc_timeout);
+    let budget = match (envoy, grpc) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }?;
+    Some(Instant::now() + budget)
+}
+
+const GRPC_TIMEOUT: &str = "grpc-timeout";
+
+/// gRPC's `grpc-timeout`: at most 8 digits and a unit (H, M, S, m, u, n).
+fn parse_grpc_timeout(s: &str) -> Option<Duration> {
+    let (digits, unit) = s.split_at(s.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+pub(crate) fn outcome_of(status: StatusCode) -> Outcome {
     match status {
         StatusCode::TOO_MANY_REQUESTS => Outcome::Rejected,
         StatusCode::GATEWAY_TIMEOUT => Outcome::Expired,
@@ -360,7 +434,7 @@ fn outcome_of(status: StatusCode) -> Outcome {
 }
 
 /// The 429 for a queue that stayed full for the admission wait.
-fn queue_full() -> ApiError {
+pub(crate) fn queue_full() -> ApiError {
     ApiError::overloaded("inference queue is full; retry shortly", 1)
 }
 
@@ -376,7 +450,8 @@ async fn infer(
         .infer(&p, &headers, body, traffic)
         .await
         .unwrap_or_else(IntoResponse::into_response);
-    s.0.metrics.request(traffic, outcome_of(res.status()));
+    s.0.metrics
+        .request(traffic, Protocol::Http, outcome_of(res.status()));
     s.0.metrics
         .stats
         .request(res.status().is_success(), started.elapsed());
@@ -391,12 +466,17 @@ async fn model_metadata(
     Ok(Json(s.model_metadata()).into_response())
 }
 
-async fn server_metadata() -> Json<ServerMetadata<'static>> {
-    Json(ServerMetadata {
+/// The server metadata, the same over REST and gRPC.
+pub(crate) fn server_metadata_value() -> ServerMetadata<'static> {
+    ServerMetadata {
         name: Cow::Borrowed("mlmesh-model-inference"),
         version: Cow::Borrowed(env!("CARGO_PKG_VERSION")),
         extensions: oip::EXTENSIONS.into_iter().map(Cow::Borrowed).collect(),
-    })
+    }
+}
+
+async fn server_metadata() -> Json<ServerMetadata<'static>> {
+    Json(server_metadata_value())
 }
 
 async fn model_config(
@@ -410,7 +490,7 @@ async fn model_config(
 /// `/v2/models/stats`: every model's statistics, which is this one's.
 async fn all_stats(State(s): State<AppState>) -> Json<oip::InferStatistics> {
     Json(oip::InferStatistics {
-        model_stats: vec![s.0.metrics.stats.snapshot(&s.0.name, &s.0.version)],
+        model_stats: vec![s.statistics()],
     })
 }
 

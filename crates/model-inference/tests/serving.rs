@@ -114,7 +114,11 @@ async fn request_whose_deadline_passes_in_the_queue_gets_504() {
         sample(
             &text,
             "mlmesh_inference_requests",
-            &[("outcome", "expired"), ("traffic", "live")]
+            &[
+                ("outcome", "expired"),
+                ("traffic", "live"),
+                ("protocol", "http")
+            ]
         )
         .value,
         1.0
@@ -123,7 +127,7 @@ async fn request_whose_deadline_passes_in_the_queue_gets_504() {
         sample(
             &text,
             "mlmesh_inference_requests",
-            &[("outcome", "ok"), ("traffic", "live")]
+            &[("outcome", "ok"), ("traffic", "live"), ("protocol", "http")]
         )
         .value,
         1.0
@@ -165,7 +169,11 @@ async fn a_flood_is_answered_with_200_or_429_never_5xx_and_every_answer_is_count
     let rejected = sample(
         &text,
         "mlmesh_inference_requests",
-        &[("outcome", "rejected"), ("traffic", "live")],
+        &[
+            ("outcome", "rejected"),
+            ("traffic", "live"),
+            ("protocol", "http"),
+        ],
     )
     .value;
     assert_eq!(
@@ -176,7 +184,7 @@ async fn a_flood_is_answered_with_200_or_429_never_5xx_and_every_answer_is_count
     let ok = sample(
         &text,
         "mlmesh_inference_requests",
-        &[("outcome", "ok"), ("traffic", "live")],
+        &[("outcome", "ok"), ("traffic", "live"), ("protocol", "http")],
     )
     .value;
     assert_eq!(ok + rejected, answers.len() as f64);
@@ -284,6 +292,7 @@ async fn metrics_parse_as_openmetrics_with_app_labels_and_exemplars() {
                 ("model", "propensity"),
                 ("version", "v2"),
                 ("traffic", traffic),
+                ("protocol", "http"),
                 ("outcome", outcome),
             ],
         )

@@ -1,18 +1,20 @@
 """Triton's own Python clients against model-inference, used exactly as
-their documentation shows: defaults first (binary tensors), then JSON only.
+their documentation shows: over HTTP defaults first (binary tensors), then
+JSON only; then the gRPC client (raw tensors, as it always sends them).
 Prints one JSON line per check; exits non-zero on the first failure.
 
-Usage: triton_client.py HTTP_URL MODEL VERSION REFERENCE_JSON
+Usage: triton_client.py HTTP_URL GRPC_URL MODEL VERSION REFERENCE_JSON
 """
 
 import json
 import sys
 
 import numpy as np
+import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-url, model, version, reference_path = sys.argv[1:5]
+url, grpc_url, model, version, reference_path = sys.argv[1:6]
 with open(reference_path) as f:
     reference = json.load(f)
 rows = np.array(reference["inputs"][:8], dtype=np.float32)
@@ -90,4 +92,36 @@ s = stats["model_stats"][0]
 check("statistics", s["name"] == model and s["inference_stats"]["success"]["count"] >= 5 and s["inference_count"] >= 40 and s["execution_count"] >= 1, s)
 check("statistics (versioned)", client.get_inference_statistics(model, version)["model_stats"][0]["version"] == version)
 check("statistics (all models)", len(client.get_inference_statistics()["model_stats"]) == 1)
+
+# gRPC: the same checks with Triton's gRPC client.
+g = grpcclient.InferenceServerClient(url=grpc_url)
+check("grpc: server live", g.is_server_live())
+check("grpc: server ready", g.is_server_ready())
+check("grpc: model ready", g.is_model_ready(model) and g.is_model_ready(model, version))
+gmeta = g.get_server_metadata(as_json=True)
+check("grpc: server metadata extensions", "statistics" in gmeta["extensions"], gmeta)
+gm = g.get_model_metadata(model, as_json=True)
+check("grpc: model metadata", gm["inputs"][0]["name"] == input_name and gm["versions"] == [version], gm)
+gc = g.get_model_config(model, as_json=True)["config"]
+check("grpc: model config", gc["input"][0]["dims"] == [str(rows.shape[1])] and gc["input"][0]["data_type"] == "TYPE_FP32", gc)
+
+ginp = grpcclient.InferInput(input_name, list(rows.shape), "FP32")
+ginp.set_data_from_numpy(rows)
+res = g.infer(model, [ginp], request_id="grpc-defaults")
+check("grpc: id echoed", res.get_response().id == "grpc-defaults")
+check("grpc: 8 rows equal the reference", np.allclose(res.as_numpy("probability").reshape(-1), want, atol=1e-5))
+res = g.infer(model, [ginp], outputs=[grpcclient.InferRequestedOutput("probability")], model_version=version)
+check("grpc: output filter", [o.name for o in res.get_response().outputs] == ["probability"])
+check("grpc: output filter values", np.allclose(res.as_numpy("probability").reshape(-1), want, atol=1e-5))
+
+gbad = grpcclient.InferInput(input_name, [1, rows.shape[1] - 1], "FP32")
+gbad.set_data_from_numpy(rows[:1, :-1])
+try:
+    g.infer(model, [gbad])
+    check("grpc: bad shape refused", False)
+except InferenceServerException as e:
+    check("grpc: bad shape refused", e.status() == "StatusCode.INVALID_ARGUMENT" and "features per row" in e.message(), (e.status(), e.message()))
+
+gs = g.get_inference_statistics(model, as_json=True)["model_stats"][0]
+check("grpc: statistics", int(gs["inference_stats"]["success"]["count"]) >= 7 and gs["name"] == model, gs)
 print(json.dumps({"done": True}))

@@ -1,7 +1,8 @@
-//! Triton's own Python HTTP client (`tritonclient`, from PyPI) against a
-//! served model, unchanged: its defaults (binary tensors), JSON only, mixed,
-//! metadata, configuration, readiness, statistics, `id` echo, output
-//! filters, 8-row batches equal to the reference outputs within 1e-5.
+//! Triton's own Python clients (`tritonclient`, from PyPI) against a served
+//! model, unchanged, over HTTP and gRPC: their defaults (binary / raw
+//! tensors), JSON only, mixed, metadata, configuration, readiness,
+//! statistics, `id` echo, output filters, 8-row batches equal to the
+//! reference outputs within 1e-5.
 
 mod common;
 
@@ -12,10 +13,10 @@ use mesh_kit::ServerArgs;
 use serde_json::Value;
 
 /// Pinned so a client release cannot change what this test proves.
-const PACKAGES: &[&str] = &["tritonclient[http]==2.73.0", "numpy==2.4.6"];
+const PACKAGES: &[&str] = &["tritonclient[http,grpc]==2.73.0", "numpy==2.4.6"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tritons_http_client_works_unchanged() {
+async fn tritons_http_and_grpc_clients_work_unchanged() {
     let python = test_support::python::venv(
         &std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("triton-venv"),
         PACKAGES,
@@ -23,11 +24,12 @@ async fn tritons_http_client_works_unchanged() {
     let app = TestApp::spawn(model_args("v2"), ServerArgs::for_tests()).await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/triton_client.py");
     let url = app.addr.to_string();
+    let grpc_url = app.grpc_addr.to_string();
     let reference = models_dir().join("reference_outputs.json");
     let out = tokio::task::spawn_blocking(move || {
         Command::new(python)
             .arg(script)
-            .args([url.as_str(), "propensity", "v2"])
+            .args([url.as_str(), grpc_url.as_str(), "propensity", "v2"])
             .arg(reference)
             .output()
             .expect("run the client script")
@@ -48,7 +50,7 @@ async fn tritons_http_client_works_unchanged() {
         "the Triton client failed a check:\n{stdout}\n{stderr}"
     );
     assert!(
-        checks.iter().filter(|c| c["ok"] == true).count() >= 20,
+        checks.iter().filter(|c| c["ok"] == true).count() >= 30,
         "fewer checks ran than written:\n{stdout}"
     );
     assert_eq!(checks.last().unwrap()["done"], true, "{stdout}");

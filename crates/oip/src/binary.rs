@@ -24,7 +24,9 @@ pub enum FramingError {
         "input '{name}' has parameters.{BINARY_DATA_SIZE} but the request has no {HEADER_LENGTH} header saying where its JSON ends"
     )]
     NoHeader { name: String },
-    #[error("input '{name}' has both \"data\" and parameters.{BINARY_DATA_SIZE}; send one")]
+    #[error(
+        "input '{name}' has both \"data\" (contents) and binary data (parameters.{BINARY_DATA_SIZE} or raw_input_contents); send one"
+    )]
     Both { name: String },
     #[error("input '{name}' has neither \"data\" nor parameters.{BINARY_DATA_SIZE}")]
     NoData { name: String },
@@ -52,6 +54,12 @@ pub enum FramingError {
     },
     #[error("{0} bytes after the last binary tensor belong to no input")]
     Trailing(usize),
+    #[error("{raw} raw_input_contents for {inputs} inputs; send one per input, in input order")]
+    RawCount { inputs: usize, raw: usize },
+    #[error(
+        "input '{name}' carries {field}; {FP32} tensors use fp32_contents (or raw_input_contents)"
+    )]
+    ContentsField { name: String, field: &'static str },
     #[error("parameters.{key} of {of} must be true or false, got {got}")]
     NotABool {
         of: String,
@@ -120,7 +128,7 @@ pub(crate) fn fill(
             datatype: datatype.to_owned(),
         });
     }
-    if size % 4 != 0 {
+    if !size.is_multiple_of(4) {
         return Err(FramingError::Partial {
             name: named(),
             size,

@@ -1,19 +1,28 @@
 //! The Open Inference Protocol (KServe V2 / Triton) on the wire: the REST
-//! JSON messages, the binary tensor data extension's framing, and Triton's
-//! statistics and model configuration shapes. One definition, used by
+//! JSON messages, the binary tensor data extension's framing, Triton's
+//! statistics and model configuration shapes, and the gRPC service
+//! ([`grpc`], generated from `proto/grpc_inference.proto`). One definition, used by
 //! model-inference (server), the frontend (client) and the load tool, so the
 //! three can never disagree on a field, a parameter or a header name.
 //!
 //! Only what mlmesh serves is typed tightly: FP32 tensors. Other datatypes
 //! parse (so the server can say what it takes) but carry no data here.
 
+/// `inference.GRPCInferenceService`: messages, client and server trait.
+#[allow(clippy::all, clippy::pedantic)]
+pub mod grpc {
+    tonic::include_proto!("inference");
+}
+
 mod binary;
 mod flat;
+mod grpc_wire;
 mod rest;
 mod stats;
 
 pub use binary::{FramingError, encode_binary, split_body};
 pub use flat::FlatF32;
+pub use grpc_wire::{infer_request_from_grpc, infer_response_to_grpc};
 pub use rest::{
     InferRequest, InferResponse, InputTensor, ModelMetadata, OutputTensor, Parameters,
     RequestedOutput, ServerMetadata, TensorMetadata,

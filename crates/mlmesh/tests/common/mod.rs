@@ -34,6 +34,9 @@ pub fn mlmesh() -> Command {
     ] {
         cmd.env_remove(var);
     }
+    // model-inference's gRPC default (:9000) would collide between tests
+    // running at once; other subcommands do not read it.
+    cmd.env("GRPC_LISTEN", "127.0.0.1:0");
     cmd
 }
 

@@ -70,6 +70,8 @@ pub fn probabilities(v: &Value) -> Vec<f64> {
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// The gRPC listener (inference.GRPCInferenceService, grpc.health.v1).
+    pub grpc_addr: SocketAddr,
     pub client: reqwest::Client,
     pub health: Health,
     stop: Option<oneshot::Sender<()>>,
@@ -82,19 +84,45 @@ impl TestApp {
         let timing = ServeOptions::from(&server);
         let (svc, state) = model_inference::build(&model, server).expect("model loads");
         let health = svc.health();
+        // gRPC beside REST, as the binary serves it (--grpc-listen).
+        let grpc_app = svc.grpc_router(
+            model_inference::grpc::routes(state.clone()),
+            model_inference::grpc::probes(state.clone()),
+        );
         let app = svc.router(
             model_inference::router(state.clone()),
             model_inference::probes(state),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let grpc_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let grpc_addr = grpc_listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let signal = async move {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
             let _ = stopped.await;
+            let _ = tx.send(true);
+        });
+        let signal = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
         };
-        let server = tokio::spawn(serve_on(listener, app, health.clone(), timing, signal));
+        let server = tokio::spawn(serve_on(
+            listener,
+            app,
+            health.clone(),
+            timing,
+            signal(rx.clone()),
+        ));
+        tokio::spawn(serve_on(
+            grpc_listener,
+            grpc_app,
+            health.clone(),
+            timing,
+            signal(rx),
+        ));
         Self {
             addr,
+            grpc_addr,
             client: reqwest::Client::new(),
             health,
             stop: Some(stop),
