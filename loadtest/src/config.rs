@@ -33,6 +33,9 @@ pub enum Protocol {
     /// OIP REST with the binary tensor data extension (raw FP32 after the
     /// JSON header, outputs asked for in binary), as Triton's clients send.
     HttpBinary,
+    /// OIP over gRPC (`inference.GRPCInferenceService/ModelInfer`, raw
+    /// tensors): BASE_URL is the gRPC listener, e.g. http://127.0.0.1:9000.
+    Grpc,
 }
 
 /// `--expect-share v2=10±2`: the version's share of requests, in percent.

@@ -90,6 +90,8 @@ fn panic_text(e: tokio::task::JoinError) -> String {
 }
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
+type GrpcClient =
+    oip::grpc::grpc_inference_service_client::GrpcInferenceServiceClient<tonic::transport::Channel>;
 
 struct Plan {
     target: Target,
@@ -97,6 +99,10 @@ struct Plan {
     users: Vec<User>,
     /// `--target infer`: each user's OIP request body, built once.
     bodies: Vec<InferBody>,
+    /// `--protocol grpc`: one HTTP/2 connection per worker, as the HTTP/1
+    /// pool has, and each user's request message, built once.
+    grpc: Vec<GrpcClient>,
+    grpc_requests: Vec<oip::grpc::ModelInferRequest>,
     base: String,
     infer_uri: String,
     /// `--header`s, on every request.
@@ -188,6 +194,34 @@ impl Plan {
     /// Sends request `i` (counting latency from `scheduled`) and records it.
     async fn execute(&self, i: u64, scheduled: Instant) {
         let user = ((i / self.per_user) % self.users.len() as u64) as usize;
+        let (status, version, error, degraded, offer) = if self.grpc.is_empty() {
+            self.http_call(user).await
+        } else {
+            self.grpc_call(i, user).await
+        };
+        let latency = scheduled.elapsed();
+        let shard = &self.shards[(i as usize) % SHARDS];
+        self.done.fetch_add(1, Ordering::Relaxed);
+        if error {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        let uses_users = self.target != Target::Get;
+        shard.lock().unwrap().record(&Observation {
+            user: uses_users.then_some(user),
+            version: version.as_deref(),
+            status: &status,
+            latency,
+            error,
+            degraded,
+        });
+        if let (true, Some(decision_id), Some(v)) = (self.feedback, offer, version) {
+            self.send_feedback(user, &decision_id, &v, shard).await;
+        }
+    }
+
+    /// One HTTP request: its status, the version that answered, whether it
+    /// failed, whether the decision was degraded, and the offer's id.
+    async fn http_call(&self, user: usize) -> CallResult {
         let result = tokio::time::timeout(self.timeout, async {
             let res = self.client.request(self.request(user)).await?;
             let (parts, body) = res.into_parts();
@@ -195,9 +229,7 @@ impl Plan {
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>((parts, body))
         })
         .await;
-        let latency = scheduled.elapsed();
-        let shard = &self.shards[(i as usize) % SHARDS];
-        let (status, version, error, degraded, offer) = match &result {
+        match &result {
             Err(_) => ("timeout".to_owned(), None, true, false, None),
             Ok(Err(_)) => ("transport".to_owned(), None, true, false, None),
             Ok(Ok((parts, body))) => {
@@ -227,22 +259,32 @@ impl Plan {
                     offer,
                 )
             }
-        };
-        self.done.fetch_add(1, Ordering::Relaxed);
-        if error {
-            self.errors.fetch_add(1, Ordering::Relaxed);
         }
-        let uses_users = self.target != Target::Get;
-        shard.lock().unwrap().record(&Observation {
-            user: uses_users.then_some(user),
-            version: version.as_deref(),
-            status: &status,
-            latency,
-            error,
-            degraded,
-        });
-        if let (true, Some(decision_id), Some(v)) = (self.feedback, offer, version) {
-            self.send_feedback(user, &decision_id, &v, shard).await;
+    }
+
+    /// One gRPC ModelInfer on request `i`'s connection; the status is the
+    /// gRPC code's name.
+    async fn grpc_call(&self, i: u64, user: usize) -> CallResult {
+        let mut client = self.grpc[(i as usize) % self.grpc.len()].clone();
+        let mut req = tonic::Request::new(self.grpc_requests[user].clone());
+        for (name, value) in &self.headers {
+            if let Ok(key) = tonic::metadata::MetadataKey::from_bytes(name.as_str().as_bytes())
+                && let Ok(v) = tonic::metadata::MetadataValue::try_from(value.as_bytes())
+            {
+                req.metadata_mut().insert(key, v);
+            }
+        }
+        match tokio::time::timeout(self.timeout, client.model_infer(req)).await {
+            Err(_) => ("timeout".to_owned(), None, true, false, None),
+            Ok(Err(status)) => (format!("{:?}", status.code()), None, true, false, None),
+            Ok(Ok(res)) => {
+                let version = res
+                    .metadata()
+                    .get("x-model-version")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                ("Ok".to_owned(), version, false, false, None)
+            }
         }
     }
 
@@ -297,6 +339,63 @@ impl Plan {
         }
         h.value_at_quantile(0.99) as f64 / 1000.0
     }
+}
+
+/// A call's status, answering version, failed, degraded, offer id.
+type CallResult = (String, Option<String>, bool, bool, Option<String>);
+
+/// One user's gRPC infer request, raw tensors as Triton's client sends.
+fn grpc_request(user: &User, input_name: &str, model: &str) -> oip::grpc::ModelInferRequest {
+    oip::grpc::ModelInferRequest {
+        model_name: model.to_owned(),
+        id: user.id.clone(),
+        inputs: vec![oip::grpc::model_infer_request::InferInputTensor {
+            name: input_name.to_owned(),
+            datatype: oip::FP32.to_owned(),
+            shape: vec![1, user.features.len() as i64],
+            ..Default::default()
+        }],
+        raw_input_contents: vec![user.features.iter().flat_map(|v| v.to_le_bytes()).collect()],
+        ..Default::default()
+    }
+}
+
+/// `connections` gRPC clients, each its own HTTP/2 connection, and the
+/// model's input name from its gRPC metadata.
+async fn grpc_clients(
+    base: &str,
+    model: &str,
+    connections: usize,
+) -> Result<(Vec<GrpcClient>, String), RunError> {
+    let fail = |detail: String| RunError::Metadata {
+        url: base.to_owned(),
+        detail,
+    };
+    let endpoint = tonic::transport::Endpoint::from_shared(base.to_owned())
+        .map_err(|e| fail(e.to_string()))?
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(10));
+    let mut clients = Vec::with_capacity(connections);
+    for _ in 0..connections.max(1) {
+        let channel = endpoint.connect().await.map_err(|e| fail(e.to_string()))?;
+        clients.push(GrpcClient::new(channel).max_decoding_message_size(16 << 20));
+    }
+    let meta = clients[0]
+        .clone()
+        .model_metadata(oip::grpc::ModelMetadataRequest {
+            name: model.to_owned(),
+            version: String::new(),
+        })
+        .await
+        .map_err(|e| fail(e.to_string()))?
+        .into_inner();
+    let input = meta
+        .inputs
+        .into_iter()
+        .next()
+        .ok_or_else(|| fail("the model lists no inputs".into()))?
+        .name;
+    Ok((clients, input))
 }
 
 /// One user's infer request, encoded once before the clock starts.
@@ -403,16 +502,25 @@ pub async fn run(cfg: &Config, users: Vec<User>) -> Result<Report, RunError> {
         // By default every user makes their requests once.
         (None, None) => Some(users.len() as u64 * per_user),
     };
-    let bodies = match cfg.target {
-        Target::Infer => {
-            let input = input_name(&client, &base, &cfg.model_name).await?;
-            users
+    let (mut bodies, mut grpc, mut grpc_requests) = (Vec::new(), Vec::new(), Vec::new());
+    match (cfg.target, cfg.protocol) {
+        (Target::Infer, Protocol::Grpc) => {
+            let (clients, input) = grpc_clients(&base, &cfg.model_name, connections).await?;
+            grpc = clients;
+            grpc_requests = users
                 .iter()
-                .map(|u| oip_body(u, &input, cfg.protocol))
-                .collect()
+                .map(|u| grpc_request(u, &input, &cfg.model_name))
+                .collect();
         }
-        _ => Vec::new(),
-    };
+        (Target::Infer, protocol) => {
+            let input = input_name(&client, &base, &cfg.model_name).await?;
+            bodies = users
+                .iter()
+                .map(|u| oip_body(u, &input, protocol))
+                .collect();
+        }
+        _ => {}
+    }
     let tokens = if cfg.demo_tokens && cfg.target == Target::Frontend {
         demo_tokens(&users)?
     } else {
@@ -426,6 +534,8 @@ pub async fn run(cfg: &Config, users: Vec<User>) -> Result<Report, RunError> {
         headers: cfg.headers.clone(),
         tokens,
         bodies,
+        grpc,
+        grpc_requests,
         per_user,
         timeout: cfg.timeout,
         feedback: cfg.feedback && cfg.target == Target::Frontend,

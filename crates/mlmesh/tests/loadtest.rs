@@ -151,8 +151,9 @@ async fn latency_percentiles_agree_with_an_injected_delay() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn infer_load_in_json_and_binary_reaches_the_model_without_errors() {
+async fn infer_load_in_json_binary_and_grpc_reaches_the_model_without_errors() {
     let port = free_port();
+    let grpc_port = free_port();
     let model = common::models().join("propensity-v2.onnx");
     let server = Proc::start(
         &["model-inference"],
@@ -160,14 +161,20 @@ async fn infer_load_in_json_and_binary_reaches_the_model_without_errors() {
         &[
             ("MODEL_PATH", model.display().to_string()),
             ("MODEL_VERSION", "v2".to_owned()),
+            ("GRPC_LISTEN", format!("127.0.0.1:{grpc_port}")),
         ],
     )
     .await;
+    let grpc_base = format!("http://127.0.0.1:{grpc_port}");
     let stats = format!("{}/v2/models/propensity/stats", server.base);
     let mut served = 0;
-    for protocol in ["http-json", "http-binary"] {
+    for (protocol, base) in [
+        ("http-json", &server.base),
+        ("http-binary", &server.base),
+        ("grpc", &grpc_base),
+    ] {
         let args = [
-            server.base.as_str(),
+            base.as_str(),
             "--target",
             "infer",
             "--protocol",
