@@ -14,6 +14,10 @@
 # has the service write its experiment event log there, to measure what the
 # log costs the service.
 #
+# PROTOCOLS="http-json http-binary grpc" runs every concurrency once per
+# protocol, alternating (the load tool's --protocol; gRPC on its own port),
+# so the ratios between protocols come from one run on one machine state.
+#
 #   scripts/bench-service.sh [v1|v2] [seconds per step]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +26,8 @@ secs=${2:-10}
 port=${BENCH_PORT:-18180}
 concurrencies=${CONCURRENCIES:-"1 8 64 256"}
 mode=${MODE:-pinned}
+protocols=${PROTOCOLS:-http-json}
+grpc_port=$((port + 2))
 
 cargo build --release -p mlmesh -p loadtest >&2
 bin=target/release/mlmesh
@@ -47,7 +53,8 @@ if [ "${EVENT_LOG:-off}" = on ]; then
 fi
 echo "mode: $mode, model $version, ${secs}s per step, event log ${EVENT_LOG:-off}" >&2
 RUST_LOG=warn "${server_pin[@]}" "$bin" model-inference --listen "127.0.0.1:$port" --drain-delay 0s \
-    --model-path "models/propensity-$version.onnx" --model-version "$version" "${server_args[@]}" "${event_log[@]}" &
+    --model-path "models/propensity-$version.onnx" --model-version "$version" --grpc-listen "127.0.0.1:$grpc_port" \
+    "${server_args[@]}" "${event_log[@]}" &
 pid=$!
 unset TOKIO_WORKER_THREADS
 for _ in $(seq 100); do curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
@@ -58,21 +65,25 @@ url="http://127.0.0.1:$port"
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
 hz=$(getconf CLK_TCK)
 threads=$(( ${#load_pin[@]} > 0 ? 1 : $(nproc) ))
-echo "| concurrency | req/s | p50 | p90 | p99 | p99.9 | errors | server CPU µs/req |"
-echo "|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| protocol | concurrency | req/s | p50 | p90 | p99 | p99.9 | errors | server CPU µs/req |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
 for c in $concurrencies; do
+  for protocol in $protocols; do
+    target_url=$url
+    [ "$protocol" = grpc ] && target_url="http://127.0.0.1:$grpc_port"
     before=$(cpu_ticks)
-    "${load_pin[@]}" "$load" "$url" --target infer --threads "$threads" -c "$c" \
+    "${load_pin[@]}" "$load" "$target_url" --target infer --protocol "$protocol" --threads "$threads" -c "$c" \
         --duration "${secs}s" --quiet --json "$tmp/r.json" >/dev/null
     after=$(cpu_ticks)
-    python3 - "$tmp/r.json" $((after - before)) "$hz" "$c" <<'PY'
+    python3 - "$tmp/r.json" $((after - before)) "$hz" "$c" "$protocol" <<'PY'
 import json, sys
-r = json.load(open(sys.argv[1])); ticks, hz, c = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+r = json.load(open(sys.argv[1])); ticks, hz, c, protocol = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
 l = r["all"]["latency"]
 ms = lambda v: f"{v * 1000:.0f} µs" if v < 1 else f"{v:.2f} ms"
-print(f"| {c} | {r['throughput_rps']:,.0f} | {ms(l['p50_ms'])} | {ms(l['p90_ms'])} | {ms(l['p99_ms'])} "
+print(f"| {protocol} | {c} | {r['throughput_rps']:,.0f} | {ms(l['p50_ms'])} | {ms(l['p90_ms'])} | {ms(l['p99_ms'])} "
       f"| {ms(l['p999_ms'])} | {r['all']['errors']} | {ticks / hz * 1e6 / r['requests']:.1f} |")
 PY
+  done
 done
 if [ -n "$redis_pid" ]; then
     curl -fs "$url/metrics" | grep -E '^mlmesh_events_(written|dropped)_total' >&2
