@@ -287,11 +287,6 @@ fn make_span(req: &Request) -> Span {
         .get::<MatchedPath>()
         .map_or("unmatched", MatchedPath::as_str);
     let method = req.method().as_str();
-    let request_id = req
-        .headers()
-        .get(REQUEST_ID_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
     let span = tracing::info_span!(
         "request",
         otel.name = format!("{method} {route}"),
@@ -301,10 +296,21 @@ fn make_span(req: &Request) -> Span {
         http.route = route,
         url.path = req.uri().path(),
         http.response.status_code = field::Empty,
-        request_id,
+        request_id = request_id_of(req),
     );
-    let parent = extract_context(req.headers());
-    if let Err(e) = span.set_parent(parent) {
+    parented(span, req)
+}
+
+fn request_id_of(req: &Request) -> &str {
+    req.headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+}
+
+/// `span` as a child of the caller's W3C or B3 context, if it sent one.
+fn parented(span: Span, req: &Request) -> Span {
+    if let Err(e) = span.set_parent(extract_context(req.headers())) {
         tracing::debug!(error = ?e, "span parent not set");
     }
     span
@@ -316,11 +322,6 @@ fn make_span(req: &Request) -> Span {
 fn make_grpc_span(req: &Request) -> Span {
     let path = req.uri().path().trim_start_matches('/');
     let (service, method) = path.split_once('/').unwrap_or((path, ""));
-    let request_id = req
-        .headers()
-        .get(REQUEST_ID_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
     let span = tracing::info_span!(
         "request",
         otel.name = path,
@@ -329,12 +330,9 @@ fn make_grpc_span(req: &Request) -> Span {
         rpc.system = "grpc",
         rpc.service = service,
         rpc.method = method,
-        request_id,
+        request_id = request_id_of(req),
     );
-    if let Err(e) = span.set_parent(extract_context(req.headers())) {
-        tracing::debug!(error = ?e, "span parent not set");
-    }
-    span
+    parented(span, req)
 }
 
 fn record_response(res: &Response, _latency: Duration, span: &Span) {

@@ -8,7 +8,7 @@ mod common;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode, header};
-use common::{N_FEATURES, infer_body, model_args, probabilities, reference};
+use common::{N_FEATURES, close, infer_body, le, model_args, probabilities, reference};
 use http_body_util::BodyExt;
 use mesh_kit::ServerArgs;
 use serde_json::{Value, json};
@@ -21,10 +21,6 @@ fn app() -> Router {
     model_inference::app(&model_args("v1"), ServerArgs::for_tests())
         .unwrap()
         .0
-}
-
-fn le(values: &[f32]) -> Vec<u8> {
-    values.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
 struct Raw {
@@ -81,13 +77,6 @@ fn binary_request(rows: usize, extra: &str) -> String {
         r#"{{"id":"b-1","inputs":[{{"name":"features","shape":[{rows},{N_FEATURES}],"datatype":"FP32","parameters":{{"binary_data_size":{}}}}}]{extra}}}"#,
         rows * N_FEATURES * 4
     )
-}
-
-fn close(a: &[f32], b: &[f64]) -> bool {
-    a.len() == b.len()
-        && a.iter()
-            .zip(b)
-            .all(|(x, y)| (f64::from(*x) - y).abs() < 1e-5)
 }
 
 #[tokio::test]

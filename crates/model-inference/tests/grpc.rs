@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::{N_FEATURES, TestApp, model_args, reference};
+use common::{N_FEATURES, TestApp, close, le, model_args, reference};
 use mesh_kit::ServerArgs;
 use oip::grpc::grpc_inference_service_client::GrpcInferenceServiceClient;
 use oip::grpc::infer_parameter::ParameterChoice;
@@ -19,7 +19,6 @@ use tonic::Code;
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 
 type Client = GrpcInferenceServiceClient<Channel>;
 
@@ -27,10 +26,6 @@ async fn client(app: &TestApp) -> Client {
     GrpcInferenceServiceClient::connect(format!("http://{}", app.grpc_addr))
         .await
         .expect("connect over h2c")
-}
-
-fn le(values: &[f32]) -> Vec<u8> {
-    values.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
 fn input(rows: usize, contents: Option<Vec<f32>>) -> InferInputTensor {
@@ -61,13 +56,6 @@ fn raw_floats(bytes: &[u8]) -> Vec<f32> {
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect()
-}
-
-fn close(a: &[f32], b: &[f64]) -> bool {
-    a.len() == b.len()
-        && a.iter()
-            .zip(b)
-            .all(|(x, y)| (f64::from(*x) - y).abs() < 1e-5)
 }
 
 #[tokio::test]
@@ -155,13 +143,7 @@ async fn metadata_readiness_health_config_and_statistics() {
     assert_eq!(config.input[0].data_type, pb::DataType::TypeFp32 as i32);
     assert_eq!(config.max_batch_size, 64);
 
-    let mut health = HealthClient::new(
-        tonic::transport::Endpoint::from_shared(format!("http://{}", app.grpc_addr))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap(),
-    );
+    let mut health = app.grpc_health().await;
     for service in ["", "inference.GRPCInferenceService"] {
         let h = health
             .check(HealthCheckRequest {
@@ -485,13 +467,7 @@ async fn injected_errors_are_grpc_unavailable_and_spare_the_health_probe() {
     let e = c.model_infer(raw_request(&row, 1)).await.unwrap_err();
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
     assert!(e.message().contains("FAULT_ERROR_RATE"), "{e:?}");
-    let mut health = HealthClient::new(
-        tonic::transport::Endpoint::from_shared(format!("http://{}", app.grpc_addr))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap(),
-    );
+    let mut health = app.grpc_health().await;
     let h = health
         .check(HealthCheckRequest::default())
         .await

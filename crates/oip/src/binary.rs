@@ -92,15 +92,36 @@ pub fn split_body<'b>(
     }
 }
 
+/// One tensor of a request or answer, as the framing sees it.
+pub(crate) struct Slot<'t> {
+    pub name: &'t str,
+    pub datatype: &'t str,
+    pub params: Option<&'t Parameters>,
+    pub data: &'t mut Option<FlatF32>,
+}
+
+/// Fills every tensor that claims binary data from `binary`, in order, then
+/// checks that no byte is left over.
+pub(crate) fn fill_all<'t>(
+    tensors: impl IntoIterator<Item = Slot<'t>>,
+    binary: Option<&[u8]>,
+) -> Result<(), FramingError> {
+    let mut rest = binary;
+    for t in tensors {
+        fill(t, &mut rest)?;
+    }
+    finish(rest)
+}
+
 /// Moves one tensor's binary data out of `rest` into `data`, if its
 /// parameters say it has some; checks that it has data one way or the other.
-pub(crate) fn fill(
-    name: &str,
-    datatype: &str,
-    params: Option<&Parameters>,
-    data: &mut Option<FlatF32>,
-    rest: &mut Option<&[u8]>,
-) -> Result<(), FramingError> {
+fn fill(slot: Slot<'_>, rest: &mut Option<&[u8]>) -> Result<(), FramingError> {
+    let Slot {
+        name,
+        datatype,
+        params,
+        data,
+    } = slot;
     let named = || name.to_owned();
     let Some(size) = params.and_then(|p| p.get(BINARY_DATA_SIZE)) else {
         return match data {
@@ -156,7 +177,7 @@ pub(crate) fn fill(
 }
 
 /// After the last tensor: nothing may be left over.
-pub(crate) fn finish(rest: Option<&[u8]>) -> Result<(), FramingError> {
+fn finish(rest: Option<&[u8]>) -> Result<(), FramingError> {
     match rest {
         Some(r) if !r.is_empty() => Err(FramingError::Trailing(r.len())),
         _ => Ok(()),

@@ -130,17 +130,13 @@ impl<'a> InferRequest<'a> {
     /// an error too (a client and server that disagree on the layout must
     /// not score shifted data).
     pub fn take_binary(&mut self, binary: Option<&[u8]>) -> Result<(), FramingError> {
-        let mut rest = binary;
-        for t in &mut self.inputs {
-            binary::fill(
-                &t.name,
-                &t.datatype,
-                t.parameters.as_ref(),
-                &mut t.data,
-                &mut rest,
-            )?;
-        }
-        binary::finish(rest)
+        let tensors = self.inputs.iter_mut().map(|t| binary::Slot {
+            name: &t.name,
+            datatype: &t.datatype,
+            params: t.parameters.as_ref(),
+            data: &mut t.data,
+        });
+        binary::fill_all(tensors, binary)
     }
 
     /// The named request parameter as a bool, if given (`binary_data_output`).
@@ -179,17 +175,13 @@ impl InferResponse<'_> {
     /// The client side of [`InferRequest::take_binary`]: fills in the
     /// outputs the server sent in binary.
     pub fn take_binary(&mut self, binary: Option<&[u8]>) -> Result<(), FramingError> {
-        let mut rest = binary;
-        for t in &mut self.outputs {
-            binary::fill(
-                &t.name,
-                &t.datatype,
-                t.parameters.as_ref(),
-                &mut t.data,
-                &mut rest,
-            )?;
-        }
-        binary::finish(rest)
+        let tensors = self.outputs.iter_mut().map(|t| binary::Slot {
+            name: &t.name,
+            datatype: &t.datatype,
+            params: t.parameters.as_ref(),
+            data: &mut t.data,
+        });
+        binary::fill_all(tensors, binary)
     }
 
     /// The named output's data, if the answer has it.

@@ -68,6 +68,20 @@ pub fn probabilities(v: &Value) -> Vec<f64> {
         .collect()
 }
 
+/// Little-endian FP32 bytes, as the binary extension and raw gRPC contents carry them.
+pub fn le(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// Scores equal the reference's within 1e-5, row for row.
+pub fn close(got: &[f32], want: &[f64]) -> bool {
+    got.len() == want.len()
+        && got
+            .iter()
+            .zip(want)
+            .all(|(x, y)| (f64::from(*x) - y).abs() < 1e-5)
+}
+
 pub struct TestApp {
     pub addr: SocketAddr,
     /// The gRPC listener (inference.GRPCInferenceService, grpc.health.v1).
@@ -128,6 +142,18 @@ impl TestApp {
             stop: Some(stop),
             server,
         }
+    }
+
+    /// A `grpc.health.v1` client on the gRPC listener.
+    pub async fn grpc_health(
+        &self,
+    ) -> tonic_health::pb::health_client::HealthClient<tonic::transport::Channel> {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.grpc_addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        tonic_health::pb::health_client::HealthClient::new(channel)
     }
 
     pub fn url(&self, path: &str) -> String {
