@@ -15,8 +15,10 @@
 # log costs the service.
 #
 # PROTOCOLS="http-json http-binary grpc" runs every concurrency once per
-# protocol, alternating (the load tool's --protocol; gRPC on its own port),
-# so the ratios between protocols come from one run on one machine state.
+# protocol, alternating (the load tool's --protocol; gRPC on its own port,
+# its requests as streams over GRPC_CONNECTIONS connections, default 1, as
+# a gRPC channel or an Envoy upstream pool sends them), so the ratios
+# between protocols come from one run on one machine state.
 #
 #   scripts/bench-service.sh [v1|v2] [seconds per step]
 set -euo pipefail
@@ -72,7 +74,8 @@ for c in $concurrencies; do
     target_url=$url
     [ "$protocol" = grpc ] && target_url="http://127.0.0.1:$grpc_port"
     before=$(cpu_ticks)
-    "${load_pin[@]}" "$load" "$target_url" --target infer --protocol "$protocol" --threads "$threads" -c "$c" \
+    "${load_pin[@]}" "$load" "$target_url" --target infer --protocol "$protocol" \
+        --grpc-connections "${GRPC_CONNECTIONS:-1}" --threads "$threads" -c "$c" \
         --duration "${secs}s" --quiet --json "$tmp/r.json" >/dev/null
     after=$(cpu_ticks)
     python3 - "$tmp/r.json" $((after - before)) "$hz" "$c" "$protocol" <<'PY'

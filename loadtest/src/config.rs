@@ -75,6 +75,14 @@ pub struct Config {
     #[arg(long, value_enum, default_value_t = Protocol::HttpJson)]
     pub protocol: Protocol,
 
+    /// `--protocol grpc`: HTTP/2 connections to spread the requests over,
+    /// each carrying many at once as streams. 1 is what a gRPC channel
+    /// (Triton's client) and an Envoy sidecar's upstream pool use; one per
+    /// request in flight makes every request pay HTTP/2's per-connection
+    /// costs (+55% server CPU per request measured, BENCHMARKS.md).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub grpc_connections: u32,
+
     /// Closed loop: this many requests in flight, each sent when the last one
     /// answered (default 16 unless --rate is given).
     #[arg(long, short = 'c', conflicts_with = "rate")]

@@ -99,8 +99,8 @@ struct Plan {
     users: Vec<User>,
     /// `--target infer`: each user's OIP request body, built once.
     bodies: Vec<InferBody>,
-    /// `--protocol grpc`: one HTTP/2 connection per worker, as the HTTP/1
-    /// pool has, and each user's request message, built once.
+    /// `--protocol grpc`: `--grpc-connections` HTTP/2 connections, requests
+    /// spread over them as streams, and each user's request message, built once.
     grpc: Vec<GrpcClient>,
     grpc_requests: Vec<oip::grpc::ModelInferRequest>,
     base: String,
@@ -262,8 +262,8 @@ impl Plan {
         }
     }
 
-    /// One gRPC ModelInfer on request `i`'s connection; the status is the
-    /// gRPC code's name.
+    /// One gRPC ModelInfer, as a stream on request `i`'s connection; the
+    /// status is the gRPC code's name.
     async fn grpc_call(&self, i: u64, user: usize) -> CallResult {
         let mut client = self.grpc[(i as usize) % self.grpc.len()].clone();
         let mut req = tonic::Request::new(self.grpc_requests[user].clone());
@@ -360,8 +360,8 @@ fn grpc_request(user: &User, input_name: &str, model: &str) -> oip::grpc::ModelI
     }
 }
 
-/// `connections` gRPC clients, each its own HTTP/2 connection, and the
-/// model's input name from its gRPC metadata.
+/// `connections` gRPC clients, each its own HTTP/2 connection carrying
+/// many streams, and the model's input name from its gRPC metadata.
 async fn grpc_clients(
     base: &str,
     model: &str,
@@ -505,7 +505,8 @@ pub async fn run(cfg: &Config, users: Vec<User>) -> Result<Report, RunError> {
     let (mut bodies, mut grpc, mut grpc_requests) = (Vec::new(), Vec::new(), Vec::new());
     match (cfg.target, cfg.protocol) {
         (Target::Infer, Protocol::Grpc) => {
-            let (clients, input) = grpc_clients(&base, &cfg.model_name, connections).await?;
+            let (clients, input) =
+                grpc_clients(&base, &cfg.model_name, cfg.grpc_connections as usize).await?;
             grpc = clients;
             grpc_requests = users
                 .iter()
