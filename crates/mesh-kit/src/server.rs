@@ -168,29 +168,45 @@ impl Service {
         stamp(app, &self.response_headers)
     }
 
-    /// [`Self::serve`] with a gRPC app beside the HTTP one on `grpc_addr`
-    /// (its business routes and probes, as [`Self::grpc_router`] takes
-    /// them): one readiness and one drain for both listeners (gRPC clients
-    /// get GOAWAY as the listener closes).
+    /// Binds `--listen` and serves until SIGTERM/SIGINT, then drains.
+    pub async fn serve(self, business: Router, probes: Router) -> std::io::Result<()> {
+        self.serve_with_grpc(business, probes, None).await
+    }
+
+    /// [`Self::serve`], with a gRPC app beside the HTTP one when `grpc`
+    /// names its address, business routes and probes (as
+    /// [`Self::grpc_router`] takes them): one readiness and one drain for
+    /// both listeners (gRPC clients get GOAWAY as the listener closes).
     pub async fn serve_with_grpc(
         self,
         business: Router,
         probes: Router,
         grpc: Option<(std::net::SocketAddr, Router, Router)>,
     ) -> std::io::Result<()> {
-        let Some((grpc_addr, grpc_business, grpc_probes)) = grpc else {
-            return self.serve(business, probes).await;
-        };
         let listener = TcpListener::bind(self.args.listen).await?;
-        let grpc_listener = TcpListener::bind(grpc_addr).await.map_err(|e| {
-            std::io::Error::new(e.kind(), format!("gRPC listener on {grpc_addr}: {e}"))
-        })?;
         tracing::info!(service = self.name, addr = %listener.local_addr()?, "listening");
-        tracing::info!(service = self.name, addr = %grpc_listener.local_addr()?, "gRPC listening");
+        let grpc = match grpc {
+            Some((addr, grpc_business, grpc_probes)) => {
+                let l = TcpListener::bind(addr).await.map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("gRPC listener on {addr}: {e}"))
+                })?;
+                tracing::info!(service = self.name, addr = %l.local_addr()?, "gRPC listening");
+                Some((l, self.grpc_router(grpc_business, grpc_probes)))
+            }
+            None => None,
+        };
         let health = self.health.clone();
         let mut opts = ServeOptions::from(&self.args);
         opts.max_connections = connection_capacity(opts.max_connections);
-        let grpc_app = self.grpc_router(grpc_business, grpc_probes);
+        tracing::info!(
+            max_connections = opts.max_connections,
+            header_read_timeout = ?opts.header_read_timeout,
+            "connection limits"
+        );
+        let app = self.router(business, probes);
+        let Some((grpc_listener, grpc_app)) = grpc else {
+            return serve_on(listener, app, health, opts, shutdown_signal()).await;
+        };
         // One signal for both listeners.
         let (tx, rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
@@ -201,38 +217,10 @@ impl Service {
             let _ = rx.wait_for(|stop| *stop).await;
         };
         let (http, grpc) = tokio::join!(
-            serve_on(
-                listener,
-                self.router(business, probes),
-                health.clone(),
-                opts,
-                signal(rx.clone()),
-            ),
+            serve_on(listener, app, health.clone(), opts, signal(rx.clone())),
             serve_on(grpc_listener, grpc_app, health, opts, signal(rx)),
         );
         http.and(grpc)
-    }
-
-    /// Binds `--listen` and serves until SIGTERM/SIGINT, then drains.
-    pub async fn serve(self, business: Router, probes: Router) -> std::io::Result<()> {
-        let listener = TcpListener::bind(self.args.listen).await?;
-        tracing::info!(service = self.name, addr = %listener.local_addr()?, "listening");
-        let health = self.health.clone();
-        let mut opts = ServeOptions::from(&self.args);
-        opts.max_connections = connection_capacity(opts.max_connections);
-        tracing::info!(
-            max_connections = opts.max_connections,
-            header_read_timeout = ?opts.header_read_timeout,
-            "connection limits"
-        );
-        serve_on(
-            listener,
-            self.router(business, probes),
-            health,
-            opts,
-            shutdown_signal(),
-        )
-        .await
     }
 }
 
