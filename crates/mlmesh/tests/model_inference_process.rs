@@ -308,7 +308,7 @@ fn bad_flag_values_are_refused_with_the_reason() {
 #[tokio::test]
 async fn exports_the_server_span_over_otlp_continuing_the_b3_trace_and_flushes_on_shutdown() {
     let (endpoint, mut exports) = collector().await;
-    let (mut child, addr) = start(&[
+    let (child, addr) = start(&[
         ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
         // Far longer than the test: spans can only arrive through the shutdown flush.
@@ -327,17 +327,7 @@ async fn exports_the_server_span_over_otlp_continuing_the_b3_trace_and_flushes_o
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
-    sigterm(&child);
-    let status =
-        tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(10)))
-            .await
-            .unwrap();
-    assert!(status.success());
-
-    let export = tokio::time::timeout(Duration::from_secs(5), exports.recv())
-        .await
-        .expect("spans flushed at shutdown")
-        .unwrap();
+    let export = stop_and_flush(child, &mut exports).await;
     let rs = &export.resource_spans[0];
     let service = rs
         .resource
@@ -399,6 +389,23 @@ fn healthcheck_passes_on_ready_and_shows_why_a_call_was_refused() {
     let _ = child.wait();
 }
 
+/// SIGTERM, a clean exit within 10 s, and the spans it flushed on the way out.
+async fn stop_and_flush(
+    mut child: Child,
+    exports: &mut tokio::sync::mpsc::UnboundedReceiver<test_support::otlp::Export>,
+) -> test_support::otlp::Export {
+    sigterm(&child);
+    let status =
+        tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(10)))
+            .await
+            .unwrap();
+    assert!(status.success());
+    tokio::time::timeout(Duration::from_secs(5), exports.recv())
+        .await
+        .expect("spans flushed at shutdown")
+        .unwrap()
+}
+
 fn grpc_infer_request() -> oip::grpc::ModelInferRequest {
     oip::grpc::ModelInferRequest {
         model_name: "propensity".into(),
@@ -427,7 +434,7 @@ async fn grpc_client(
 #[tokio::test]
 async fn grpc_spans_continue_the_callers_w3c_trace() {
     let (endpoint, mut exports) = collector().await;
-    let (mut child, _, grpc) = start_with_grpc(&[
+    let (child, _, grpc) = start_with_grpc(&[
         ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
         ("OTEL_BSP_SCHEDULE_DELAY", "60000"),
@@ -443,16 +450,7 @@ async fn grpc_spans_continue_the_callers_w3c_trace() {
     let res = grpc_client(&grpc).await.model_infer(req).await.unwrap();
     assert_eq!(res.metadata().get("x-model-version").unwrap(), "v2");
     assert_eq!(res.into_inner().raw_output_contents.len(), 2);
-    sigterm(&child);
-    let status =
-        tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(10)))
-            .await
-            .unwrap();
-    assert!(status.success());
-    let export = tokio::time::timeout(Duration::from_secs(5), exports.recv())
-        .await
-        .expect("spans flushed at shutdown")
-        .unwrap();
+    let export = stop_and_flush(child, &mut exports).await;
     let spans: Vec<_> = export
         .resource_spans
         .iter()
