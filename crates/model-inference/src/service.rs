@@ -577,3 +577,39 @@ pub fn app(model: &ModelArgs, server: ServerArgs) -> Result<(axum::Router, AppSt
         state,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse_by_the_protocols_units_and_bounds() {
+        for (text, want) in [
+            ("100m", Duration::from_millis(100)),
+            ("2S", Duration::from_secs(2)),
+            ("1M", Duration::from_secs(60)),
+            ("1H", Duration::from_secs(3600)),
+            ("250u", Duration::from_micros(250)),
+            ("99999999n", Duration::from_nanos(99_999_999)),
+        ] {
+            assert_eq!(parse_grpc_timeout(text), Some(want), "{text}");
+        }
+        for bad in ["", "m", "100", "100x", "-1S", "123456789S", "1.5S", "+1S"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_sooner_of_envoys_and_grpcs_deadline_wins() {
+        let mut h = HeaderMap::new();
+        assert!(deadline_of(&h).is_none());
+        h.insert(DEADLINE_HEADER, HeaderValue::from_static("5000"));
+        h.insert(GRPC_TIMEOUT, HeaderValue::from_static("10m"));
+        let d = deadline_of(&h).unwrap();
+        assert!(d <= Instant::now() + Duration::from_millis(10));
+        h.insert(GRPC_TIMEOUT, HeaderValue::from_static("60S"));
+        let d = deadline_of(&h).unwrap();
+        assert!(d > Instant::now() + Duration::from_secs(4));
+        assert!(d <= Instant::now() + Duration::from_secs(5));
+    }
+}
