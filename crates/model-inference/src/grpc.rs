@@ -94,6 +94,13 @@ fn model_path(name: String, version: String) -> ModelPath {
 struct Grpc(AppState);
 
 impl Grpc {
+    /// NOT_FOUND unless the call names this model (and, if given, this version).
+    fn check_model(&self, name: String, version: String) -> Result<(), Status> {
+        self.0
+            .check_model(&model_path(name, version))
+            .map_err(status_of)
+    }
+
     async fn infer(
         &self,
         headers: &HeaderMap,
@@ -136,9 +143,7 @@ impl GrpcInferenceService for Grpc {
         req: Request<pb::ModelReadyRequest>,
     ) -> Result<Response<pb::ModelReadyResponse>, Status> {
         let r = req.into_inner();
-        self.0
-            .check_model(&model_path(r.name, r.version))
-            .map_err(status_of)?;
+        self.check_model(r.name, r.version)?;
         let ready = self.0.health().is_ready();
         Ok(Response::new(pb::ModelReadyResponse { ready }))
     }
@@ -155,9 +160,7 @@ impl GrpcInferenceService for Grpc {
         req: Request<pb::ModelMetadataRequest>,
     ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
         let r = req.into_inner();
-        self.0
-            .check_model(&model_path(r.name, r.version))
-            .map_err(status_of)?;
+        self.check_model(r.name, r.version)?;
         Ok(Response::new(self.0.model_metadata().into()))
     }
 
@@ -190,9 +193,7 @@ impl GrpcInferenceService for Grpc {
         req: Request<pb::ModelConfigRequest>,
     ) -> Result<Response<pb::ModelConfigResponse>, Status> {
         let r = req.into_inner();
-        self.0
-            .check_model(&model_path(r.name, r.version))
-            .map_err(status_of)?;
+        self.check_model(r.name, r.version)?;
         Ok(Response::new(pb::ModelConfigResponse {
             config: Some(self.0.model_config().into()),
         }))
@@ -205,9 +206,7 @@ impl GrpcInferenceService for Grpc {
         let r = req.into_inner();
         // An empty name asks for every model: this one.
         if !r.name.is_empty() {
-            self.0
-                .check_model(&model_path(r.name, r.version))
-                .map_err(status_of)?;
+            self.check_model(r.name, r.version)?;
         }
         Ok(Response::new(pb::ModelStatisticsResponse {
             model_stats: vec![self.0.statistics().into()],
