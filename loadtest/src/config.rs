@@ -25,18 +25,10 @@ pub enum Target {
     Get,
 }
 
-/// How `--target infer` sends each request's features.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Protocol {
-    /// OIP REST with JSON tensors.
-    HttpJson,
-    /// OIP REST with the binary tensor data extension (raw FP32 after the
-    /// JSON header, outputs asked for in binary), as Triton's clients send.
-    HttpBinary,
-    /// OIP over gRPC (`inference.GRPCInferenceService/ModelInfer`, raw
-    /// tensors): BASE_URL is the gRPC listener, e.g. http://127.0.0.1:9000.
-    Grpc,
-}
+/// How `--target infer` sends each request's features (the one list, in
+/// the oip crate; with `grpc`, BASE_URL is the gRPC listener, e.g.
+/// http://127.0.0.1:9000).
+pub use oip::Protocol;
 
 /// `--expect-share v2=10±2`: the version's share of requests, in percent.
 #[derive(Debug, Clone, PartialEq)]

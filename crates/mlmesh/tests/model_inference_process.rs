@@ -459,7 +459,7 @@ async fn grpc_spans_continue_the_callers_w3c_trace() {
         .collect();
     let server = spans
         .iter()
-        .find(|s| s.name == "inference.GRPCInferenceService/ModelInfer")
+        .find(|s| s.name == format!("{}/ModelInfer", oip::GRPC_SERVICE))
         .unwrap_or_else(|| {
             panic!(
                 "no gRPC span in {:?}",

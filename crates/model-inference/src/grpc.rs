@@ -63,24 +63,17 @@ async fn authority_as_host(mut req: HttpRequest, next: Next) -> HttpResponse {
 
 /// One status for every error the REST side would answer with a 4xx/5xx.
 fn status_of(e: ApiError) -> Status {
-    let code = match e.status {
-        StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => Code::InvalidArgument,
-        StatusCode::NOT_FOUND => Code::NotFound,
-        StatusCode::CONFLICT => Code::FailedPrecondition,
-        StatusCode::TOO_MANY_REQUESTS => {
-            // RESOURCE_EXHAUSTED with google.rpc.RetryInfo: a client that
-            // reads it backs off; the mesh does not retry it by default.
-            let wait = Duration::from_secs(e.retry_after.unwrap_or(1).into());
-            return Status::with_error_details(
-                Code::ResourceExhausted,
-                e.message,
-                ErrorDetails::with_retry_info(Some(wait)),
-            );
-        }
-        StatusCode::GATEWAY_TIMEOUT => Code::DeadlineExceeded,
-        StatusCode::SERVICE_UNAVAILABLE => Code::Unavailable,
-        _ => Code::Internal,
-    };
+    let code = oip::grpc_code_of(e.status.as_u16());
+    if code == Code::ResourceExhausted {
+        // RESOURCE_EXHAUSTED with google.rpc.RetryInfo: a client that reads
+        // it backs off; the mesh does not retry it by default.
+        let wait = Duration::from_secs(e.retry_after.unwrap_or(1).into());
+        return Status::with_error_details(
+            code,
+            e.message,
+            ErrorDetails::with_retry_info(Some(wait)),
+        );
+    }
     Status::new(code, e.message)
 }
 
@@ -222,7 +215,7 @@ struct GrpcHealth(AppState);
 
 /// The services a health check may name: the server as a whole ("") or
 /// the inference service.
-const HEALTH_SERVICES: [&str; 2] = ["", "inference.GRPCInferenceService"];
+const HEALTH_SERVICES: [&str; 2] = ["", oip::GRPC_SERVICE];
 
 #[tonic::async_trait]
 impl Health for GrpcHealth {

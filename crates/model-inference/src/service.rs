@@ -342,6 +342,17 @@ impl AppState {
                 .iter()
                 .map(|(name, width)| tensor(name, *width))
                 .collect(),
+            // The column order, for gRPC clients: gRPC's model metadata has
+            // no parameters, Triton's configuration does.
+            parameters: (!spec.feature_names.is_empty())
+                .then(|| {
+                    let value = oip::ModelParameter {
+                        string_value: spec.feature_names.join(","),
+                    };
+                    (oip::FEATURE_NAMES.to_owned(), value)
+                })
+                .into_iter()
+                .collect(),
         }
     }
 

@@ -144,7 +144,7 @@ async fn metadata_readiness_health_config_and_statistics() {
     assert_eq!(config.max_batch_size, 64);
 
     let mut health = app.grpc_health().await;
-    for service in ["", "inference.GRPCInferenceService"] {
+    for service in ["", oip::GRPC_SERVICE] {
         let h = health
             .check(HealthCheckRequest {
                 service: service.into(),

@@ -40,6 +40,8 @@ check("model metadata", mm["inputs"][0]["name"] == "features" and mm["versions"]
 input_name = mm["inputs"][0]["name"]
 config = client.get_model_config(model)
 check("model config", config["input"][0]["dims"] == [rows.shape[1]] and config["max_batch_size"] >= 8, config)
+columns = mm["parameters"]["feature_names"]
+check("model config: the column order in parameters", config["parameters"]["feature_names"]["string_value"] == columns, config)
 
 
 def infer(binary_in, outputs, request_id):
@@ -104,6 +106,8 @@ gm = g.get_model_metadata(model, as_json=True)
 check("grpc: model metadata", gm["inputs"][0]["name"] == input_name and gm["versions"] == [version], gm)
 gc = g.get_model_config(model, as_json=True)["config"]
 check("grpc: model config", gc["input"][0]["dims"] == [str(rows.shape[1])] and gc["input"][0]["data_type"] == "TYPE_FP32", gc)
+# Decoded with Triton's own model_config.proto: proves the field numbers.
+check("grpc: model config parameters", gc["parameters"]["feature_names"]["string_value"] == columns, gc)
 
 ginp = grpcclient.InferInput(input_name, list(rows.shape), "FP32")
 ginp.set_data_from_numpy(rows)

@@ -73,14 +73,19 @@ fn from_raw(
             datatype: t.datatype.clone(),
         });
     }
+    raw_values(&t.name, bytes)
+}
+
+/// Raw contents as FP32 values: whole values only, every one finite.
+fn raw_values(name: &str, bytes: &[u8]) -> Result<FlatF32, FramingError> {
     if !bytes.len().is_multiple_of(4) {
         return Err(FramingError::Partial {
-            name: name(),
+            name: name.to_owned(),
             size: bytes.len() as u64,
         });
     }
     FlatF32::from_le_bytes(bytes).map_err(|e| FramingError::NonFinite {
-        name: name(),
+        name: name.to_owned(),
         index: e.index,
         value: e.value,
     })
@@ -188,6 +193,70 @@ pub fn infer_response_to_grpc(res: InferResponse<'_>, raw: bool) -> grpc::ModelI
     }
 }
 
+/// The client side of [`infer_response_to_grpc`]: the named output's
+/// values, from raw contents or `fp32_contents`, checked as the server
+/// checks what it reads (whole FP32 values, finite).
+pub fn output_of_grpc(
+    res: &grpc::ModelInferResponse,
+    name: &str,
+) -> Result<Option<FlatF32>, FramingError> {
+    let Some(i) = res.outputs.iter().position(|o| o.name == name) else {
+        return Ok(None);
+    };
+    let tensor = &res.outputs[i];
+    if tensor.datatype != FP32 {
+        return Err(FramingError::Datatype {
+            name: tensor.name.clone(),
+            datatype: tensor.datatype.clone(),
+        });
+    }
+    if !res.raw_output_contents.is_empty() {
+        let bytes = res
+            .raw_output_contents
+            .get(i)
+            .ok_or(FramingError::RawCount {
+                inputs: res.outputs.len(),
+                raw: res.raw_output_contents.len(),
+            })?;
+        return raw_values(&tensor.name, bytes).map(Some);
+    }
+    Ok(tensor
+        .contents
+        .as_ref()
+        .map(|c| FlatF32(c.fp32_contents.clone())))
+}
+
+/// One table for both directions: the gRPC code model-inference answers
+/// where its REST port answers an HTTP status, and back (a client reading a
+/// gRPC error as the status REST would have given). The first row of a code
+/// is its way back.
+const STATUS_CODES: [(u16, tonic::Code); 7] = [
+    (400, tonic::Code::InvalidArgument),
+    (413, tonic::Code::InvalidArgument),
+    (404, tonic::Code::NotFound),
+    (409, tonic::Code::FailedPrecondition),
+    (429, tonic::Code::ResourceExhausted),
+    (503, tonic::Code::Unavailable),
+    (504, tonic::Code::DeadlineExceeded),
+];
+
+/// The gRPC code for an HTTP error status (`INTERNAL` for any other).
+pub fn grpc_code_of(http: u16) -> tonic::Code {
+    STATUS_CODES
+        .iter()
+        .find(|(s, _)| *s == http)
+        .map_or(tonic::Code::Internal, |(_, c)| *c)
+}
+
+/// The HTTP status REST would have answered for a gRPC code (500 for any
+/// code the table lacks).
+pub fn http_status_of(code: tonic::Code) -> u16 {
+    STATUS_CODES
+        .iter()
+        .find(|(_, c)| *c == code)
+        .map_or(500, |(s, _)| *s)
+}
+
 // === impl From<REST shapes> for gRPC messages ===
 
 impl From<ServerMetadata<'_>> for grpc::ServerMetadataResponse {
@@ -250,6 +319,16 @@ impl From<ModelConfig> for grpc::ModelConfig {
                     dims: t.dims,
                 })
                 .collect(),
+            parameters: c
+                .parameters
+                .into_iter()
+                .map(|(k, v)| {
+                    let v = grpc::ModelParameter {
+                        string_value: v.string_value,
+                    };
+                    (k, v)
+                })
+                .collect(),
         }
     }
 }
@@ -296,6 +375,21 @@ impl From<ModelStatistics> for grpc::ModelStatistics {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn status_and_code_map_both_ways() {
+        for (http, code) in super::STATUS_CODES {
+            assert_eq!(super::grpc_code_of(http), code);
+            // 413 shares INVALID_ARGUMENT with 400, which is its way back.
+            let back = super::http_status_of(code);
+            assert!(
+                back == http || (http == 413 && back == 400),
+                "{http} -> {code:?} -> {back}"
+            );
+        }
+        assert_eq!(super::grpc_code_of(500), tonic::Code::Internal);
+        assert_eq!(super::http_status_of(tonic::Code::Unknown), 500);
+    }
+
     use super::*;
     use crate::grpc::model_infer_request::InferInputTensor;
 

@@ -22,15 +22,20 @@ mod stats;
 
 pub use binary::{FramingError, encode_binary, split_body};
 pub use flat::FlatF32;
-pub use grpc_wire::{infer_request_from_grpc, infer_response_to_grpc};
+pub use grpc_wire::{
+    grpc_code_of, http_status_of, infer_request_from_grpc, infer_response_to_grpc, output_of_grpc,
+};
 pub use rest::{
     InferRequest, InferResponse, InputTensor, ModelMetadata, OutputTensor, Parameters,
     RequestedOutput, ServerMetadata, TensorMetadata,
 };
 pub use stats::{
-    BatchStatistics, Duration, InferStatistics, InferenceStatistics, ModelConfig, ModelStatistics,
-    ModelTensorConfig,
+    BatchStatistics, Duration, InferStatistics, InferenceStatistics, ModelConfig, ModelParameter,
+    ModelStatistics, ModelTensorConfig,
 };
+
+/// The gRPC service's full name, as paths and span names carry it.
+pub const GRPC_SERVICE: &str = "inference.GRPCInferenceService";
 
 /// The one datatype mlmesh's models take and return.
 pub const FP32: &str = "FP32";
@@ -57,3 +62,36 @@ pub const OCTET_STREAM: &str = "application/octet-stream";
 
 /// Extensions the server metadata advertises, under Triton's names.
 pub const EXTENSIONS: [&str; 3] = ["binary_tensor_data", "statistics", "model_configuration"];
+
+/// How a client sends its tensors to model-inference: the one list the
+/// frontend's `--model-protocol` and the load tool's `--protocol` offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum Protocol {
+    /// REST with JSON tensors (`POST /v2/models/{name}/infer`).
+    HttpJson,
+    /// REST with the binary tensor data extension: raw little-endian FP32
+    /// after the JSON header, outputs asked for in binary, as Triton's
+    /// clients send by default.
+    HttpBinary,
+    /// gRPC (`inference.GRPCInferenceService/ModelInfer`, raw tensors), on
+    /// the model's gRPC port.
+    Grpc,
+}
+
+impl Protocol {
+    /// The name as given on the command line (`http-json`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::HttpJson => "http-json",
+            Self::HttpBinary => "http-binary",
+            Self::Grpc => "grpc",
+        }
+    }
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

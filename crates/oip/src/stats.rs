@@ -2,6 +2,8 @@
 //! and model configuration extension (`GET /v2/models/{name}/config`), in
 //! the JSON shape Triton's clients read.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// A count and the cumulative time it took, in nanoseconds.
@@ -63,6 +65,17 @@ pub struct ModelConfig {
     pub max_batch_size: u64,
     pub input: Vec<ModelTensorConfig>,
     pub output: Vec<ModelTensorConfig>,
+    /// Triton's free-form model parameters; mlmesh's `feature_names` (the
+    /// input's column order) is here, so a gRPC client that cannot read the
+    /// REST metadata's `parameters` finds it in the configuration.
+    #[serde(default)]
+    pub parameters: BTreeMap<String, ModelParameter>,
+}
+
+/// One of [`ModelConfig::parameters`], in Triton's shape.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelParameter {
+    pub string_value: String,
 }
 
 /// A tensor of [`ModelConfig`]: `dims` exclude the batch dimension.
