@@ -16,6 +16,15 @@ pub enum RoutingMode {
     Direct,
 }
 
+/// The protocol the frontend speaks to model-inference unless told
+/// otherwise: the one that costs the whole chain least CPU per decision in
+/// BENCHMARKS.md ("The chain by model protocol").
+pub const DEFAULT_MODEL_PROTOCOL: oip::Protocol = oip::Protocol::HttpJson;
+
+/// model-inference's gRPC port (its `--grpc-listen` default), where a
+/// `*-grpc-url` left unset points.
+pub const DEFAULT_GRPC_PORT: u16 = 9000;
+
 /// The offer threshold the frontend decides at unless told otherwise (and
 /// `mlmesh analyze` judges a shadow launch at).
 pub const DEFAULT_THRESHOLD: f64 = 0.1;
@@ -34,9 +43,20 @@ pub struct FrontendArgs {
     )]
     pub feature_store_url: String,
 
-    /// Base URL of model-inference in `mesh` mode (the mesh picks v1 or v2).
+    /// How the frontend talks to model-inference: OIP REST with JSON or
+    /// binary tensors, or gRPC (to the `*-grpc-url`s below).
+    #[arg(long, env = "MODEL_PROTOCOL", value_enum, default_value_t = DEFAULT_MODEL_PROTOCOL)]
+    pub model_protocol: oip::Protocol,
+
+    /// Base URL of model-inference's REST port in `mesh` mode (the mesh
+    /// picks v1 or v2).
     #[arg(long, env = "MODEL_URL", default_value = "http://model-inference:8080")]
     pub model_url: String,
+
+    /// `--model-protocol grpc`, `mesh` mode: model-inference's gRPC port.
+    /// Default: `--model-url`'s host on port 9000.
+    #[arg(long, env = "MODEL_GRPC_URL")]
+    pub model_grpc_url: Option<String>,
 
     /// `direct` mode: the baseline model (serves the baseline cohort).
     #[arg(long, env = "MODEL_V1_URL", required_if_eq("routing", "direct"))]
@@ -46,10 +66,25 @@ pub struct FrontendArgs {
     #[arg(long, env = "MODEL_V2_URL", required_if_eq("routing", "direct"))]
     pub model_v2_url: Option<String>,
 
+    /// `--model-protocol grpc`, `direct` mode: the baseline's gRPC port.
+    /// Default: `--model-v1-url`'s host on port 9000.
+    #[arg(long, env = "MODEL_V1_GRPC_URL")]
+    pub model_v1_grpc_url: Option<String>,
+
+    /// `--model-protocol grpc`, `direct` mode: the candidate's gRPC port.
+    /// Default: `--model-v2-url`'s host on port 9000.
+    #[arg(long, env = "MODEL_V2_GRPC_URL")]
+    pub model_v2_grpc_url: Option<String>,
+
     /// `direct` mode: mirror live inference calls here, fire-and-forget, with
     /// a `-shadow` Host as Envoy does; the answers are discarded.
     #[arg(long, env = "SHADOW_URL")]
     pub shadow_url: Option<String>,
+
+    /// `--model-protocol grpc`: the shadow's gRPC port. Default:
+    /// `--shadow-url`'s host on port 9000.
+    #[arg(long, env = "SHADOW_GRPC_URL")]
+    pub shadow_grpc_url: Option<String>,
 
     /// Share of live calls mirrored to `--shadow-url`, in percent.
     #[arg(long, env = "SHADOW_PERCENT", default_value_t = 100, value_parser = clap::value_parser!(u8).range(0..=100))]
@@ -106,10 +141,15 @@ impl FrontendArgs {
         Self {
             routing: RoutingMode::Direct,
             feature_store_url,
+            model_protocol: DEFAULT_MODEL_PROTOCOL,
             model_url: String::new(),
+            model_grpc_url: None,
             model_v1_url: Some(v1),
             model_v2_url: Some(v2),
+            model_v1_grpc_url: None,
+            model_v2_grpc_url: None,
             shadow_url: None,
+            shadow_grpc_url: None,
             shadow_percent: 100,
             model_name: "propensity".into(),
             canary_percent: 10,

@@ -40,6 +40,12 @@ pub struct UpArgs {
     #[arg(long)]
     pub shadow: bool,
 
+    /// How the frontend calls the models. With `grpc` each model also
+    /// listens for gRPC, on its REST port + 1000 (9082 and 9083 by default,
+    /// as in compose).
+    #[arg(long, env = "MODEL_PROTOCOL", value_enum, default_value_t = frontend::config::DEFAULT_MODEL_PROTOCOL)]
+    pub model_protocol: oip::Protocol,
+
     /// Use this Redis for features (seeded first) instead of the embedded
     /// store, and for the experiment event log (stream mlmesh:events:v1) of
     /// the frontend and both models.
@@ -62,6 +68,8 @@ pub const DEFAULT_PORT: u16 = 8080;
 pub const FEATURE_STORE_OFFSET: u16 = 1;
 pub const V1_OFFSET: u16 = 2;
 pub const V2_OFFSET: u16 = 3;
+/// With `--model-protocol grpc`, a model's gRPC port is its REST port + this.
+pub const GRPC_OFFSET: u16 = 1000;
 
 const SERVICES: [&str; 4] = ["frontend", "feature-store", "v1", "v2"];
 
@@ -122,14 +130,29 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let v1_addr = addr(args.model_v1_port, V1_OFFSET)?;
     let v2_addr = addr(args.model_v2_port, V2_OFFSET)?;
     let url = |a: SocketAddr| format!("http://{a}");
+    let grpc = args.model_protocol == oip::Protocol::Grpc;
+    let grpc_addr = |a: SocketAddr| -> anyhow::Result<Option<SocketAddr>> {
+        if !grpc {
+            return Ok(None);
+        }
+        let port = a
+            .port()
+            .checked_add(GRPC_OFFSET)
+            .context("a model's port is too high for its gRPC port (REST port + 1000)")?;
+        Ok(Some(SocketAddr::new(a.ip(), port)))
+    };
+    let (v1_grpc, v2_grpc) = (grpc_addr(v1_addr)?, grpc_addr(v2_addr)?);
     // Said up front and by name: otherwise a busy port surfaces as one
     // child's bind error in the middle of the others' startup logs.
-    for (name, a) in [
+    let mut ports = vec![
         ("frontend", frontend_addr),
         ("feature store", fs_addr),
         ("model v1", v1_addr),
         ("model v2", v2_addr),
-    ] {
+    ];
+    ports.extend(v1_grpc.map(|a| ("model v1 (gRPC)", a)));
+    ports.extend(v2_grpc.map(|a| ("model v2 (gRPC)", a)));
+    for (name, a) in ports {
         if let Err(e) = std::net::TcpListener::bind(a) {
             bail!(
                 "port {} on {} (for the {name}) is not free: {e}. Is docker compose, the kind \
@@ -169,17 +192,18 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             None => fs.env_remove("REDIS_URL"),
         };
         running.push(spawn("feature-store", fs, &args)?);
-        for (name, model, addr, version) in [
-            ("v1", &v1_model, v1_addr, "v1"),
-            ("v2", &v2_model, v2_addr, "v2"),
+        for (name, model, addr, grpc_at, version) in [
+            ("v1", &v1_model, v1_addr, v1_grpc, "v1"),
+            ("v2", &v2_model, v2_addr, v2_grpc, "v2"),
         ] {
             let mut m = service(&exe, "model-inference", addr);
-            // Both models on one host cannot share gRPC's default :9000;
-            // the local stack speaks REST (gRPC: `mlmesh model-inference`
-            // alone, compose or Kubernetes, where each has its own).
+            // Both models on one host cannot share gRPC's default :9000:
+            // each gets its own port when the frontend speaks gRPC, none
+            // otherwise.
+            let listen = grpc_at.map_or_else(|| "off".to_owned(), |a| a.to_string());
             m.env("MODEL_PATH", model)
                 .env("MODEL_VERSION", version)
-                .env("GRPC_LISTEN", "off");
+                .env("GRPC_LISTEN", listen);
             event_log(&mut m, &args);
             running.push(spawn(name, m, &args)?);
         }
@@ -192,10 +216,24 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             .env("FEATURE_STORE_URL", url(fs_addr))
             .env("MODEL_V1_URL", url(v1_addr))
             .env("MODEL_V2_URL", url(v2_addr))
+            .env("MODEL_PROTOCOL", args.model_protocol.as_str())
             .env("CANARY_PERCENT", args.canary_percent.to_string())
             .env("DECISION_KEY", frontend::decision::random_key_hex());
+        for (var, at) in [
+            ("MODEL_V1_GRPC_URL", v1_grpc),
+            ("MODEL_V2_GRPC_URL", v2_grpc),
+        ] {
+            match at {
+                Some(a) => fe.env(var, url(a)),
+                None => fe.env_remove(var),
+            };
+        }
+        fe.env_remove("SHADOW_GRPC_URL");
         if args.shadow {
             fe.env("SHADOW_URL", url(v2_addr));
+            if let Some(a) = v2_grpc {
+                fe.env("SHADOW_GRPC_URL", url(a));
+            }
         } else {
             fe.env_remove("SHADOW_URL");
         }
@@ -343,7 +381,8 @@ fn print_banner(args: &UpArgs, fe: SocketAddr, fs: SocketAddr, v1: SocketAddr, v
     };
     println!(
         r#"
-mlmesh is up: direct routing, {canary}% canary on v2, shadow {shadow}, features from {store}
+mlmesh is up: direct routing, {canary}% canary on v2, shadow {shadow}, features from {store},
+models called over {protocol}
 
   app (frontend)   http://{fe}/
   feature-store    http://{fs}/v1/features/42
@@ -360,5 +399,6 @@ Ctrl-C stops everything.
 "#,
         canary = args.canary_percent,
         shadow = if args.shadow { "on" } else { "off" },
+        protocol = args.model_protocol,
     );
 }

@@ -102,7 +102,16 @@ fn find<'a>(spans: &'a [Got], service: &str, name: &str, kind: i32) -> Vec<&'a G
         .collect()
 }
 
+/// The model call's client and server span names over REST.
+const REST_HOP: (&str, &str) = ("POST model-inference", "POST /v2/models/{name}/infer");
+
 fn complete(spans: &[Got]) -> bool {
+    complete_over(spans, REST_HOP)
+}
+
+/// Whether the frontend's, the feature store's and the model's server
+/// spans (the model's named `hop.1`) are all in.
+fn complete_over(spans: &[Got], hop: (&str, &str)) -> bool {
     !find(spans, "frontend", "GET /predict", SPAN_KIND_SERVER).is_empty()
         && !find(
             spans,
@@ -111,19 +120,24 @@ fn complete(spans: &[Got]) -> bool {
             SPAN_KIND_SERVER,
         )
         .is_empty()
-        && !find(
-            spans,
-            "model-inference",
-            "POST /v2/models/{name}/infer",
-            SPAN_KIND_SERVER,
-        )
-        .is_empty()
+        && !find(spans, "model-inference", hop.1, SPAN_KIND_SERVER).is_empty()
 }
 
 /// Asserts the shape of one request's trace: the frontend's server span
 /// continues the caller's span, and each upstream's server span is the child
 /// of the frontend's client span for that call.
 fn assert_one_unbroken_trace(spans: &[Got], caller_span: &str, request_id: &str) {
+    assert_one_unbroken_trace_over(spans, caller_span, request_id, REST_HOP);
+}
+
+/// [`assert_one_unbroken_trace`] with the model called over `hop` (its
+/// client and server span names).
+fn assert_one_unbroken_trace_over(
+    spans: &[Got],
+    caller_span: &str,
+    request_id: &str,
+    hop: (&str, &str),
+) {
     let server = find(spans, "frontend", "GET /predict", SPAN_KIND_SERVER);
     assert_eq!(server.len(), 1);
     let server = server[0];
@@ -138,11 +152,7 @@ fn assert_one_unbroken_trace(spans: &[Got], caller_span: &str, request_id: &str)
             "feature-store",
             "GET /v1/features/{entity_id}",
         ),
-        (
-            "POST model-inference",
-            "model-inference",
-            "POST /v2/models/{name}/infer",
-        ),
+        (hop.0, "model-inference", hop.1),
     ] {
         let client = find(spans, "frontend", client_name, SPAN_KIND_CLIENT);
         assert_eq!(client.len(), 1, "{client_name}");
@@ -269,6 +279,62 @@ async fn one_unbroken_trace_per_request_for_b3_and_w3c_callers() {
             assert!(h("x-mlmesh-cohort").is_some());
         }
     }
+    assert!(stack.stop().success(), "Ctrl-C stops mlmesh up cleanly");
+}
+
+/// `--model-protocol grpc`: the frontend calls the models over gRPC, and
+/// the trace goes on unbroken across that hop (context in gRPC metadata,
+/// spans named as OpenTelemetry's RPC conventions say), scores unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_hop_to_the_model_keeps_one_unbroken_trace() {
+    let (endpoint, mut exports) = collector().await;
+    let stack = Stack::start(
+        Stack::ports(),
+        &["--model-protocol", "grpc", "--canary-percent", "50"],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.clone()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
+        ],
+    );
+    assert!(
+        stack
+            .stdout
+            .lock()
+            .unwrap()
+            .contains("models called over grpc"),
+        "the banner says which protocol"
+    );
+    let method = format!("{}/ModelInfer", oip::GRPC_SERVICE);
+    let hop = (method.as_str(), method.as_str());
+    let client = reqwest::Client::new();
+    let mut seen = Vec::new();
+    let mut versions = HashSet::new();
+    for (i, user) in ["42", "43", "44", "45", "46", "47"].into_iter().enumerate() {
+        let trace = format!("{:032x}", 0x5eed_0000 + i);
+        let caller = format!("{:016x}", 0xca11_0000 + i);
+        let request_id = format!("e2e-grpc-{i}");
+        let res = client
+            .get(format!("{}/predict?user_id={user}", stack.frontend))
+            .header("traceparent", format!("00-{trace}-{caller}-01"))
+            .header("x-request-id", &request_id)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["degraded"], false, "{body}");
+        versions.insert(body["model_version"].as_str().unwrap().to_owned());
+        let spans = collect_trace(&mut exports, &mut seen, &trace, |s| complete_over(s, hop)).await;
+        assert_one_unbroken_trace_over(&spans, &caller, &request_id, hop);
+        let call = find(&spans, "frontend", &method, SPAN_KIND_CLIENT)[0];
+        assert_eq!(call.attr("rpc.system").as_deref(), Some("grpc"));
+        assert_eq!(call.attr("rpc.grpc.status_code").as_deref(), Some("0"));
+    }
+    assert_eq!(
+        versions.len(),
+        2,
+        "both models answered over gRPC: {versions:?}"
+    );
     assert!(stack.stop().success(), "Ctrl-C stops mlmesh up cleanly");
 }
 

@@ -2,9 +2,7 @@
 //! (so each callee's server span is its child), forwarded experiment headers,
 //! a deadline on every call, and failures classified for metrics and answers.
 
-use std::borrow::Cow;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
@@ -16,15 +14,17 @@ use tracing::{Instrument, field};
 use mesh_kit::propagation::{DEADLINE_HEADER, Forwarded, MODEL_VERSION_HEADER, SERVED_BY_HEADER};
 
 use crate::cohort::Cohort;
-use crate::config::{FrontendArgs, RoutingMode};
+use crate::config::{DEFAULT_GRPC_PORT, FrontendArgs, RoutingMode};
 use crate::metrics::FrontendMetrics;
+
+mod model;
+
+pub use model::Features;
+use model::{GrpcClient, Layout, ModelTarget, Outbound, Wire};
 
 pub const FEATURE_STORE: &str = "feature-store";
 pub const MODEL: &str = "model-inference";
 pub const SHADOW: &str = "model-inference-shadow";
-
-/// The model output the frontend reads: the purchase probability.
-const PROBABILITY: &str = "probability";
 
 /// Mirrored calls in flight at once; beyond this, mirroring is skipped so a
 /// slow shadow can never hold memory or sockets the live path needs.
@@ -94,26 +94,6 @@ struct Answer {
     body: Bytes,
 }
 
-/// A user's feature values by name, as the feature store returned them.
-#[derive(Debug, Deserialize)]
-pub struct Features {
-    features: HashMap<String, Option<f64>>,
-    /// The feature-store replica that answered (its `x-mlmesh-served-by`).
-    #[serde(skip)]
-    pub served_by: Option<String>,
-}
-
-/// How a model wants its input: tensor name and feature order, read from the
-/// model's own OIP metadata so the order is never kept by hand in two places.
-#[derive(Debug)]
-struct Layout {
-    input_name: String,
-    feature_names: Vec<String>,
-    /// `feature_names` as the metadata gave them, sent back with every infer
-    /// call so a model with another order refuses (409) instead of mis-scoring.
-    parameters: oip::Parameters,
-}
-
 /// A scored user.
 #[derive(Debug, Clone)]
 pub struct Scored {
@@ -130,45 +110,8 @@ pub struct ScoreFailure {
     pub model_version: Option<String>,
 }
 
-struct ModelTarget {
-    infer_url: String,
-    metadata_url: String,
-    /// In `direct` mode the version this URL serves even when it cannot say so.
-    known_version: Option<&'static str>,
-    /// Read from the model's metadata on first use, and again after the
-    /// model refuses it (a new model version rolled out under this target).
-    layout: Mutex<Option<Arc<Layout>>>,
-}
-
-impl ModelTarget {
-    fn cached(&self) -> Option<Arc<Layout>> {
-        self.layout
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    /// Drops `stale` unless another request already replaced it.
-    fn forget(&self, stale: &Arc<Layout>) {
-        let mut slot = self.layout.lock().unwrap_or_else(|e| e.into_inner());
-        if slot.as_ref().is_some_and(|l| Arc::ptr_eq(l, stale)) {
-            *slot = None;
-        }
-    }
-
-    fn new(base: &str, model: &str, known_version: Option<&'static str>) -> Self {
-        let base = base.trim_end_matches('/');
-        Self {
-            infer_url: format!("{base}/v2/models/{model}/infer"),
-            metadata_url: format!("{base}/v2/models/{model}"),
-            known_version,
-            layout: Mutex::new(None),
-        }
-    }
-}
-
 struct Shadow {
-    infer_url: String,
+    target: ModelTarget,
     host: HeaderValue,
     percent: u8,
     slots: Arc<Semaphore>,
@@ -192,6 +135,8 @@ pub enum ConfigError {
     Client(#[from] reqwest::Error),
     #[error("--shadow-url {0:?} is not an absolute http URL")]
     ShadowUrl(String),
+    #[error("no gRPC URL for the model at {0:?}: give the *-grpc-url flag an absolute http URL")]
+    GrpcUrl(String),
     #[error("--routing direct needs --model-v1-url and --model-v2-url")]
     MissingModelUrl,
     #[error("decision key file {path}: {source}")]
@@ -210,31 +155,38 @@ impl Upstreams {
             .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(60))
             .build()?;
-        let name = &args.model_name;
+        let target = |rest: &str, grpc: Option<&String>, known| {
+            new_target(args, rest, grpc.map(String::as_str), known)
+        };
         let targets = match args.routing {
             RoutingMode::Mesh => [
-                ModelTarget::new(&args.model_url, name, None),
-                ModelTarget::new(&args.model_url, name, None),
+                target(&args.model_url, args.model_grpc_url.as_ref(), None)?,
+                target(&args.model_url, args.model_grpc_url.as_ref(), None)?,
             ],
             RoutingMode::Direct => {
                 let (Some(v1), Some(v2)) = (&args.model_v1_url, &args.model_v2_url) else {
                     return Err(ConfigError::MissingModelUrl);
                 };
                 [
-                    ModelTarget::new(v1, name, Some("v1")),
-                    ModelTarget::new(v2, name, Some("v2")),
+                    target(v1, args.model_v1_grpc_url.as_ref(), Some("v1"))?,
+                    target(v2, args.model_v2_grpc_url.as_ref(), Some("v2"))?,
                 ]
             }
         };
         // An empty SHADOW_URL (compose's `${SHADOW_URL:-}`) means no shadow.
         let shadow_url = args.shadow_url.clone().filter(|u| !u.trim().is_empty());
         let shadow = match (&shadow_url, args.routing) {
-            (Some(url), RoutingMode::Direct) => Some(Shadow {
-                infer_url: ModelTarget::new(url, name, None).infer_url,
-                host: shadow_host(url).ok_or_else(|| ConfigError::ShadowUrl(url.clone()))?,
-                percent: args.shadow_percent,
-                slots: Arc::new(Semaphore::new(MAX_SHADOW_IN_FLIGHT)),
-            }),
+            (Some(url), RoutingMode::Direct) => {
+                let target = target(url, args.shadow_grpc_url.as_ref(), None)?;
+                let host = shadow_host(target.describe())
+                    .ok_or_else(|| ConfigError::ShadowUrl(url.clone()))?;
+                Some(Shadow {
+                    target,
+                    host,
+                    percent: args.shadow_percent,
+                    slots: Arc::new(Semaphore::new(MAX_SHADOW_IN_FLIGHT)),
+                })
+            }
             (Some(_), RoutingMode::Mesh) => {
                 tracing::warn!(
                     "--shadow-url is ignored in mesh mode: mirror with a VirtualService instead"
@@ -274,10 +226,7 @@ impl Upstreams {
         if answer.status == StatusCode::NOT_FOUND {
             return Ok(None);
         }
-        let mut features: Features =
-            serde_json::from_slice(&answer.body).map_err(|e| invalid(FEATURE_STORE, e))?;
-        features.served_by = served_by(&answer.headers);
-        Ok(Some(features))
+        Ok(Some(Features::new(answer.body, served_by(&answer.headers))))
     }
 
     /// Scores the user with the cohort's model (and mirrors the call when shadowing).
@@ -332,7 +281,7 @@ impl Upstreams {
             Err(UpstreamError::Status {
                 status: 409, detail, ..
             }) => {
-                tracing::info!(url = %target.metadata_url, %detail, "model refused the cached feature order; re-reading its metadata");
+                tracing::info!(target = %target.describe(), %detail, "model refused the cached feature order; re-reading its layout");
                 target.forget(&layout);
                 let layout = self
                     .layout_of(target, fwd, deadline)
@@ -351,7 +300,7 @@ impl Upstreams {
             fail(e, version)
         })?;
         let version = answered_version(&answer.headers);
-        let probability = probability_of(&answer.body).map_err(|e| fail(e, version.clone()))?;
+        let probability = answer.probability.map_err(|e| fail(e, version.clone()))?;
         let model_version = version
             .or_else(|| target.known_version.map(str::to_owned))
             .unwrap_or_else(|| crate::metrics::UNKNOWN_VERSION.to_owned());
@@ -362,7 +311,8 @@ impl Upstreams {
         })
     }
 
-    /// One OIP infer call for `features` laid out as `layout` says.
+    /// One infer call for `features` laid out as `layout` says, in the
+    /// target's protocol.
     async fn infer(
         &self,
         target: &ModelTarget,
@@ -371,47 +321,45 @@ impl Upstreams {
         fwd: &Forwarded,
         deadline: Instant,
         request_id: &str,
-    ) -> Result<Answer, UpstreamError> {
-        let mut data = Vec::with_capacity(layout.feature_names.len());
-        for name in &layout.feature_names {
-            match features.features.get(name) {
-                Some(Some(v)) => data.push(*v as f32),
-                _ => {
-                    let detail = format!("no value for feature '{name}', which the model needs");
-                    return Err(invalid(FEATURE_STORE, detail));
-                }
+    ) -> Result<Inferred, UpstreamError> {
+        let values = features.values_in(layout)?;
+        let request = model::outbound(&target.wire, &target.model, layout, values, request_id);
+        self.mirror(&request, fwd);
+        match (&target.wire, request) {
+            (Wire::Http { infer_url, .. }, Outbound::Http { body, json_len }) => {
+                let answer = self
+                    .call(
+                        MODEL,
+                        Method::POST,
+                        infer_url.clone(),
+                        fwd,
+                        Some((body, json_len)),
+                        deadline,
+                        |s| s.is_success(),
+                    )
+                    .await?;
+                let length = answer.headers.get(oip::HEADER_LENGTH);
+                Ok(Inferred {
+                    probability: model::probability_of_http(&answer.body, length),
+                    headers: answer.headers,
+                })
             }
+            (Wire::Grpc { client, url }, Outbound::Grpc(message)) => {
+                let (headers, res) = self
+                    .call_grpc(MODEL, "ModelInfer", url, client, fwd, deadline, message, {
+                        |mut c: GrpcClient, r| async move { c.model_infer(r).await }
+                    })
+                    .await?;
+                Ok(Inferred {
+                    probability: model::probability_of_grpc(&res),
+                    headers,
+                })
+            }
+            _ => unreachable!("a target's requests are built for its own wire"),
         }
-        let request = oip::InferRequest {
-            id: Some(Cow::Borrowed(request_id)),
-            parameters: Some(layout.parameters.clone()),
-            inputs: vec![oip::InputTensor {
-                name: Cow::Borrowed(&layout.input_name),
-                shape: vec![1, data.len() as i64],
-                datatype: Cow::Borrowed(oip::FP32),
-                parameters: None,
-                data: Some(oip::FlatF32(data)),
-            }],
-            outputs: Some(vec![oip::RequestedOutput {
-                name: Cow::Borrowed(PROBABILITY),
-                parameters: None,
-            }]),
-        };
-        let body = Bytes::from(serde_json::to_vec(&request).expect("infer body serializes"));
-        self.mirror(&body, fwd);
-        self.call(
-            MODEL,
-            Method::POST,
-            target.infer_url.clone(),
-            fwd,
-            Some(body),
-            deadline,
-            |s| s.is_success(),
-        )
-        .await
     }
 
-    /// The target's cached layout, read from its metadata when there is none.
+    /// The target's cached layout, read from the model when there is none.
     async fn layout_of(
         &self,
         target: &ModelTarget,
@@ -422,57 +370,43 @@ impl Upstreams {
             return Ok(layout);
         }
         // Concurrent first requests may each read it; the answers are equal.
-        let layout = self.layout(target, fwd, deadline).await?;
-        *target.layout.lock().unwrap_or_else(|e| e.into_inner()) = Some(layout.clone());
+        let layout = Arc::new(match &target.wire {
+            Wire::Http { metadata_url, .. } => {
+                let answer = self
+                    .call(
+                        MODEL,
+                        Method::GET,
+                        metadata_url.clone(),
+                        fwd,
+                        None,
+                        deadline,
+                        |s| s.is_success(),
+                    )
+                    .await?;
+                Layout::from_metadata(&answer.body)?
+            }
+            Wire::Grpc { client, url } => {
+                let message = oip::grpc::ModelConfigRequest {
+                    name: target.model.clone(),
+                    version: String::new(),
+                };
+                let (_, res) = self
+                    .call_grpc(MODEL, "ModelConfig", url, client, fwd, deadline, message, {
+                        |mut c: GrpcClient, r| async move { c.model_config(r).await }
+                    })
+                    .await?;
+                Layout::from_config(res.config)?
+            }
+        });
+        tracing::info!(target = %target.describe(), input = %layout.input_name, features = layout.width(), "model layout read from the model");
+        target.remember(layout.clone());
         Ok(layout)
     }
 
-    async fn layout(
-        &self,
-        target: &ModelTarget,
-        fwd: &Forwarded,
-        deadline: Instant,
-    ) -> Result<Arc<Layout>, UpstreamError> {
-        let answer = self
-            .call(
-                MODEL,
-                Method::GET,
-                target.metadata_url.clone(),
-                fwd,
-                None,
-                deadline,
-                |s| s.is_success(),
-            )
-            .await?;
-        let meta: oip::ModelMetadata =
-            serde_json::from_slice(&answer.body).map_err(|e| invalid(MODEL, e))?;
-        let input_name = meta
-            .inputs
-            .into_iter()
-            .next()
-            .ok_or_else(|| invalid(MODEL, "model metadata lists no inputs"))?
-            .name
-            .into_owned();
-        let joined = meta
-            .parameters
-            .as_ref()
-            .and_then(|p| p.get(oip::FEATURE_NAMES))
-            .and_then(|v| v.as_str())
-            .ok_or_else(|| invalid(MODEL, "model metadata lacks parameters.feature_names"))?;
-        let feature_names: Vec<String> = joined.split(',').map(str::to_owned).collect();
-        let mut parameters = oip::Parameters::new();
-        parameters.insert(oip::FEATURE_NAMES.into(), joined.into());
-        tracing::info!(url = %target.metadata_url, input = %input_name, features = feature_names.len(), "model layout read from OIP metadata");
-        Ok(Arc::new(Layout {
-            input_name,
-            feature_names,
-            parameters,
-        }))
-    }
-
     /// Fire-and-forget copy of a live inference call, as Envoy's mirroring
-    /// does: same body and headers, Host suffixed `-shadow`, answer discarded.
-    fn mirror(&self, body: &Bytes, fwd: &Forwarded) {
+    /// does: same request and headers, Host suffixed `-shadow`, answer
+    /// discarded.
+    fn mirror(&self, request: &Outbound, fwd: &Forwarded) {
         let Some(shadow) = &self.shadow else { return };
         if fastrand::u32(0..100) >= u32::from(shadow.percent) {
             return;
@@ -481,40 +415,65 @@ impl Upstreams {
             self.metrics.shadow("dropped");
             return;
         };
-        let span = client_span(SHADOW, &Method::POST, &shadow.infer_url);
-        let mut headers = span.in_scope(|| fwd.outbound_headers());
-        headers.insert(header::HOST, shadow.host.clone());
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        let request = self
-            .http
-            .post(&shadow.infer_url)
-            .headers(headers)
-            .timeout(self.timeout)
-            .body(body.clone());
         let metrics = self.metrics.clone();
         let timeout = self.timeout;
-        tokio::spawn(
-            async move {
-                let started = Instant::now();
-                // One classification of failures for live and mirrored calls.
-                let error = match request.send().await {
-                    Ok(r) if r.status().is_success() => None,
-                    Ok(r) => {
-                        tracing::Span::current()
-                            .record("http.response.status_code", r.status().as_u16());
-                        Some("status")
-                    }
-                    Err(e) => Some(transport_error(SHADOW, timeout, e).kind()),
-                };
-                metrics.upstream_call(SHADOW, started.elapsed().as_secs_f64(), error);
-                metrics.shadow(if error.is_some() { "failed" } else { "sent" });
-                drop(permit);
-            }
-            .instrument(span),
-        );
+        let send: std::pin::Pin<Box<dyn Future<Output = Option<&'static str>> + Send>> =
+            match (&shadow.target.wire, request.clone()) {
+                (Wire::Http { infer_url, .. }, Outbound::Http { body, json_len }) => {
+                    let span = client_span(SHADOW, &Method::POST, infer_url);
+                    let mut headers = span.in_scope(|| fwd.outbound_headers());
+                    headers.insert(header::HOST, shadow.host.clone());
+                    content_headers(&mut headers, json_len);
+                    let request = self
+                        .http
+                        .post(infer_url)
+                        .headers(headers)
+                        .timeout(timeout)
+                        .body(body);
+                    Box::pin(
+                        async move {
+                            // One classification of failures for live and mirrored calls.
+                            match request.send().await {
+                                Ok(r) if r.status().is_success() => None,
+                                Ok(r) => {
+                                    tracing::Span::current()
+                                        .record("http.response.status_code", r.status().as_u16());
+                                    Some("status")
+                                }
+                                Err(e) => Some(transport_error(SHADOW, timeout, e).kind()),
+                            }
+                        }
+                        .instrument(span),
+                    )
+                }
+                (Wire::Grpc { client, url }, Outbound::Grpc(message)) => {
+                    let span = grpc_span(SHADOW, "ModelInfer", url);
+                    let mut headers = span.in_scope(|| fwd.outbound_headers());
+                    headers.insert(header::HOST, shadow.host.clone());
+                    let mut request = grpc_request(message, headers);
+                    request.set_timeout(timeout);
+                    let mut client = client.clone();
+                    Box::pin(
+                        async move {
+                            match tokio::time::timeout(timeout, client.model_infer(request)).await {
+                                Err(_) => Some("timeout"),
+                                Ok(Ok(_)) => None,
+                                Ok(Err(status)) => Some(grpc_error(SHADOW, status).kind()),
+                            }
+                        }
+                        .instrument(span),
+                    )
+                }
+                // The shadow speaks the live protocol (one --model-protocol).
+                _ => return,
+            };
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let error = send.await;
+            metrics.upstream_call(SHADOW, started.elapsed().as_secs_f64(), error);
+            metrics.shadow(if error.is_some() { "failed" } else { "sent" });
+            drop(permit);
+        });
     }
 
     /// One traced, timed, deadline-bounded call. Statuses `accept` rejects
@@ -526,7 +485,7 @@ impl Upstreams {
         method: Method,
         url: String,
         fwd: &Forwarded,
-        body: Option<Bytes>,
+        body: Option<(Bytes, Option<HeaderValue>)>,
         deadline: Instant,
         accept: impl Fn(StatusCode) -> bool,
     ) -> Result<Answer, UpstreamError> {
@@ -545,18 +504,13 @@ impl Upstreams {
                 DEADLINE_HEADER,
                 HeaderValue::from(budget.as_millis() as u64),
             );
-            let mut req = self
-                .http
-                .request(method, &url)
-                .headers(headers)
-                .timeout(budget);
-            if let Some(body) = body {
-                req = req
-                    .header(header::CONTENT_TYPE, "application/json")
-                    .body(body);
+            let mut req = self.http.request(method, &url).timeout(budget);
+            if let Some((body, json_len)) = body {
+                content_headers(&mut headers, json_len);
+                req = req.body(body);
             }
             let transport = |e: reqwest::Error| transport_error(upstream, budget, e);
-            let res = req.send().await.map_err(transport)?;
+            let res = req.headers(headers).send().await.map_err(transport)?;
             let status = res.status();
             tracing::Span::current().record("http.response.status_code", status.as_u16());
             let headers = res.headers().clone();
@@ -577,6 +531,73 @@ impl Upstreams {
         }
         .instrument(span.clone())
         .await;
+        self.finish(upstream, &span, started, result)
+    }
+
+    /// [`Self::call`] for one unary gRPC method: the same span shape,
+    /// forwarded headers (as metadata), deadline (as `grpc-timeout` too)
+    /// and failure classes; the answer's headers and message.
+    #[allow(clippy::too_many_arguments)]
+    async fn call_grpc<T, R, F>(
+        &self,
+        upstream: &'static str,
+        method: &'static str,
+        url: &str,
+        client: &GrpcClient,
+        fwd: &Forwarded,
+        deadline: Instant,
+        message: T,
+        send: impl FnOnce(GrpcClient, tonic::Request<T>) -> F,
+    ) -> Result<(HeaderMap, R), UpstreamError>
+    where
+        F: Future<Output = Result<tonic::Response<R>, tonic::Status>>,
+    {
+        let span = grpc_span(upstream, method, url);
+        let started = Instant::now();
+        let result = async {
+            let budget = deadline.saturating_duration_since(started);
+            if budget.is_zero() {
+                return Err(UpstreamError::Timeout {
+                    upstream,
+                    after: Duration::ZERO,
+                });
+            }
+            let mut headers = fwd.outbound_headers();
+            headers.insert(
+                DEADLINE_HEADER,
+                HeaderValue::from(budget.as_millis() as u64),
+            );
+            let mut request = grpc_request(message, headers);
+            request.set_timeout(budget);
+            let timeout = UpstreamError::Timeout {
+                upstream,
+                after: budget,
+            };
+            let res = tokio::time::timeout(budget, send(client.clone(), request))
+                .await
+                .map_err(|_| timeout)?;
+            let code = match &res {
+                Ok(_) => tonic::Code::Ok,
+                Err(status) => status.code(),
+            };
+            tracing::Span::current().record("rpc.grpc.status_code", code as i32);
+            let res = res.map_err(|status| grpc_error(upstream, status))?;
+            let headers = res.metadata().clone().into_headers();
+            Ok((headers, res.into_inner()))
+        }
+        .instrument(span.clone())
+        .await;
+        self.finish(upstream, &span, started, result)
+    }
+
+    /// Records a finished call's outcome on its span and in the metrics.
+    fn finish<T>(
+        &self,
+        upstream: &'static str,
+        span: &tracing::Span,
+        started: Instant,
+        result: Result<T, UpstreamError>,
+    ) -> Result<T, UpstreamError> {
         let error = result.as_ref().err().map(UpstreamError::kind);
         if let Some(kind) = error {
             span.record("otel.status_code", "ERROR");
@@ -586,6 +607,89 @@ impl Upstreams {
             .upstream_call(upstream, started.elapsed().as_secs_f64(), error);
         result
     }
+}
+
+/// One model target in the protocol `args` chose: REST at `rest`, or gRPC at
+/// `grpc` (default: `rest`'s host on model-inference's gRPC port).
+fn new_target(
+    args: &FrontendArgs,
+    rest: &str,
+    grpc: Option<&str>,
+    known: Option<&'static str>,
+) -> Result<ModelTarget, ConfigError> {
+    let model = &args.model_name;
+    match args.model_protocol {
+        oip::Protocol::HttpJson => Ok(ModelTarget::http(rest, model, false, known)),
+        oip::Protocol::HttpBinary => Ok(ModelTarget::http(rest, model, true, known)),
+        oip::Protocol::Grpc => {
+            let url = match grpc.filter(|u| !u.trim().is_empty()) {
+                Some(url) => url.to_owned(),
+                None => grpc_url_of(rest).ok_or_else(|| ConfigError::GrpcUrl(rest.to_owned()))?,
+            };
+            ModelTarget::grpc(&url, model, args.upstream_timeout, known)
+                .map_err(|_| ConfigError::GrpcUrl(url))
+        }
+    }
+}
+
+/// `rest`'s scheme and host on model-inference's default gRPC port.
+fn grpc_url_of(rest: &str) -> Option<String> {
+    let mut url = reqwest::Url::parse(rest).ok()?;
+    if url.scheme() != "http" || url.host_str().is_none() {
+        return None;
+    }
+    url.set_port(Some(DEFAULT_GRPC_PORT)).ok()?;
+    url.set_path("");
+    Some(url.as_str().trim_end_matches('/').to_owned())
+}
+
+/// A decoded REST or gRPC infer answer: the callee's headers (version,
+/// replica) and the probability, or why it is unusable.
+struct Inferred {
+    headers: HeaderMap,
+    probability: Result<f64, UpstreamError>,
+}
+
+/// A gRPC request carrying `headers` as its metadata.
+fn grpc_request<T>(message: T, headers: HeaderMap) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    *request.metadata_mut() = tonic::metadata::MetadataMap::from_headers(headers);
+    request
+}
+
+/// A gRPC failure as the REST path classifies it: a status the model sent
+/// is read as the HTTP status REST would have answered (so FAILED_PRECONDITION
+/// re-reads the layout as 409 does); one raised on this side (connect,
+/// reset) is a connection failure.
+fn grpc_error(upstream: &'static str, status: tonic::Status) -> UpstreamError {
+    if let Some(source) = std::error::Error::source(&status) {
+        let mut detail = format!("{}: {source}", status.message());
+        let mut next = source.source();
+        while let Some(s) = next {
+            detail = format!("{detail}: {s}");
+            next = s.source();
+        }
+        return UpstreamError::Connect { upstream, detail };
+    }
+    UpstreamError::Status {
+        upstream,
+        status: oip::http_status_of(status.code()),
+        detail: status.message().to_owned(),
+        model_version: answered_version(&status.metadata().clone().into_headers()),
+    }
+}
+
+/// The content type of an infer body, and its JSON part's length when
+/// tensors follow in binary.
+fn content_headers(headers: &mut HeaderMap, json_len: Option<HeaderValue>) {
+    let kind = match json_len {
+        Some(len) => {
+            headers.insert(oip::HEADER_LENGTH, len);
+            oip::OCTET_STREAM
+        }
+        None => "application/json",
+    };
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
 }
 
 fn client_span(upstream: &'static str, method: &Method, url: &str) -> tracing::Span {
@@ -598,6 +702,24 @@ fn client_span(upstream: &'static str, method: &Method, url: &str) -> tracing::S
         http.request.method = %method,
         url.full = url,
         http.response.status_code = field::Empty,
+        error.type = field::Empty,
+    )
+}
+
+/// A gRPC client span, named and attributed as OpenTelemetry's RPC
+/// conventions say (`package.Service/Method`, `rpc.*`).
+fn grpc_span(upstream: &'static str, method: &'static str, url: &str) -> tracing::Span {
+    tracing::info_span!(
+        "upstream",
+        otel.name = format!("{}/{method}", oip::GRPC_SERVICE),
+        otel.kind = "client",
+        otel.status_code = field::Empty,
+        peer.service = upstream,
+        rpc.system = "grpc",
+        rpc.service = oip::GRPC_SERVICE,
+        rpc.method = method,
+        url.full = url,
+        rpc.grpc.status_code = field::Empty,
         error.type = field::Empty,
     )
 }
@@ -654,20 +776,6 @@ fn served_by(headers: &HeaderMap) -> Option<String> {
         .map(str::to_owned)
 }
 
-fn probability_of(body: &[u8]) -> Result<f64, UpstreamError> {
-    let res: oip::InferResponse = serde_json::from_slice(body).map_err(|e| invalid(MODEL, e))?;
-    let p = res
-        .output(PROBABILITY)
-        .and_then(|d| d.first().copied())
-        .map(f64::from)
-        .ok_or_else(|| invalid(MODEL, "no 'probability' output in the answer"))?;
-    if p.is_finite() && (0.0..=1.0).contains(&p) {
-        Ok(p)
-    } else {
-        Err(invalid(MODEL, format!("probability {p} is outside [0, 1]")))
-    }
-}
-
 /// Envoy's mirror Host: `-shadow` appended to the host name, before any port.
 fn shadow_host(url: &str) -> Option<HeaderValue> {
     let url = reqwest::Url::parse(url).ok()?;
@@ -695,29 +803,6 @@ mod tests {
         assert_eq!(shadow_host("http://v2.local/").unwrap(), "v2.local-shadow");
         assert!(shadow_host("not a url").is_none());
         assert!(shadow_host("ftp://x").is_none());
-    }
-
-    #[test]
-    fn probability_must_be_a_probability() {
-        let answer = |name: &str, data: &str| {
-            format!(
-                r#"{{"model_name":"m","outputs":[{{"name":"{name}","datatype":"FP32","shape":[1,1],"data":{data}}}]}}"#
-            )
-        };
-        assert_eq!(
-            probability_of(answer("probability", "[0.25]").as_bytes()).unwrap(),
-            0.25
-        );
-        for bad in [
-            answer("probability", "[1.5]"),
-            answer("logit", "[0.1]"),
-            answer("probability", "[]"),
-            answer("probability", "[1e39]"),
-            "not json".to_owned(),
-        ] {
-            let bad = bad.as_bytes();
-            assert_eq!(probability_of(bad).unwrap_err().kind(), "invalid");
-        }
     }
 
     #[test]

@@ -101,6 +101,8 @@ pub fn dead_url() -> String {
 #[derive(Debug, Deserialize)]
 pub struct Reference {
     pub user_ids: Vec<String>,
+    /// Each user's feature row, in the models' column order.
+    pub inputs: Vec<Vec<f64>>,
     pub outputs: std::collections::HashMap<String, RefOutputs>,
 }
 
@@ -117,4 +119,32 @@ pub fn reference() -> Reference {
 
 pub fn timeout(ms: u64) -> Duration {
     Duration::from_millis(ms)
+}
+
+/// Model `version` on both of its ports, REST and gRPC, as the binary
+/// serves it (`--grpc-listen`).
+pub struct BothPorts {
+    pub rest: Served,
+    pub grpc: Served,
+}
+
+pub async fn model_both(version: &str) -> BothPorts {
+    mesh_kit::telemetry::init_for_tests();
+    let args = model_inference::ModelArgs::for_model(
+        models_dir().join(format!("propensity-{version}.onnx")),
+        version,
+    );
+    let (svc, state) = model_inference::build(&args, ServerArgs::for_tests()).expect("model loads");
+    let grpc = svc.grpc_router(
+        model_inference::grpc::routes(state.clone()),
+        model_inference::grpc::probes(state.clone()),
+    );
+    let rest = svc.router(
+        model_inference::router(state.clone()),
+        model_inference::probes(state),
+    );
+    BothPorts {
+        rest: serve(rest).await,
+        grpc: serve(grpc).await,
+    }
 }

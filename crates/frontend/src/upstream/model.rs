@@ -1,0 +1,570 @@
+//! One model-inference endpoint as the frontend calls it: the protocol on
+//! the wire (OIP REST with JSON or binary tensors, or gRPC), the input
+//! layout read from the model itself, and the user's features laid out in
+//! that order straight from the feature store's answer.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::http::HeaderValue;
+use bytes::Bytes;
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+
+use super::{FEATURE_STORE, MODEL, UpstreamError, invalid};
+
+pub(super) type GrpcClient =
+    oip::grpc::grpc_inference_service_client::GrpcInferenceServiceClient<tonic::transport::Channel>;
+
+/// The model output the frontend reads: the purchase probability.
+pub(super) const PROBABILITY: &str = "probability";
+
+/// How one target is reached.
+pub(super) enum Wire {
+    Http {
+        infer_url: String,
+        metadata_url: String,
+        /// The binary tensor data extension: raw FP32 both ways.
+        binary: bool,
+    },
+    Grpc {
+        /// One HTTP/2 connection, many streams; under a sidecar, Envoy
+        /// balances each call (stream) on its own.
+        client: GrpcClient,
+        /// For spans and logs.
+        url: String,
+    },
+}
+
+/// A user's features as the feature store answered, kept as its bytes until
+/// a model's layout says which value goes in which column: no map and no
+/// `String` per feature on the way to the model.
+#[derive(Debug)]
+pub struct Features {
+    body: Bytes,
+    /// The feature-store replica that answered (its `x-mlmesh-served-by`).
+    pub served_by: Option<String>,
+}
+
+/// How a model wants its input: tensor name and feature order, read from the
+/// model's own metadata so the order is never kept by hand in two places.
+#[derive(Debug)]
+pub(super) struct Layout {
+    pub input_name: String,
+    /// Comma-separated, as the metadata gave it: sent back with every infer
+    /// call so a model with another order refuses (409 / FAILED_PRECONDITION)
+    /// instead of mis-scoring.
+    pub joined: String,
+    feature_names: Vec<String>,
+    /// Each feature's column.
+    columns: HashMap<Box<str>, usize>,
+}
+
+pub(super) struct ModelTarget {
+    pub wire: Wire,
+    pub model: String,
+    /// In `direct` mode the version this target serves even when it cannot say so.
+    pub known_version: Option<&'static str>,
+    /// Read from the model on first use, and again after the model refuses
+    /// it (a new model version rolled out under this target).
+    layout: Mutex<Option<Arc<Layout>>>,
+}
+
+// === impl ModelTarget ===
+
+impl ModelTarget {
+    pub fn http(base: &str, model: &str, binary: bool, known: Option<&'static str>) -> Self {
+        let base = base.trim_end_matches('/');
+        let wire = Wire::Http {
+            infer_url: format!("{base}/v2/models/{model}/infer"),
+            metadata_url: format!("{base}/v2/models/{model}"),
+            binary,
+        };
+        Self::with(wire, model, known)
+    }
+
+    /// A gRPC target; connects on first use, so the frontend starts before
+    /// the model does, and reconnects after the model restarts.
+    pub fn grpc(
+        url: &str,
+        model: &str,
+        connect_timeout: Duration,
+        known: Option<&'static str>,
+    ) -> Result<Self, tonic::transport::Error> {
+        let channel = tonic::transport::Endpoint::from_shared(url.to_owned())?
+            .tcp_nodelay(true)
+            .connect_timeout(connect_timeout)
+            // A dead connection is noticed between calls, not by a user.
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_while_idle(true)
+            .connect_lazy();
+        let wire = Wire::Grpc {
+            client: GrpcClient::new(channel),
+            url: url.to_owned(),
+        };
+        Ok(Self::with(wire, model, known))
+    }
+
+    fn with(wire: Wire, model: &str, known_version: Option<&'static str>) -> Self {
+        Self {
+            wire,
+            model: model.to_owned(),
+            known_version,
+            layout: Mutex::new(None),
+        }
+    }
+
+    /// Where this target is, for logs.
+    pub fn describe(&self) -> &str {
+        match &self.wire {
+            Wire::Http { metadata_url, .. } => metadata_url,
+            Wire::Grpc { url, .. } => url,
+        }
+    }
+
+    pub fn cached(&self) -> Option<Arc<Layout>> {
+        self.layout
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn remember(&self, layout: Arc<Layout>) {
+        *self.layout.lock().unwrap_or_else(|e| e.into_inner()) = Some(layout);
+    }
+
+    /// Drops `stale` unless another request already replaced it.
+    pub fn forget(&self, stale: &Arc<Layout>) {
+        let mut slot = self.layout.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.as_ref().is_some_and(|l| Arc::ptr_eq(l, stale)) {
+            *slot = None;
+        }
+    }
+}
+
+// === impl Layout ===
+
+impl Layout {
+    /// From the REST model metadata: the first input and
+    /// `parameters.feature_names`.
+    pub fn from_metadata(body: &[u8]) -> Result<Self, UpstreamError> {
+        let meta: oip::ModelMetadata =
+            serde_json::from_slice(body).map_err(|e| invalid(MODEL, e))?;
+        let input = meta
+            .inputs
+            .first()
+            .ok_or_else(|| invalid(MODEL, "model metadata lists no inputs"))?;
+        let joined = meta
+            .parameters
+            .as_ref()
+            .and_then(|p| p.get(oip::FEATURE_NAMES))
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| invalid(MODEL, "model metadata lacks parameters.feature_names"))?;
+        Ok(Self::new(&input.name, joined))
+    }
+
+    /// From Triton's model configuration over gRPC (gRPC's model metadata
+    /// has no parameters): the first input and `parameters.feature_names`.
+    pub fn from_config(config: Option<oip::grpc::ModelConfig>) -> Result<Self, UpstreamError> {
+        let config = config.ok_or_else(|| invalid(MODEL, "the model sent no configuration"))?;
+        let input = config
+            .input
+            .first()
+            .ok_or_else(|| invalid(MODEL, "the model configuration lists no inputs"))?;
+        let joined = config
+            .parameters
+            .get(oip::FEATURE_NAMES)
+            .map(|p| p.string_value.as_str())
+            .ok_or_else(|| {
+                invalid(
+                    MODEL,
+                    "the model configuration lacks parameters.feature_names",
+                )
+            })?;
+        Ok(Self::new(&input.name, joined))
+    }
+
+    fn new(input_name: &str, joined: &str) -> Self {
+        let feature_names: Vec<String> = joined.split(',').map(str::to_owned).collect();
+        let columns = feature_names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.as_str().into(), i))
+            .collect();
+        Self {
+            input_name: input_name.to_owned(),
+            joined: joined.to_owned(),
+            feature_names,
+            columns,
+        }
+    }
+
+    pub fn width(&self) -> usize {
+        self.feature_names.len()
+    }
+
+    /// The OIP request parameters naming this layout's column order.
+    pub fn parameters(&self) -> oip::Parameters {
+        let mut p = oip::Parameters::new();
+        p.insert(oip::FEATURE_NAMES.into(), self.joined.as_str().into());
+        p
+    }
+}
+
+// === impl Features ===
+
+impl Features {
+    pub(super) fn new(body: Bytes, served_by: Option<String>) -> Self {
+        Self { body, served_by }
+    }
+
+    /// The values in `layout`'s column order, read from the feature store's
+    /// `{"features": {name: value, ...}, ...}` without building a map: each
+    /// name is looked up as it is read. A column with no value (absent or
+    /// null), or a value FP32 cannot hold, is an error naming the feature.
+    pub(super) fn values_in(&self, layout: &Layout) -> Result<Vec<f32>, UpstreamError> {
+        let mut columns = vec![None; layout.width()];
+        let seed = Row {
+            layout,
+            columns: &mut columns,
+        };
+        let mut de = serde_json::Deserializer::from_slice(&self.body);
+        seed.deserialize(&mut de)
+            .and_then(|()| de.end())
+            .map_err(|e| invalid(FEATURE_STORE, e))?;
+        columns
+            .into_iter()
+            .zip(&layout.feature_names)
+            .map(|(v, name)| match v {
+                Some(v) => {
+                    let v = v as f32;
+                    if v.is_finite() {
+                        Ok(v)
+                    } else {
+                        let detail = format!("feature '{name}' does not fit FP32");
+                        Err(invalid(FEATURE_STORE, detail))
+                    }
+                }
+                None => {
+                    let detail = format!("no value for feature '{name}', which the model needs");
+                    Err(invalid(FEATURE_STORE, detail))
+                }
+            })
+            .collect()
+    }
+}
+
+/// The feature store's answer: only its `features` object is read.
+struct Row<'l, 'c> {
+    layout: &'l Layout,
+    columns: &'c mut [Option<f64>],
+}
+
+impl<'de> DeserializeSeed<'de> for Row<'_, '_> {
+    type Value = ();
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Row<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object with `features`")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut seen = false;
+        while let Some(key) = map.next_key::<CowKey<'de>>()? {
+            if key.0 == "features" {
+                map.next_value_seed(Columns {
+                    layout: self.layout,
+                    columns: &mut *self.columns,
+                })?;
+                seen = true;
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        if seen {
+            Ok(())
+        } else {
+            Err(de::Error::missing_field("features"))
+        }
+    }
+}
+
+/// `{name: value|null, ...}` into the layout's columns; names the model does
+/// not take are skipped.
+struct Columns<'l, 'c> {
+    layout: &'l Layout,
+    columns: &'c mut [Option<f64>],
+}
+
+impl<'de> DeserializeSeed<'de> for Columns<'_, '_> {
+    type Value = ();
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Columns<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object of feature values")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        // `Cow` borrows from the body unless the name has escapes.
+        while let Some(name) = map.next_key::<CowKey<'de>>()? {
+            match self.layout.columns.get(name.0.as_ref()) {
+                Some(&i) => self.columns[i] = map.next_value::<Option<f64>>()?,
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A map key borrowed from the input when it can be (serde's own `Cow`
+/// always copies).
+struct CowKey<'de>(Cow<'de, str>);
+
+impl<'de> de::Deserialize<'de> for CowKey<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = CowKey<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a feature name")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(CowKey(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(CowKey(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+// === the wire, per protocol ===
+
+/// One infer call's request, ready to send (and to mirror).
+#[derive(Clone)]
+pub(super) enum Outbound {
+    Http {
+        body: Bytes,
+        /// `Inference-Header-Content-Length` when tensors follow in binary.
+        json_len: Option<HeaderValue>,
+    },
+    Grpc(oip::grpc::ModelInferRequest),
+}
+
+/// `values` as an infer request in `wire`'s protocol, asking for the
+/// probability only.
+pub(super) fn outbound(
+    wire: &Wire,
+    model: &str,
+    layout: &Layout,
+    values: Vec<f32>,
+    request_id: &str,
+) -> Outbound {
+    let width = values.len() as i64;
+    match wire {
+        Wire::Http { binary, .. } => {
+            let mut parameters = layout.parameters();
+            let mut input = oip::InputTensor {
+                name: Cow::Borrowed(&layout.input_name),
+                shape: vec![1, width],
+                datatype: Cow::Borrowed(oip::FP32),
+                parameters: None,
+                data: Some(oip::FlatF32(values)),
+            };
+            let mut raw = Vec::new();
+            if *binary {
+                raw = input.data.take().map(|d| d.0).unwrap_or_default();
+                let mut p = oip::Parameters::new();
+                p.insert(oip::BINARY_DATA_SIZE.into(), (raw.len() * 4).into());
+                input.parameters = Some(p);
+                parameters.insert(oip::BINARY_DATA_OUTPUT.into(), true.into());
+            }
+            let request = oip::InferRequest {
+                id: Some(Cow::Borrowed(request_id)),
+                parameters: Some(parameters),
+                inputs: vec![input],
+                outputs: Some(vec![oip::RequestedOutput {
+                    name: Cow::Borrowed(PROBABILITY),
+                    parameters: None,
+                }]),
+            };
+            let (body, json_len) =
+                oip::encode_binary(&request, [raw.as_slice()]).expect("infer body serializes");
+            Outbound::Http {
+                body: Bytes::from(body),
+                json_len: binary.then(|| HeaderValue::from(json_len)),
+            }
+        }
+        Wire::Grpc { .. } => {
+            use oip::grpc::infer_parameter::ParameterChoice;
+            let order = oip::grpc::InferParameter {
+                parameter_choice: Some(ParameterChoice::StringParam(layout.joined.clone())),
+            };
+            Outbound::Grpc(oip::grpc::ModelInferRequest {
+                model_name: model.to_owned(),
+                id: request_id.to_owned(),
+                parameters: [(oip::FEATURE_NAMES.to_owned(), order)].into(),
+                inputs: vec![oip::grpc::model_infer_request::InferInputTensor {
+                    name: layout.input_name.clone(),
+                    datatype: oip::FP32.to_owned(),
+                    shape: vec![1, width],
+                    ..Default::default()
+                }],
+                outputs: vec![oip::grpc::model_infer_request::InferRequestedOutputTensor {
+                    name: PROBABILITY.to_owned(),
+                    ..Default::default()
+                }],
+                raw_input_contents: vec![values.iter().flat_map(|v| v.to_le_bytes()).collect()],
+                ..Default::default()
+            })
+        }
+    }
+}
+
+/// The probability in a REST answer, JSON or with a binary part.
+pub(super) fn probability_of_http(
+    body: &[u8],
+    header_length: Option<&HeaderValue>,
+) -> Result<f64, UpstreamError> {
+    let (json, binary) = oip::split_body(body, header_length.map(HeaderValue::as_bytes))
+        .map_err(|e| invalid(MODEL, e))?;
+    let mut res: oip::InferResponse =
+        serde_json::from_slice(json).map_err(|e| invalid(MODEL, e))?;
+    res.take_binary(binary).map_err(|e| invalid(MODEL, e))?;
+    probability(res.output(PROBABILITY))
+}
+
+/// The probability in a gRPC answer, raw or typed contents.
+pub(super) fn probability_of_grpc(
+    res: &oip::grpc::ModelInferResponse,
+) -> Result<f64, UpstreamError> {
+    let values = oip::output_of_grpc(res, PROBABILITY).map_err(|e| invalid(MODEL, e))?;
+    probability(values.as_ref().map(|v| v.0.as_slice()))
+}
+
+fn probability(values: Option<&[f32]>) -> Result<f64, UpstreamError> {
+    let p = values
+        .and_then(|d| d.first().copied())
+        .map(f64::from)
+        .ok_or_else(|| invalid(MODEL, "no 'probability' output in the answer"))?;
+    if p.is_finite() && (0.0..=1.0).contains(&p) {
+        Ok(p)
+    } else {
+        Err(invalid(MODEL, format!("probability {p} is outside [0, 1]")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout() -> Layout {
+        Layout::new("features", "a,b,c")
+    }
+
+    fn features(json: &str) -> Features {
+        Features::new(Bytes::from(json.to_owned()), None)
+    }
+
+    #[test]
+    fn values_land_in_the_models_column_order() {
+        let f = features(
+            r#"{"entity_id":"u1","features":{"c":3,"x":{"nested":[1]},"a":1.5,"b":-2},"as_of":null}"#,
+        );
+        assert_eq!(f.values_in(&layout()).unwrap(), vec![1.5, -2.0, 3.0]);
+        // An escaped name is still found.
+        let f = features(r#"{"features":{"\u0061":1,"b":2,"c":3}}"#);
+        assert_eq!(f.values_in(&layout()).unwrap(), vec![1.0, 2.0, 3.0]);
+    }
+
+    #[test]
+    fn a_missing_null_or_oversized_value_names_the_feature() {
+        for (json, needle) in [
+            (r#"{"features":{"a":1,"b":2}}"#, "'c'"),
+            (r#"{"features":{"a":1,"b":null,"c":3}}"#, "'b'"),
+            (r#"{"features":{"a":1e39,"b":2,"c":3}}"#, "'a'"),
+            (r#"{"features":{"a":"1","b":2,"c":3}}"#, "invalid type"),
+            (r#"{"entity_id":"u1"}"#, "features"),
+            (r#"{"features":{"a":1,"b":2,"c":3}} trailing"#, "trailing"),
+            ("not json", "expected"),
+        ] {
+            let e = features(json).values_in(&layout()).unwrap_err();
+            assert_eq!(e.kind(), "invalid", "{json}");
+            assert!(e.to_string().contains(needle), "{json}: {e}");
+        }
+    }
+
+    #[test]
+    fn probability_must_be_a_probability() {
+        let answer = |name: &str, data: &str| {
+            format!(
+                r#"{{"model_name":"m","outputs":[{{"name":"{name}","datatype":"FP32","shape":[1,1],"data":{data}}}]}}"#
+            )
+        };
+        let p = |body: String| probability_of_http(body.as_bytes(), None);
+        assert_eq!(p(answer("probability", "[0.25]")).unwrap(), 0.25);
+        for bad in [
+            answer("probability", "[1.5]"),
+            answer("logit", "[0.1]"),
+            answer("probability", "[]"),
+            answer("probability", "[1e39]"),
+            "not json".to_owned(),
+        ] {
+            assert_eq!(p(bad).unwrap_err().kind(), "invalid");
+        }
+    }
+
+    #[test]
+    fn every_protocol_carries_the_same_values_and_order() {
+        let layout = layout();
+        let values = vec![1.0, 2.5, -3.0];
+        let json = Wire::Http {
+            infer_url: String::new(),
+            metadata_url: String::new(),
+            binary: false,
+        };
+        let Outbound::Http { body, json_len } = outbound(&json, "m", &layout, values.clone(), "r1")
+        else {
+            panic!("REST wire, REST request")
+        };
+        assert!(json_len.is_none());
+        let req: oip::InferRequest = serde_json::from_slice(&body).unwrap();
+        assert_eq!(req.inputs[0].data.as_ref().unwrap().0, values);
+        assert_eq!(req.parameters.unwrap()[oip::FEATURE_NAMES], "a,b,c");
+
+        let binary = Wire::Http {
+            infer_url: String::new(),
+            metadata_url: String::new(),
+            binary: true,
+        };
+        let Outbound::Http { body, json_len } =
+            outbound(&binary, "m", &layout, values.clone(), "r1")
+        else {
+            panic!("REST wire, REST request")
+        };
+        let (head, raw) = oip::split_body(&body, json_len.as_ref().map(|v| v.as_bytes())).unwrap();
+        let mut req: oip::InferRequest = serde_json::from_slice(head).unwrap();
+        req.take_binary(raw).unwrap();
+        assert_eq!(req.inputs[0].data.as_ref().unwrap().0, values);
+        assert!(req.binary_data_output().unwrap());
+    }
+}
