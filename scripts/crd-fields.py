@@ -25,7 +25,7 @@ KINDS = {
     "networking.istio.io/v1alpha3": {"EnvoyFilter"},
     "security.istio.io/v1": {"AuthorizationPolicy", "PeerAuthentication", "RequestAuthentication"},
     "telemetry.istio.io/v1": {"Telemetry"},
-    "gateway.networking.k8s.io/v1": {"Gateway", "HTTPRoute"},
+    "gateway.networking.k8s.io/v1": {"Gateway", "HTTPRoute", "GRPCRoute"},
     "argoproj.io/v1alpha1": {"AnalysisTemplate", "Rollout"},
     "flagger.app/v1beta1": {"Canary"},
 }

@@ -43,8 +43,10 @@ use istio_api_rs::security::v1::request_authentication::RequestAuthentication;
 use istio_api_rs::telemetry::v1::telemetry::Telemetry;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 // `::` for the crate: `gateway_api` alone is this test's module of checks.
 use ::gateway_api::gateways::Gateway as ApiGateway;
+use ::gateway_api::grpcroutes::GrpcRoute;
 use ::gateway_api::httproutes::HttpRoute;
 use k8s_openapi::api::core::v1::{
     Container, Namespace, PodSpec, PodTemplateSpec, Secret, Service, ServiceAccount,
@@ -84,6 +86,7 @@ struct Manifests {
     /// Gateway API Gateways (ingress and waypoints), with their file.
     k8s_gateways: Vec<(String, ApiGateway)>,
     http_routes: Vec<(String, HttpRoute)>,
+    grpc_routes: Vec<(String, GrpcRoute)>,
     analysis_templates: Vec<progressive::AnalysisTemplate>,
     rollouts: Vec<progressive::Rollout>,
     canaries: Vec<progressive::FlaggerCanary>,
@@ -177,6 +180,9 @@ fn parse(files: &[(String, String)], problems: &mut Vec<String>) -> Manifests {
                     .extend(typed(v, &origin, problems).map(|g| (path.clone(), g))),
                 ("gateway.networking.k8s.io/v1", "HTTPRoute") => m
                     .http_routes
+                    .extend(typed(v, &origin, problems).map(|r| (path.clone(), r))),
+                ("gateway.networking.k8s.io/v1", "GRPCRoute") => m
+                    .grpc_routes
                     .extend(typed(v, &origin, problems).map(|r| (path.clone(), r))),
                 ("v1", "Service") => m.services.extend(typed(v, &origin, problems)),
                 ("apps/v1", "Deployment") => m.deployments.extend(typed(v, &origin, problems)),
@@ -991,11 +997,106 @@ fn check(m: &Manifests) -> Vec<String> {
             }
         }
     }
+    check_model_calls_allowed(m, &mut problems);
     check_egress(m, &mut problems);
     auth::check_auth(m, &mut problems);
     gateway_api::check(m, &mut problems);
     progressive::check(m, &mut problems);
     problems
+}
+
+/// Port-name prefixes Istio selects a protocol by (`<protocol>[-<suffix>]`).
+const ISTIO_PROTOCOL_PREFIXES: [&str; 8] = [
+    "http", "http2", "https", "grpc", "tcp", "tls", "mongo", "redis",
+];
+
+/// What the frontend asks model-inference, over REST and over gRPC
+/// (`--model-protocol`): method and path as Istio's authorization sees them.
+fn frontend_model_calls() -> Vec<(&'static str, String)> {
+    vec![
+        ("GET", "/v2/models/propensity".to_owned()),
+        ("POST", "/v2/models/propensity/infer".to_owned()),
+        ("POST", format!("/{}/ModelConfig", oip::GRPC_SERVICE)),
+        ("POST", format!("/{}/ModelInfer", oip::GRPC_SERVICE)),
+    ]
+}
+
+/// Istio's path match: exact, `prefix*`, `*suffix` or `*`.
+fn path_matches(pattern: &str, path: &str) -> bool {
+    if pattern == "*" {
+        true
+    } else if let Some(prefix) = pattern.strip_suffix('*') {
+        path.starts_with(prefix)
+    } else if let Some(suffix) = pattern.strip_prefix('*') {
+        path.ends_with(suffix)
+    } else {
+        pattern == path
+    }
+}
+
+/// Every ALLOW policy that lets the frontend into model-inference (by pod
+/// selector or, at a waypoint, by Service) lets in each of its calls, REST
+/// and gRPC: a path list written for REST alone would deny MODEL_PROTOCOL=grpc.
+fn check_model_calls_allowed(m: &Manifests, problems: &mut Vec<String>) {
+    let frontend = format!("cluster.local/ns/{NAMESPACE}/sa/frontend");
+    let model_pod = BTreeMap::from([("app".to_owned(), "model-inference".to_owned())]);
+    for ap in &m.authorization_policies {
+        if !matches!(
+            ap.spec.action,
+            None | Some(AuthorizationPolicyAction::Allow)
+        ) {
+            continue;
+        }
+        let name = ap.metadata.name.clone().unwrap_or_default();
+        let by_selector = ap
+            .spec
+            .selector
+            .as_ref()
+            .and_then(|s| s.match_labels.clone())
+            .is_some_and(|sel| !sel.is_empty() && selects(&sel, &model_pod));
+        let by_service = gateway_api::target_refs(ap.spec.target_refs.as_ref())
+            .unwrap_or_default()
+            .iter()
+            .any(|(_, kind, n)| kind == "Service" && n == "model-inference");
+        if !by_selector && !by_service {
+            continue;
+        }
+        for rule in ap.spec.rules.iter().flatten() {
+            let names_frontend = rule.from.iter().flatten().any(|f| {
+                f.source
+                    .as_ref()
+                    .and_then(|s| s.principals.as_ref())
+                    .is_some_and(|ps| ps.contains(&frontend))
+            });
+            if !names_frontend {
+                continue;
+            }
+            let ops: Vec<_> = rule
+                .to
+                .iter()
+                .flatten()
+                .filter_map(|t| t.operation.as_ref())
+                .collect();
+            if ops.is_empty() {
+                continue; // no `to`: everything
+            }
+            for (method, path) in frontend_model_calls() {
+                let allowed = ops.iter().any(|o| {
+                    o.methods
+                        .as_ref()
+                        .is_none_or(|ms| ms.iter().any(|x| x == method))
+                        && o.paths
+                            .as_ref()
+                            .is_none_or(|ps| ps.iter().any(|p| path_matches(p, &path)))
+                });
+                if !allowed {
+                    problems.push(format!(
+                        "AuthorizationPolicy {name}: denies the frontend's {method} {path} (it calls model-inference over REST or gRPC)"
+                    ));
+                }
+            }
+        }
+    }
 }
 
 /// Service-level checks both modes share: named ports with a protocol, and
@@ -1009,7 +1110,13 @@ fn check_services(m: &Manifests, problems: &mut Vec<String>) {
             .and_then(|s| s.ports.clone())
             .unwrap_or_default()
         {
-            if p.name.is_none() || p.app_protocol.is_none() {
+            // Istio's protocol selection: appProtocol, or the name's prefix
+            // (Flagger's discovered ports are named so).
+            let by_name = p.name.as_deref().is_some_and(|n| {
+                let prefix = n.split('-').next().unwrap_or_default();
+                ISTIO_PROTOCOL_PREFIXES.contains(&prefix)
+            });
+            if p.name.is_none() || (p.app_protocol.is_none() && !by_name) {
                 problems.push(format!(
                     "Service {name}: port {} needs a name and appProtocol",
                     p.port
@@ -1036,6 +1143,46 @@ fn check_services(m: &Manifests, problems: &mut Vec<String>) {
         {
             problems.push(format!(
                 "Service {name}: selector {selector:?} selects no pod template"
+            ));
+        }
+        let ports = s
+            .spec
+            .as_ref()
+            .and_then(|s| s.ports.clone())
+            .unwrap_or_default();
+        // A named targetPort must be a container port of every pod it selects.
+        for p in &ports {
+            let Some(IntOrString::String(target)) = &p.target_port else {
+                continue;
+            };
+            for (workload, t, _) in workloads(m) {
+                if selector.is_empty() || !selects(&selector, &labels(t)) {
+                    continue;
+                }
+                let has = pod_spec(t).containers.iter().any(|c| {
+                    c.ports
+                        .iter()
+                        .flatten()
+                        .any(|cp| cp.name.as_deref() == Some(target.as_str()))
+                });
+                if !has {
+                    problems.push(format!(
+                        "Service {name}: port {} targets {target:?}, which {workload}'s containers do not name",
+                        p.port
+                    ));
+                }
+            }
+        }
+        // model-inference speaks gRPC too (MODEL_PROTOCOL=grpc): every
+        // Service in front of it says so, or Envoy treats 9000 as TCP.
+        if selector.get("app").map(String::as_str) == Some("model-inference")
+            && !ports.iter().any(|p| {
+                p.name.as_deref() == Some("grpc")
+                    && p.app_protocol.as_deref().is_none_or(|a| a == "grpc")
+            })
+        {
+            problems.push(format!(
+                "Service {name}: model-inference serves gRPC; the Service needs a port named grpc with appProtocol grpc"
             ));
         }
     }
@@ -1206,6 +1353,12 @@ fn the_shipped_manifests_parse_strictly_and_cross_check() {
         "k8s/base's six and Flagger's target"
     );
     assert!(m.virtual_services.len() >= 7);
+    // One GRPCRoute per experiment that routes model-inference.
+    assert_eq!(
+        m.grpc_routes.len(),
+        7,
+        "the gRPC twins of istio/gateway-api/"
+    );
     assert_eq!(
         (m.rollouts.len(), m.canaries.len(), m.patches.len()),
         (1, 1, 2)
@@ -1638,7 +1791,11 @@ fn deliberately_broken_manifests_are_caught() {
         ),
         (
             "k8s/base/services.yaml",
-            Box::new(|t| t.replacen("      appProtocol: http\n", "", 1)),
+            // Neither appProtocol nor a name Istio reads a protocol from.
+            Box::new(|t| {
+                t.replacen("    - name: http\n", "    - name: web\n", 1)
+                    .replacen("      appProtocol: http\n", "", 1)
+            }),
             "needs a name and appProtocol",
         ),
         (
@@ -1892,7 +2049,10 @@ fn deliberately_broken_manifests_are_caught() {
         ),
         (
             FLAGGER_CANARY,
-            Box::new(|t| t.replace("    appProtocol: http\n", "")),
+            Box::new(|t| {
+                t.replace("    appProtocol: http\n", "")
+                    .replace("portName: http", "portName: web")
+            }),
             "[flagger] Service model-inference: port 8080 needs a name and appProtocol",
         ),
         (
@@ -1940,6 +2100,48 @@ fn deliberately_broken_manifests_are_caught() {
             "istio/gateway-api/canary/http-route.yaml",
             Box::new(|t| t.replace("weight: 10", "wieght: 10")),
             "is not a field of HTTPRoute in Istio 1.31",
+        ),
+        // gRPC to model-inference (MODEL_PROTOCOL=grpc) is routed, named
+        // and allowed like REST.
+        (
+            "istio/gateway-api/canary/grpc-route.yaml",
+            Box::new(|t| t.replace("weight: 10", "weight: 20")),
+            "is not the gRPC twin of istio/gateway-api/canary/http-route.yaml",
+        ),
+        (
+            "istio/gateway-api/sticky/grpc-route.yaml",
+            Box::new(|_| String::new()),
+            "istio/gateway-api/sticky/ has no GRPCRoute for it",
+        ),
+        (
+            "istio/gateway-api/shadow/grpc-route.yaml",
+            Box::new(|t| t.replacen("port: 9000", "port: 8080", 1)),
+            "port 8080 is not its gRPC port",
+        ),
+        (
+            "istio/gateway-api/promote/grpc-route.yaml",
+            Box::new(|t| t.replace("name: model-inference-v2", "name: model-inference-v3")),
+            "backendRef model-inference-v3 is not a Service",
+        ),
+        (
+            "k8s/base/services.yaml",
+            Box::new(|t| t.replace("appProtocol: grpc", "appProtocol: tcp")),
+            "needs a port named grpc with appProtocol grpc",
+        ),
+        (
+            "k8s/base/deployments.yaml",
+            Box::new(|t| t.replacen("- name: grpc\n", "- name: grpc-api\n", 1)),
+            "targets \"grpc\", which model-inference-v1's containers do not name",
+        ),
+        (
+            "istio/security/authorization.yaml",
+            Box::new(|t| {
+                t.replace(
+                    "/inference.GRPCInferenceService/*",
+                    "/inference.GRPCInferenceService/ModelInfer",
+                )
+            }),
+            "denies the frontend's POST /inference.GRPCInferenceService/ModelConfig",
         ),
         (
             "istio/canary/virtual-service.yaml",
@@ -2071,6 +2273,11 @@ fn deliberately_broken_ambient_manifests_are_caught() {
     const OVERLAY: &str = "k8s/overlays/ambient/kustomization.yaml";
     const SECURITY: &str = "istio/ambient/security/authorization.yaml";
     let cases: Vec<Break> = vec![
+        (
+            SECURITY,
+            Box::new(|t| t.replace("ports: [\"8080\", \"9000\"]", "ports: [\"8080\"]")),
+            "not on port 9000, which the Service serves",
+        ),
         (
             OVERLAY,
             Box::new(|t| {

@@ -149,6 +149,17 @@ pub fn check(m: &Manifests, problems: &mut Vec<String>) {
             }
         }
     }
+    for (file, r) in &m.grpc_routes {
+        for p in r.spec.parent_refs.iter().flatten() {
+            if p.kind.as_deref() == Some("Service") {
+                needs_waypoint(
+                    format!("{file}: GRPCRoute {}", name_of(&r.metadata)),
+                    &p.name,
+                    problems,
+                );
+            }
+        }
+    }
     for dr in &m.destination_rules {
         let host = short_host(&dr.spec.host);
         if services.contains_key(host) {
@@ -235,6 +246,62 @@ pub fn check(m: &Manifests, problems: &mut Vec<String>) {
             !sel.is_empty() && selects(&sel, &selector(svc)) && allows(ap, principal)
         })
     };
+    // The waypoint forwards to every port of a Service it serves (REST and
+    // gRPC): a pod policy that lets the waypoint in on some ports only
+    // would drop the calls to the others.
+    for (svc_name, w) in &waypoint_of {
+        let (Some(svc), Some(principal)) = (services.get(svc_name), waypoints.get(w)) else {
+            continue;
+        };
+        let svc_ports: Vec<String> = svc
+            .spec
+            .as_ref()
+            .and_then(|s| s.ports.clone())
+            .unwrap_or_default()
+            .iter()
+            .map(|p| p.port.to_string())
+            .collect();
+        for ap in &l4 {
+            let sel = ap
+                .spec
+                .selector
+                .as_ref()
+                .and_then(|s| s.match_labels.clone())
+                .unwrap_or_default();
+            if sel.is_empty() || !selects(&sel, &selector(svc)) {
+                continue;
+            }
+            for rule in ap.spec.rules.iter().flatten() {
+                let names = rule.from.iter().flatten().any(|f| {
+                    f.source
+                        .as_ref()
+                        .and_then(|s| s.principals.as_ref())
+                        .is_some_and(|ps| ps.contains(principal))
+                });
+                let ops: Vec<_> = rule
+                    .to
+                    .iter()
+                    .flatten()
+                    .filter_map(|t| t.operation.as_ref())
+                    .collect();
+                if !names || ops.is_empty() || ops.iter().any(|o| o.ports.is_none()) {
+                    continue;
+                }
+                for port in &svc_ports {
+                    if !ops
+                        .iter()
+                        .flat_map(|o| o.ports.iter().flatten())
+                        .any(|p| p == port)
+                    {
+                        problems.push(format!(
+                            "AuthorizationPolicy {}: lets the waypoint into {svc_name}'s pods, but not on port {port}, which the Service serves",
+                            ap.metadata.name.clone().unwrap_or_default()
+                        ));
+                    }
+                }
+            }
+        }
+    }
     let mut calls: Vec<(String, String, String)> = Vec::new(); // (who, caller principal, service)
     for (name, t, _) in workloads(m) {
         let pod = pod_spec(t);

@@ -336,8 +336,186 @@ pub fn check(m: &Manifests, problems: &mut Vec<String>) {
             }
         }
     }
+    check_grpc_routes(m, &services, problems);
     check_same_way_in(m, problems);
     check_gateway_envoy_filters(m, problems);
+}
+
+/// The Service's port Istio treats as `protocol`: by its appProtocol, or
+/// else by its name's prefix (as Flagger's discovered ports are named).
+fn port_for(svc: &Service, protocol: &str) -> Option<i32> {
+    svc.spec
+        .as_ref()
+        .and_then(|s| s.ports.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .find(|p| match p.app_protocol.as_deref() {
+            Some(a) => a == protocol,
+            None => p
+                .name
+                .as_deref()
+                .is_some_and(|n| n.split('-').next() == Some(protocol)),
+        })
+        .map(|p| p.port)
+}
+
+/// `rules` (JSON) with every `port` moved from a Service's HTTP port to its
+/// gRPC port: what the GRPCRoute twin of an HTTPRoute must say.
+fn on_grpc_ports(v: &mut serde_json::Value, services: &BTreeMap<String, &Service>) {
+    match v {
+        serde_json::Value::Object(o) => {
+            let grpc = o
+                .get("name")
+                .and_then(|n| n.as_str())
+                .and_then(|n| services.get(n))
+                .and_then(|svc| Some((port_for(svc, "http")?, port_for(svc, "grpc")?)));
+            if let (Some((http, grpc)), Some(port)) = (grpc, o.get_mut("port"))
+                && port.as_i64() == Some(http.into())
+            {
+                *port = grpc.into();
+            }
+            for x in o.values_mut() {
+                on_grpc_ports(x, services);
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(|x| on_grpc_ports(x, services)),
+        _ => {}
+    }
+}
+
+/// GRPCRoutes: every reference resolves as an HTTPRoute's must, and every
+/// HTTPRoute on a Service that also serves gRPC has, in the same directory
+/// (one `kubectl apply -f <dir>/`), a GRPCRoute on its gRPC port with the
+/// same rules: otherwise a frontend on MODEL_PROTOCOL=grpc would bypass the
+/// experiment.
+fn check_grpc_routes(
+    m: &Manifests,
+    services: &BTreeMap<String, &Service>,
+    problems: &mut Vec<String>,
+) {
+    let mut route_names: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (file, r) in &m.grpc_routes {
+        let origin = format!("{file}: GRPCRoute {}", name_of(&r.metadata));
+        for p in r.spec.parent_refs.iter().flatten() {
+            let kind = p.kind.as_deref().unwrap_or("Gateway");
+            if kind != "Service" || p.group.as_deref() != Some("") {
+                problems.push(format!(
+                    "{origin}: parentRef {} must be a Service (group \"\"): mlmesh's gRPC is mesh-internal",
+                    p.name
+                ));
+                continue;
+            }
+            check_service_ref(
+                &origin,
+                "parentRef",
+                services,
+                (Some(kind), &p.name, p.port),
+                problems,
+            );
+            if let (Some(svc), Some(port)) = (services.get(&p.name), p.port)
+                && port_for(svc, "grpc") != Some(port)
+            {
+                problems.push(format!(
+                    "{origin}: parentRef {} port {port} is not its gRPC port",
+                    p.name
+                ));
+            }
+            route_names
+                .entry(p.name.clone())
+                .or_default()
+                .insert(name_of(&r.metadata));
+        }
+        for (i, rule) in r.spec.rules.iter().flatten().enumerate() {
+            let origin = format!("{origin} rules[{i}]");
+            for b in rule.backend_refs.iter().flatten() {
+                check_service_ref(
+                    &origin,
+                    "backendRef",
+                    services,
+                    (b.kind.as_deref(), &b.name, b.port),
+                    problems,
+                );
+            }
+            for f in rule.filters.iter().flatten() {
+                if let Some(mirror) = &f.request_mirror {
+                    let t = &mirror.backend_ref;
+                    check_service_ref(
+                        &origin,
+                        "mirror",
+                        services,
+                        (t.kind.as_deref(), &t.name, t.port),
+                        problems,
+                    );
+                }
+            }
+            for mt in rule.matches.iter().flatten() {
+                for h in mt.headers.iter().flatten() {
+                    let header = h.name.to_ascii_lowercase();
+                    if !known_header_value(&header, &h.value) {
+                        problems.push(format!(
+                            "{origin}: matches header {header}={:?}, which the frontend never sends",
+                            h.value
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    for (parent, names) in route_names {
+        if names.len() > 1 {
+            problems.push(format!(
+                "GRPCRoutes {names:?} all have parent {parent}: give them one name, so applying one experiment replaces the last"
+            ));
+        }
+    }
+    // The twins.
+    let dir = |f: &str| {
+        f.rsplit_once('/')
+            .map_or(String::new(), |(d, _)| d.to_owned())
+    };
+    for (file, r) in &m.http_routes {
+        for p in r.spec.parent_refs.iter().flatten() {
+            let Some(svc) = services
+                .get(&p.name)
+                .filter(|_| p.kind.as_deref() == Some("Service"))
+            else {
+                continue;
+            };
+            let Some(grpc_port) = port_for(svc, "grpc") else {
+                continue;
+            };
+            let origin = format!(
+                "{file}: HTTPRoute {} on Service {}",
+                name_of(&r.metadata),
+                p.name
+            );
+            let twin = m.grpc_routes.iter().find(|(f, g)| {
+                dir(f) == dir(file)
+                    && g.spec
+                        .parent_refs
+                        .iter()
+                        .flatten()
+                        .any(|gp| gp.name == p.name && gp.port == Some(grpc_port))
+            });
+            let Some((twin_file, twin)) = twin else {
+                problems.push(format!(
+                    "{origin}: {} also serves gRPC (port {grpc_port}) and {}/ has no GRPCRoute for it: gRPC calls would bypass this experiment",
+                    p.name,
+                    dir(file)
+                ));
+                continue;
+            };
+            let mut want = serde_json::to_value(&r.spec.rules).unwrap();
+            on_grpc_ports(&mut want, services);
+            let have = serde_json::to_value(&twin.spec.rules).unwrap();
+            if want != have {
+                problems.push(format!(
+                    "{twin_file}: GRPCRoute {} is not the gRPC twin of {file}: its rules should be\n{want}\nbut are\n{have}",
+                    name_of(&twin.metadata)
+                ));
+            }
+        }
+    }
 }
 
 fn check_gateway(m: &Manifests, file: &str, g: &Gateway, problems: &mut Vec<String>) {

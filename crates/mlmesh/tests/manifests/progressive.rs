@@ -371,6 +371,8 @@ pub struct FlaggerService {
     pub target_port: Option<IntOrString>,
     pub port_name: Option<String>,
     pub app_protocol: Option<String>,
+    /// The target's other container ports join the generated Services.
+    pub port_discovery: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -1040,10 +1042,37 @@ fn flagger_set(
         "targetPort": svc.target_port.clone().map(|p| serde_json::to_value(p).unwrap()).unwrap_or(json!(svc.port)),
         "appProtocol": svc.app_protocol,
     });
+    let mut ports = vec![port];
+    // portDiscovery: every other named container port, as Flagger adds it
+    // (its name, the container port, TCP; Istio reads the protocol from the
+    // name's prefix).
+    if svc.port_discovery == Some(true) {
+        let main = svc
+            .target_port
+            .clone()
+            .unwrap_or(IntOrString::Int(svc.port));
+        for c in &spec.template.spec.as_ref().unwrap().containers {
+            for (i, cp) in c.ports.iter().flatten().enumerate() {
+                let is_main = match &main {
+                    IntOrString::Int(n) => cp.container_port == *n,
+                    IntOrString::String(n) => cp.name.as_deref() == Some(n.as_str()),
+                };
+                if !is_main {
+                    let name = cp.name.clone().unwrap_or(format!("tcp-{}-{i}", c.name));
+                    ports.push(json!({
+                        "name": name,
+                        "port": cp.container_port,
+                        "targetPort": cp.container_port,
+                        "protocol": "TCP",
+                    }));
+                }
+            }
+        }
+    }
     let service = |n: &str, selector: &str| -> Service {
         serde_json::from_value(json!({
             "metadata": { "name": n, "namespace": super::NAMESPACE },
-            "spec": { "type": "ClusterIP", "selector": { label.as_str(): selector }, "ports": [port] }
+            "spec": { "type": "ClusterIP", "selector": { label.as_str(): selector }, "ports": ports }
         }))
         .unwrap()
     };
