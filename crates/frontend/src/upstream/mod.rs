@@ -120,7 +120,9 @@ struct Shadow {
 pub struct Upstreams {
     http: reqwest::Client,
     timeout: Duration,
-    features_base: String,
+    /// `<feature store>/v1/features`, parsed once; a user's URL is a clone
+    /// with their id pushed as a path segment (percent-encoded).
+    features_base: reqwest::Url,
     /// Baseline then candidate. In `mesh` mode both use the one model URL;
     /// each keeps its own layout because the mesh may send them to different
     /// versions.
@@ -135,6 +137,8 @@ pub enum ConfigError {
     Client(#[from] reqwest::Error),
     #[error("--shadow-url {0:?} is not an absolute http URL")]
     ShadowUrl(String),
+    #[error("{0} {1:?} is not an absolute http URL")]
+    Url(&'static str, String),
     #[error("no gRPC URL for the model at {0:?}: give the *-grpc-url flag an absolute http URL")]
     GrpcUrl(String),
     #[error("--routing direct needs --model-v1-url and --model-v2-url")]
@@ -198,7 +202,7 @@ impl Upstreams {
         Ok(Self {
             http,
             timeout: args.upstream_timeout,
-            features_base: args.feature_store_url.trim_end_matches('/').to_owned(),
+            features_base: features_base(&args.feature_store_url)?,
             targets,
             shadow,
             metrics,
@@ -218,10 +222,21 @@ impl Upstreams {
         fwd: &Forwarded,
         deadline: Instant,
     ) -> Result<Option<Features>, UpstreamError> {
-        let url = format!("{}/v1/features/{user_id}", self.features_base);
+        let mut url = self.features_base.clone();
+        url.path_segments_mut()
+            .expect("an http URL has path segments")
+            .push(user_id);
         let accept = |s: StatusCode| s == StatusCode::OK || s == StatusCode::NOT_FOUND;
         let answer = self
-            .call(FEATURE_STORE, Method::GET, url, fwd, None, deadline, accept)
+            .call(
+                FEATURE_STORE,
+                Method::GET,
+                &url,
+                fwd,
+                None,
+                deadline,
+                accept,
+            )
             .await?;
         if answer.status == StatusCode::NOT_FOUND {
             return Ok(None);
@@ -331,7 +346,7 @@ impl Upstreams {
                     .call(
                         MODEL,
                         Method::POST,
-                        infer_url.clone(),
+                        infer_url,
                         fwd,
                         Some((body, json_len)),
                         deadline,
@@ -373,15 +388,9 @@ impl Upstreams {
         let layout = Arc::new(match &target.wire {
             Wire::Http { metadata_url, .. } => {
                 let answer = self
-                    .call(
-                        MODEL,
-                        Method::GET,
-                        metadata_url.clone(),
-                        fwd,
-                        None,
-                        deadline,
-                        |s| s.is_success(),
-                    )
+                    .call(MODEL, Method::GET, metadata_url, fwd, None, deadline, |s| {
+                        s.is_success()
+                    })
                     .await?;
                 Layout::from_metadata(&answer.body)?
             }
@@ -420,13 +429,13 @@ impl Upstreams {
         let send: std::pin::Pin<Box<dyn Future<Output = Option<&'static str>> + Send>> =
             match (&shadow.target.wire, request.clone()) {
                 (Wire::Http { infer_url, .. }, Outbound::Http { body, json_len }) => {
-                    let span = client_span(SHADOW, &Method::POST, infer_url);
+                    let span = client_span(SHADOW, &Method::POST, infer_url.as_str());
                     let mut headers = span.in_scope(|| fwd.outbound_headers());
                     headers.insert(header::HOST, shadow.host.clone());
                     content_headers(&mut headers, json_len);
                     let request = self
                         .http
-                        .post(infer_url)
+                        .post(infer_url.clone())
                         .headers(headers)
                         .timeout(timeout)
                         .body(body);
@@ -483,13 +492,13 @@ impl Upstreams {
         &self,
         upstream: &'static str,
         method: Method,
-        url: String,
+        url: &reqwest::Url,
         fwd: &Forwarded,
         body: Option<(Bytes, Option<HeaderValue>)>,
         deadline: Instant,
         accept: impl Fn(StatusCode) -> bool,
     ) -> Result<Answer, UpstreamError> {
-        let span = client_span(upstream, &method, &url);
+        let span = client_span(upstream, &method, url.as_str());
         let started = Instant::now();
         let result = async {
             let budget = deadline.saturating_duration_since(started);
@@ -504,16 +513,16 @@ impl Upstreams {
                 DEADLINE_HEADER,
                 HeaderValue::from(budget.as_millis() as u64),
             );
-            let mut req = self.http.request(method, &url).timeout(budget);
+            let mut req = self.http.request(method, url.clone()).timeout(budget);
             if let Some((body, json_len)) = body {
                 content_headers(&mut headers, json_len);
                 req = req.body(body);
             }
             let transport = |e: reqwest::Error| transport_error(upstream, budget, e);
-            let res = req.headers(headers).send().await.map_err(transport)?;
+            let mut res = req.headers(headers).send().await.map_err(transport)?;
             let status = res.status();
             tracing::Span::current().record("http.response.status_code", status.as_u16());
-            let headers = res.headers().clone();
+            let headers = std::mem::take(res.headers_mut());
             let body = res.bytes().await.map_err(transport)?;
             if !accept(status) {
                 return Err(UpstreamError::Status {
@@ -581,9 +590,10 @@ impl Upstreams {
                 Err(status) => status.code(),
             };
             tracing::Span::current().record("rpc.grpc.status_code", code as i32);
-            let res = res.map_err(|status| grpc_error(upstream, status))?;
-            let headers = res.metadata().clone().into_headers();
-            Ok((headers, res.into_inner()))
+            let (metadata, message, _) = res
+                .map_err(|status| grpc_error(upstream, status))?
+                .into_parts();
+            Ok((metadata.into_headers(), message))
         }
         .instrument(span.clone())
         .await;
@@ -619,8 +629,11 @@ fn new_target(
 ) -> Result<ModelTarget, ConfigError> {
     let model = &args.model_name;
     match args.model_protocol {
-        oip::Protocol::HttpJson => Ok(ModelTarget::http(rest, model, false, known)),
-        oip::Protocol::HttpBinary => Ok(ModelTarget::http(rest, model, true, known)),
+        oip::Protocol::HttpJson | oip::Protocol::HttpBinary => {
+            let binary = args.model_protocol == oip::Protocol::HttpBinary;
+            ModelTarget::http(rest, model, binary, known)
+                .ok_or_else(|| ConfigError::Url("the model URL", rest.to_owned()))
+        }
         oip::Protocol::Grpc => {
             let url = match grpc.filter(|u| !u.trim().is_empty()) {
                 Some(url) => url.to_owned(),
@@ -692,10 +705,36 @@ fn content_headers(headers: &mut HeaderMap, json_len: Option<HeaderValue>) {
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
 }
 
+/// `<feature store>/v1/features`, checked once at startup.
+fn features_base(url: &str) -> Result<reqwest::Url, ConfigError> {
+    let bad = || ConfigError::Url("--feature-store-url", url.to_owned());
+    let mut base = reqwest::Url::parse(url).map_err(|_| bad())?;
+    if !matches!(base.scheme(), "http" | "https") || !base.has_host() {
+        return Err(bad());
+    }
+    base.path_segments_mut()
+        .map_err(|()| bad())?
+        .pop_if_empty()
+        .extend(["v1", "features"]);
+    Ok(base)
+}
+
+/// A client span's name, `METHOD upstream`, without a `format!` per call.
+fn span_name(upstream: &'static str, method: &Method) -> std::borrow::Cow<'static, str> {
+    let name = match (upstream, method.as_str()) {
+        (FEATURE_STORE, "GET") => "GET feature-store",
+        (MODEL, "GET") => "GET model-inference",
+        (MODEL, "POST") => "POST model-inference",
+        (SHADOW, "POST") => "POST model-inference-shadow",
+        _ => return format!("{method} {upstream}").into(),
+    };
+    name.into()
+}
+
 fn client_span(upstream: &'static str, method: &Method, url: &str) -> tracing::Span {
     tracing::info_span!(
         "upstream",
-        otel.name = format!("{method} {upstream}"),
+        otel.name = %span_name(upstream, method),
         otel.kind = "client",
         otel.status_code = field::Empty,
         peer.service = upstream,
@@ -793,6 +832,19 @@ fn shadow_host(url: &str) -> Option<HeaderValue> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_users_features_url_is_the_base_and_their_id() {
+        for base in ["http://fs:8080", "http://fs:8080/", "http://10.0.0.1/prefix/"] {
+            let mut url = features_base(base).unwrap();
+            url.path_segments_mut().unwrap().push("42");
+            let want = format!("{}/v1/features/42", base.trim_end_matches('/'));
+            assert_eq!(url.as_str(), want);
+        }
+        for bad in ["fs:8080", "ftp://fs", "not a url", ""] {
+            assert!(features_base(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn shadow_host_suffixes_the_name_not_the_port() {

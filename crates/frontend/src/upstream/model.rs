@@ -24,8 +24,9 @@ pub(super) const PROBABILITY: &str = "probability";
 /// How one target is reached.
 pub(super) enum Wire {
     Http {
-        infer_url: String,
-        metadata_url: String,
+        /// Parsed once: a `Url` per call is a parse (and an IDNA pass) per call.
+        infer_url: reqwest::Url,
+        metadata_url: reqwest::Url,
         /// The binary tensor data extension: raw FP32 both ways.
         binary: bool,
     },
@@ -75,14 +76,25 @@ pub(super) struct ModelTarget {
 // === impl ModelTarget ===
 
 impl ModelTarget {
-    pub fn http(base: &str, model: &str, binary: bool, known: Option<&'static str>) -> Self {
+    /// A REST target; `None` unless `base` is an absolute http(s) URL.
+    pub fn http(
+        base: &str,
+        model: &str,
+        binary: bool,
+        known: Option<&'static str>,
+    ) -> Option<Self> {
         let base = base.trim_end_matches('/');
+        let url = |path: String| {
+            reqwest::Url::parse(&path)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
+        };
         let wire = Wire::Http {
-            infer_url: format!("{base}/v2/models/{model}/infer"),
-            metadata_url: format!("{base}/v2/models/{model}"),
+            infer_url: url(format!("{base}/v2/models/{model}/infer"))?,
+            metadata_url: url(format!("{base}/v2/models/{model}"))?,
             binary,
         };
-        Self::with(wire, model, known)
+        Some(Self::with(wire, model, known))
     }
 
     /// A gRPC target; connects on first use, so the frontend starts before
@@ -119,7 +131,7 @@ impl ModelTarget {
     /// Where this target is, for logs.
     pub fn describe(&self) -> &str {
         match &self.wire {
-            Wire::Http { metadata_url, .. } => metadata_url,
+            Wire::Http { metadata_url, .. } => metadata_url.as_str(),
             Wire::Grpc { url, .. } => url,
         }
     }
@@ -537,9 +549,10 @@ mod tests {
     fn every_protocol_carries_the_same_values_and_order() {
         let layout = layout();
         let values = vec![1.0, 2.5, -3.0];
+        let url = reqwest::Url::parse("http://m:8080/").unwrap();
         let json = Wire::Http {
-            infer_url: String::new(),
-            metadata_url: String::new(),
+            infer_url: url.clone(),
+            metadata_url: url.clone(),
             binary: false,
         };
         let Outbound::Http { body, json_len } = outbound(&json, "m", &layout, values.clone(), "r1")
@@ -552,8 +565,8 @@ mod tests {
         assert_eq!(req.parameters.unwrap()[oip::FEATURE_NAMES], "a,b,c");
 
         let binary = Wire::Http {
-            infer_url: String::new(),
-            metadata_url: String::new(),
+            infer_url: url.clone(),
+            metadata_url: url,
             binary: true,
         };
         let Outbound::Http { body, json_len } =
