@@ -13,8 +13,8 @@ use std::convert::Infallible;
 use std::sync::LazyLock;
 
 use axum::extract::FromRequestParts;
-use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use opentelemetry::Context;
 use opentelemetry::propagation::{TextMapCompositePropagator, TextMapPropagator};
 use opentelemetry_http::HeaderExtractor;

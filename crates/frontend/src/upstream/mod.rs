@@ -835,7 +835,11 @@ mod tests {
 
     #[test]
     fn a_users_features_url_is_the_base_and_their_id() {
-        for base in ["http://fs:8080", "http://fs:8080/", "http://10.0.0.1/prefix/"] {
+        for base in [
+            "http://fs:8080",
+            "http://fs:8080/",
+            "http://10.0.0.1/prefix/",
+        ] {
             let mut url = features_base(base).unwrap();
             url.path_segments_mut().unwrap().push("42");
             let want = format!("{}/v1/features/42", base.trim_end_matches('/'));
