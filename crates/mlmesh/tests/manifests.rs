@@ -1021,6 +1021,19 @@ fn frontend_model_calls() -> Vec<(&'static str, String)> {
     ]
 }
 
+/// Whether one of `rule`'s sources names `principal`.
+fn rule_names(
+    rule: &istio_api_rs::security::v1::authorization_policy::AuthorizationPolicyRules,
+    principal: &str,
+) -> bool {
+    rule.from.iter().flatten().any(|f| {
+        f.source
+            .as_ref()
+            .and_then(|s| s.principals.as_ref())
+            .is_some_and(|ps| ps.iter().any(|p| p == principal))
+    })
+}
+
 /// Istio's path match: exact, `prefix*`, `*suffix` or `*`.
 fn path_matches(pattern: &str, path: &str) -> bool {
     if pattern == "*" {
@@ -1062,12 +1075,7 @@ fn check_model_calls_allowed(m: &Manifests, problems: &mut Vec<String>) {
             continue;
         }
         for rule in ap.spec.rules.iter().flatten() {
-            let names_frontend = rule.from.iter().flatten().any(|f| {
-                f.source
-                    .as_ref()
-                    .and_then(|s| s.principals.as_ref())
-                    .is_some_and(|ps| ps.contains(&frontend))
-            });
+            let names_frontend = rule_names(rule, &frontend);
             if !names_frontend {
                 continue;
             }

@@ -501,18 +501,7 @@ impl Upstreams {
         let span = client_span(upstream, &method, url.as_str());
         let started = Instant::now();
         let result = async {
-            let budget = deadline.saturating_duration_since(started);
-            if budget.is_zero() {
-                return Err(UpstreamError::Timeout {
-                    upstream,
-                    after: Duration::ZERO,
-                });
-            }
-            let mut headers = fwd.outbound_headers();
-            headers.insert(
-                DEADLINE_HEADER,
-                HeaderValue::from(budget.as_millis() as u64),
-            );
+            let (budget, mut headers) = outbound(upstream, fwd, deadline, started)?;
             let mut req = self.http.request(method, url.clone()).timeout(budget);
             if let Some((body, json_len)) = body {
                 content_headers(&mut headers, json_len);
@@ -564,18 +553,7 @@ impl Upstreams {
         let span = grpc_span(upstream, method, url);
         let started = Instant::now();
         let result = async {
-            let budget = deadline.saturating_duration_since(started);
-            if budget.is_zero() {
-                return Err(UpstreamError::Timeout {
-                    upstream,
-                    after: Duration::ZERO,
-                });
-            }
-            let mut headers = fwd.outbound_headers();
-            headers.insert(
-                DEADLINE_HEADER,
-                HeaderValue::from(budget.as_millis() as u64),
-            );
+            let (budget, headers) = outbound(upstream, fwd, deadline, started)?;
             let mut request = grpc_request(message, headers);
             request.set_timeout(budget);
             let timeout = UpstreamError::Timeout {
@@ -617,6 +595,30 @@ impl Upstreams {
             .upstream_call(upstream, started.elapsed().as_secs_f64(), error);
         result
     }
+}
+
+/// A call's budget (what is left until `deadline`, a timeout if nothing)
+/// and its headers: the forwarded ones, the current span's trace context,
+/// and the budget for the callee to honour.
+fn outbound(
+    upstream: &'static str,
+    fwd: &Forwarded,
+    deadline: Instant,
+    started: Instant,
+) -> Result<(Duration, HeaderMap), UpstreamError> {
+    let budget = deadline.saturating_duration_since(started);
+    if budget.is_zero() {
+        return Err(UpstreamError::Timeout {
+            upstream,
+            after: Duration::ZERO,
+        });
+    }
+    let mut headers = fwd.outbound_headers();
+    headers.insert(
+        DEADLINE_HEADER,
+        HeaderValue::from(budget.as_millis() as u64),
+    );
+    Ok((budget, headers))
 }
 
 /// One model target in the protocol `args` chose: REST at `rest`, or gRPC at

@@ -138,26 +138,21 @@ pub fn check(m: &Manifests, problems: &mut Vec<String>) {
             ));
         }
     };
-    for (file, r) in &m.http_routes {
-        for p in r.spec.parent_refs.iter().flatten() {
-            if p.kind.as_deref() == Some("Service") {
-                needs_waypoint(
-                    format!("{file}: HTTPRoute {}", name_of(&r.metadata)),
-                    &p.name,
-                    problems,
-                );
-            }
-        }
-    }
-    for (file, r) in &m.grpc_routes {
-        for p in r.spec.parent_refs.iter().flatten() {
-            if p.kind.as_deref() == Some("Service") {
-                needs_waypoint(
-                    format!("{file}: GRPCRoute {}", name_of(&r.metadata)),
-                    &p.name,
-                    problems,
-                );
-            }
+    // Mesh routes (a Service parent), HTTP and gRPC alike.
+    let service_parents = m
+        .http_routes
+        .iter()
+        .flat_map(|(f, r)| {
+            let parents = r.spec.parent_refs.iter().flatten();
+            parents.map(move |p| (f, "HTTPRoute", &r.metadata, p.kind.as_deref(), &p.name))
+        })
+        .chain(m.grpc_routes.iter().flat_map(|(f, r)| {
+            let parents = r.spec.parent_refs.iter().flatten();
+            parents.map(move |p| (f, "GRPCRoute", &r.metadata, p.kind.as_deref(), &p.name))
+        }));
+    for (file, kind, md, parent_kind, parent) in service_parents {
+        if parent_kind == Some("Service") {
+            needs_waypoint(format!("{file}: {kind} {}", name_of(md)), parent, problems);
         }
     }
     for dr in &m.destination_rules {
@@ -272,12 +267,7 @@ pub fn check(m: &Manifests, problems: &mut Vec<String>) {
                 continue;
             }
             for rule in ap.spec.rules.iter().flatten() {
-                let names = rule.from.iter().flatten().any(|f| {
-                    f.source
-                        .as_ref()
-                        .and_then(|s| s.principals.as_ref())
-                        .is_some_and(|ps| ps.contains(principal))
-                });
+                let names = super::rule_names(rule, principal);
                 let ops: Vec<_> = rule
                     .to
                     .iter()
