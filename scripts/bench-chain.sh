@@ -81,7 +81,7 @@ chain() {
     pids+=("$up")
     wait_ready "http://127.0.0.1:$port"
     # The four services by their ports (up's layout: frontend, store, v1, v2).
-    local names=(frontend feature-store v1 v2) procs=()
+    local procs=()
     for i in 0 1 2 3; do
         local p
         p=$(ss -ltnpH "sport = :$((port + i))" | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2)
