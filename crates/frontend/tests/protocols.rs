@@ -176,3 +176,52 @@ fn a_grpc_url_defaults_to_the_rest_hosts_grpc_port() {
         .expect_err("no gRPC URL can be derived from a non-URL");
     assert!(err.to_string().contains("grpc-url"), "{err}");
 }
+
+#[tokio::test]
+async fn a_shadow_is_mirrored_in_the_live_protocol() {
+    let features = feature_store().await;
+    let (v1, v2) = (model_both("v1").await, model_both("v2").await);
+    for protocol in PROTOCOLS {
+        let mut args =
+            frontend::FrontendArgs::direct(features.base(), v1.rest.base(), v2.rest.base());
+        args.model_protocol = protocol;
+        args.model_v1_grpc_url = Some(v1.grpc.base());
+        args.model_v2_grpc_url = Some(v2.grpc.base());
+        args.shadow_url = Some(v2.rest.base());
+        args.shadow_grpc_url = Some(v2.grpc.base());
+        args.canary_percent = 0;
+        let port = if protocol == Protocol::Grpc {
+            "grpc"
+        } else {
+            "http"
+        };
+        let shadowed = |text: &str| -> f64 {
+            samples(text, "mlmesh_inference_requests")
+                .iter()
+                .filter(|s| {
+                    s.labels.get("traffic").map(String::as_str) == Some("shadow")
+                        && s.labels.get("protocol").map(String::as_str) == Some(port)
+                })
+                .map(|s| s.value)
+                .sum()
+        };
+        let before = shadowed(&fetch_metrics(&v2).await);
+        let app = frontend(&args);
+        let a = get(&app, "/predict?user_id=42").await;
+        assert_eq!(a.json["model_version"], "v1", "{protocol}: v1 answers");
+        // Fire-and-forget: wait for the copy to land.
+        let mut after = before;
+        for _ in 0..100 {
+            after = shadowed(&fetch_metrics(&v2).await);
+            if after > before {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            after - before,
+            1.0,
+            "{protocol}: v2 counted one call as shadow (Host suffixed -shadow) over {port}"
+        );
+    }
+}
