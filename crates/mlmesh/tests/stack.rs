@@ -296,14 +296,13 @@ async fn a_grpc_hop_to_the_model_keeps_one_unbroken_trace() {
             ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
         ],
     );
-    assert!(
-        stack
-            .stdout
-            .lock()
-            .unwrap()
-            .contains("models called over grpc"),
-        "the banner says which protocol"
-    );
+    // The banner's later lines may still be on their way through the pipe.
+    let said = |s: &Stack| s.stdout.lock().unwrap().contains("models called over grpc");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !said(&stack) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(said(&stack), "the banner says which protocol");
     let method = format!("{}/ModelInfer", oip::GRPC_SERVICE);
     let hop = (method.as_str(), method.as_str());
     let client = reqwest::Client::new();
