@@ -224,103 +224,16 @@ pub fn check(m: &Manifests, problems: &mut Vec<String>) {
             }
         }
         for (i, rule) in r.spec.rules.iter().flatten().enumerate() {
-            let origin = format!("{origin} rules[{i}]");
-            let backends = rule.backend_refs.clone().unwrap_or_default();
-            for b in &backends {
-                check_service_ref(
-                    &origin,
-                    "backendRef",
-                    &services,
-                    (b.kind.as_deref(), &b.name, b.port),
-                    problems,
-                );
-                if let Some(svc) = services.get(&b.name) {
-                    let v = versions(m, svc);
-                    if v.len() != 1 {
-                        problems.push(format!(
-                            "{origin}: backend {} holds the pods of versions {v:?}: a route backend must be one version, or its weight means nothing",
-                            b.name
-                        ));
-                    }
-                }
-            }
-            let weights: Vec<i32> = backends.iter().map(|b| b.weight.unwrap_or(1)).collect();
-            if weights.iter().any(|w| *w < 0)
-                || (!weights.is_empty() && weights.iter().all(|w| *w == 0))
-            {
-                problems.push(format!(
-                    "{origin}: weights {weights:?} must be non-negative and not all zero"
-                ));
-            }
-            for f in rule.filters.iter().flatten() {
-                let Some(mirror) = &f.request_mirror else {
-                    continue;
-                };
-                let target = &mirror.backend_ref;
-                check_service_ref(
-                    &origin,
-                    "mirror",
-                    &services,
-                    (target.kind.as_deref(), &target.name, target.port),
-                    problems,
-                );
-                if backends.iter().any(|b| b.name == target.name) {
-                    problems.push(format!(
-                        "{origin}: mirrors to {}, its own backend: every request would hit it twice",
-                        target.name
-                    ));
-                }
-                if mirror.percent.is_some_and(|p| !(0..=100).contains(&p)) {
-                    problems.push(format!(
-                        "{origin}: mirror percent {:?} is not 0..100",
-                        mirror.percent
-                    ));
-                }
-            }
-            for mt in rule.matches.iter().flatten() {
-                for h in mt.headers.iter().flatten() {
-                    let header = h.name.to_ascii_lowercase();
-                    if !known_header_value(&header, &h.value) {
-                        problems.push(format!(
-                            "{origin}: matches header {header}={:?}, which the frontend never sends",
-                            h.value
-                        ));
-                    }
-                    // Blue is v1's environment and green v2's, whichever is live.
-                    let version = match (
-                        header == mesh_kit::propagation::ENVIRONMENT_HEADER,
-                        h.value.as_str(),
-                    ) {
-                        (true, "blue") => Some("v1"),
-                        (true, "green") => Some("v2"),
-                        _ => None,
-                    };
-                    if let Some(version) = version {
-                        let wrong = backends.iter().any(|b| {
-                            services.get(&b.name).is_none_or(|svc| {
-                                versions(m, svc) != BTreeSet::from([version.to_owned()])
-                            })
-                        });
-                        if wrong {
-                            problems.push(format!(
-                                "{origin}: {header}: {} must route to {version}'s Service only",
-                                h.value
-                            ));
-                        }
-                    }
-                }
-            }
+            check_rule(
+                m,
+                &services,
+                &format!("{origin} rules[{i}]"),
+                &RuleView::of(rule),
+                problems,
+            );
         }
     }
-    // Each experiment's route for a Service has one name, so applying the
-    // next replaces the last instead of stacking two routes on one parent.
-    for (parent, names) in route_names {
-        if names.len() > 1 {
-            problems.push(format!(
-                "HTTPRoutes {names:?} all have parent {parent}: give them one name, so applying one experiment replaces the last"
-            ));
-        }
-    }
+    check_one_name("HTTPRoutes", route_names, problems);
     // A per-version Service holds exactly its version's pods.
     for (name, svc) in &services {
         if let Some((_, v)) = name
@@ -339,6 +252,170 @@ pub fn check(m: &Manifests, problems: &mut Vec<String>) {
     check_grpc_routes(m, &services, problems);
     check_same_way_in(m, problems);
     check_gateway_envoy_filters(m, problems);
+}
+
+/// Each experiment's route for a Service has one name, so applying the
+/// next replaces the last instead of stacking two routes on one parent.
+fn check_one_name(
+    kind: &str,
+    route_names: BTreeMap<String, BTreeSet<String>>,
+    problems: &mut Vec<String>,
+) {
+    for (parent, names) in route_names {
+        if names.len() > 1 {
+            problems.push(format!(
+                "{kind} {names:?} all have parent {parent}: give them one name, so applying one experiment replaces the last"
+            ));
+        }
+    }
+}
+
+/// A Service reference of a route rule: `kind`, name, port, weight.
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct RuleRef {
+    kind: Option<String>,
+    name: String,
+    port: Option<i32>,
+    weight: Option<i32>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RuleMirror {
+    backend_ref: RuleRef,
+    percent: Option<i32>,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct RuleFilter {
+    request_mirror: Option<RuleMirror>,
+}
+
+#[derive(serde::Deserialize)]
+struct RuleHeader {
+    name: String,
+    value: String,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct RuleMatch {
+    headers: Vec<RuleHeader>,
+}
+
+/// One rule of an HTTPRoute or a GRPCRoute, as the checks read it: the two
+/// kinds spell backends, mirrors and header matches alike, so one set of
+/// checks serves both.
+#[derive(serde::Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct RuleView {
+    backend_refs: Vec<RuleRef>,
+    filters: Vec<RuleFilter>,
+    matches: Vec<RuleMatch>,
+}
+
+impl RuleView {
+    fn of(rule: &impl serde::Serialize) -> Self {
+        serde_json::from_value(serde_json::to_value(rule).expect("a route rule serializes"))
+            .expect("route rules share these fields' shapes")
+    }
+}
+
+/// A rule's references resolve; each backend is one version (or its
+/// weight means nothing); weights mean something; a mirror is a second
+/// backend; header matches are the frontend's own; blue and green go to
+/// their versions.
+fn check_rule(
+    m: &Manifests,
+    services: &BTreeMap<String, &Service>,
+    origin: &str,
+    rule: &RuleView,
+    problems: &mut Vec<String>,
+) {
+    let backends = &rule.backend_refs;
+    for b in backends {
+        check_service_ref(
+            origin,
+            "backendRef",
+            services,
+            (b.kind.as_deref(), &b.name, b.port),
+            problems,
+        );
+        if let Some(svc) = services.get(&b.name) {
+            let v = versions(m, svc);
+            if v.len() != 1 {
+                problems.push(format!(
+                    "{origin}: backend {} holds the pods of versions {v:?}: a route backend must be one version, or its weight means nothing",
+                    b.name
+                ));
+            }
+        }
+    }
+    let weights: Vec<i32> = backends.iter().map(|b| b.weight.unwrap_or(1)).collect();
+    if weights.iter().any(|w| *w < 0) || (!weights.is_empty() && weights.iter().all(|w| *w == 0)) {
+        problems.push(format!(
+            "{origin}: weights {weights:?} must be non-negative and not all zero"
+        ));
+    }
+    for mirror in rule
+        .filters
+        .iter()
+        .filter_map(|f| f.request_mirror.as_ref())
+    {
+        let target = &mirror.backend_ref;
+        check_service_ref(
+            origin,
+            "mirror",
+            services,
+            (target.kind.as_deref(), &target.name, target.port),
+            problems,
+        );
+        if backends.iter().any(|b| b.name == target.name) {
+            problems.push(format!(
+                "{origin}: mirrors to {}, its own backend: every request would hit it twice",
+                target.name
+            ));
+        }
+        if mirror.percent.is_some_and(|p| !(0..=100).contains(&p)) {
+            problems.push(format!(
+                "{origin}: mirror percent {:?} is not 0..100",
+                mirror.percent
+            ));
+        }
+    }
+    for h in rule.matches.iter().flat_map(|mt| &mt.headers) {
+        let header = h.name.to_ascii_lowercase();
+        if !known_header_value(&header, &h.value) {
+            problems.push(format!(
+                "{origin}: matches header {header}={:?}, which the frontend never sends",
+                h.value
+            ));
+        }
+        // Blue is v1's environment and green v2's, whichever is live.
+        let version = match (
+            header == mesh_kit::propagation::ENVIRONMENT_HEADER,
+            h.value.as_str(),
+        ) {
+            (true, "blue") => Some("v1"),
+            (true, "green") => Some("v2"),
+            _ => None,
+        };
+        if let Some(version) = version {
+            let wrong = backends.iter().any(|b| {
+                services
+                    .get(&b.name)
+                    .is_none_or(|svc| versions(m, svc) != BTreeSet::from([version.to_owned()]))
+            });
+            if wrong {
+                problems.push(format!(
+                    "{origin}: {header}: {} must route to {version}'s Service only",
+                    h.value
+                ));
+            }
+        }
+    }
 }
 
 /// The Service's port Istio treats as `protocol`: by its appProtocol, or
@@ -426,48 +503,16 @@ fn check_grpc_routes(
                 .insert(name_of(&r.metadata));
         }
         for (i, rule) in r.spec.rules.iter().flatten().enumerate() {
-            let origin = format!("{origin} rules[{i}]");
-            for b in rule.backend_refs.iter().flatten() {
-                check_service_ref(
-                    &origin,
-                    "backendRef",
-                    services,
-                    (b.kind.as_deref(), &b.name, b.port),
-                    problems,
-                );
-            }
-            for f in rule.filters.iter().flatten() {
-                if let Some(mirror) = &f.request_mirror {
-                    let t = &mirror.backend_ref;
-                    check_service_ref(
-                        &origin,
-                        "mirror",
-                        services,
-                        (t.kind.as_deref(), &t.name, t.port),
-                        problems,
-                    );
-                }
-            }
-            for mt in rule.matches.iter().flatten() {
-                for h in mt.headers.iter().flatten() {
-                    let header = h.name.to_ascii_lowercase();
-                    if !known_header_value(&header, &h.value) {
-                        problems.push(format!(
-                            "{origin}: matches header {header}={:?}, which the frontend never sends",
-                            h.value
-                        ));
-                    }
-                }
-            }
+            check_rule(
+                m,
+                services,
+                &format!("{origin} rules[{i}]"),
+                &RuleView::of(rule),
+                problems,
+            );
         }
     }
-    for (parent, names) in route_names {
-        if names.len() > 1 {
-            problems.push(format!(
-                "GRPCRoutes {names:?} all have parent {parent}: give them one name, so applying one experiment replaces the last"
-            ));
-        }
-    }
+    check_one_name("GRPCRoutes", route_names, problems);
     // The twins.
     let dir = |f: &str| {
         f.rsplit_once('/')
