@@ -1010,6 +1010,15 @@ const ISTIO_PROTOCOL_PREFIXES: [&str; 8] = [
     "http", "http2", "https", "grpc", "tcp", "tls", "mongo", "redis",
 ];
 
+/// The protocol Istio gives a Service port: its appProtocol, or else its
+/// name's prefix (Flagger's discovered ports are named so).
+fn istio_protocol(p: &k8s_openapi::api::core::v1::ServicePort) -> Option<&str> {
+    p.app_protocol.as_deref().or_else(|| {
+        let prefix = p.name.as_deref()?.split('-').next()?;
+        ISTIO_PROTOCOL_PREFIXES.contains(&prefix).then_some(prefix)
+    })
+}
+
 /// What the frontend asks model-inference, over REST and over gRPC
 /// (`--model-protocol`): method and path as Istio's authorization sees them.
 fn frontend_model_calls() -> Vec<(&'static str, String)> {
@@ -1112,19 +1121,13 @@ fn check_model_calls_allowed(m: &Manifests, problems: &mut Vec<String>) {
 fn check_services(m: &Manifests, problems: &mut Vec<String>) {
     for s in m.services.iter() {
         let name = s.metadata.name.clone().unwrap_or_default();
-        for p in s
+        let ports = s
             .spec
             .as_ref()
             .and_then(|s| s.ports.clone())
-            .unwrap_or_default()
-        {
-            // Istio's protocol selection: appProtocol, or the name's prefix
-            // (Flagger's discovered ports are named so).
-            let by_name = p.name.as_deref().is_some_and(|n| {
-                let prefix = n.split('-').next().unwrap_or_default();
-                ISTIO_PROTOCOL_PREFIXES.contains(&prefix)
-            });
-            if p.name.is_none() || (p.app_protocol.is_none() && !by_name) {
+            .unwrap_or_default();
+        for p in &ports {
+            if p.name.is_none() || istio_protocol(p).is_none() {
                 problems.push(format!(
                     "Service {name}: port {} needs a name and appProtocol",
                     p.port
@@ -1153,11 +1156,6 @@ fn check_services(m: &Manifests, problems: &mut Vec<String>) {
                 "Service {name}: selector {selector:?} selects no pod template"
             ));
         }
-        let ports = s
-            .spec
-            .as_ref()
-            .and_then(|s| s.ports.clone())
-            .unwrap_or_default();
         // A named targetPort must be a container port of every pod it selects.
         for p in &ports {
             let Some(IntOrString::String(target)) = &p.target_port else {
@@ -1184,10 +1182,9 @@ fn check_services(m: &Manifests, problems: &mut Vec<String>) {
         // model-inference speaks gRPC too (MODEL_PROTOCOL=grpc): every
         // Service in front of it says so, or Envoy treats 9000 as TCP.
         if selector.get("app").map(String::as_str) == Some("model-inference")
-            && !ports.iter().any(|p| {
-                p.name.as_deref() == Some("grpc")
-                    && p.app_protocol.as_deref().is_none_or(|a| a == "grpc")
-            })
+            && !ports
+                .iter()
+                .any(|p| p.name.as_deref() == Some("grpc") && istio_protocol(p) == Some("grpc"))
         {
             problems.push(format!(
                 "Service {name}: model-inference serves gRPC; the Service needs a port named grpc with appProtocol grpc"

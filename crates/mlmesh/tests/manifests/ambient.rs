@@ -229,17 +229,20 @@ pub fn check(m: &Manifests, problems: &mut Vec<String>) {
             }
         }
     }
+    // Whether the pod (L4) policy `ap` applies to `svc`'s pods.
+    let on_pods_of = |ap: &AuthorizationPolicy, svc: &Service| {
+        let sel = ap
+            .spec
+            .selector
+            .as_ref()
+            .and_then(|s| s.match_labels.clone())
+            .unwrap_or_default();
+        !sel.is_empty() && selects(&sel, &selector(svc))
+    };
     // The pod's own (L4) policies allow `principal`.
     let pod_allows = |svc: &Service, principal: &str| {
-        l4.iter().any(|ap| {
-            let sel = ap
-                .spec
-                .selector
-                .as_ref()
-                .and_then(|s| s.match_labels.clone())
-                .unwrap_or_default();
-            !sel.is_empty() && selects(&sel, &selector(svc)) && allows(ap, principal)
-        })
+        l4.iter()
+            .any(|ap| on_pods_of(ap, svc) && allows(ap, principal))
     };
     // The waypoint forwards to every port of a Service it serves (REST and
     // gRPC): a pod policy that lets the waypoint in on some ports only
@@ -248,24 +251,11 @@ pub fn check(m: &Manifests, problems: &mut Vec<String>) {
         let (Some(svc), Some(principal)) = (services.get(svc_name), waypoints.get(w)) else {
             continue;
         };
-        let svc_ports: Vec<String> = svc
-            .spec
-            .as_ref()
-            .and_then(|s| s.ports.clone())
-            .unwrap_or_default()
+        let svc_ports: Vec<String> = gateway_api::service_ports(svc)
             .iter()
-            .map(|p| p.port.to_string())
+            .map(i32::to_string)
             .collect();
-        for ap in &l4 {
-            let sel = ap
-                .spec
-                .selector
-                .as_ref()
-                .and_then(|s| s.match_labels.clone())
-                .unwrap_or_default();
-            if sel.is_empty() || !selects(&sel, &selector(svc)) {
-                continue;
-            }
+        for ap in l4.iter().filter(|ap| on_pods_of(ap, svc)) {
             for rule in ap.spec.rules.iter().flatten() {
                 let names = super::rule_names(rule, principal);
                 let ops: Vec<_> = rule

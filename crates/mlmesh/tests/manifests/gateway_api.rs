@@ -86,7 +86,7 @@ fn versions(m: &Manifests, svc: &Service) -> BTreeSet<String> {
         .collect()
 }
 
-fn service_ports(svc: &Service) -> Vec<i32> {
+pub fn service_ports(svc: &Service) -> Vec<i32> {
     svc.spec
         .as_ref()
         .and_then(|s| s.ports.clone())
@@ -426,13 +426,7 @@ fn port_for(svc: &Service, protocol: &str) -> Option<i32> {
         .and_then(|s| s.ports.clone())
         .unwrap_or_default()
         .into_iter()
-        .find(|p| match p.app_protocol.as_deref() {
-            Some(a) => a == protocol,
-            None => p
-                .name
-                .as_deref()
-                .is_some_and(|n| n.split('-').next() == Some(protocol)),
-        })
+        .find(|p| super::istio_protocol(p) == Some(protocol))
         .map(|p| p.port)
 }
 
