@@ -344,19 +344,15 @@ impl Plan {
 /// A call's status, answering version, failed, degraded, offer id.
 type CallResult = (String, Option<String>, bool, bool, Option<String>);
 
-/// One user's gRPC infer request, raw tensors as Triton's client sends.
-fn grpc_request(user: &User, input_name: &str, model: &str) -> oip::grpc::ModelInferRequest {
-    oip::grpc::ModelInferRequest {
-        model_name: model.to_owned(),
-        id: user.id.clone(),
-        inputs: vec![oip::grpc::model_infer_request::InferInputTensor {
-            name: input_name.to_owned(),
-            datatype: oip::FP32.to_owned(),
-            shape: vec![1, user.features.len() as i64],
-            ..Default::default()
-        }],
-        raw_input_contents: vec![user.features.iter().flat_map(|v| v.to_le_bytes()).collect()],
-        ..Default::default()
+/// One user's infer request: their features as one FP32 row.
+fn fp32_request<'u>(user: &'u User, input_name: &'u str) -> oip::Fp32Request<'u> {
+    oip::Fp32Request {
+        id: &user.id,
+        input: input_name,
+        shape: vec![1, user.features.len() as i64],
+        values: user.features.clone(),
+        parameters: oip::Parameters::new(),
+        outputs: &[],
     }
 }
 
@@ -406,36 +402,10 @@ struct InferBody {
 }
 
 fn oip_body(user: &User, input_name: &str, protocol: Protocol) -> InferBody {
-    let binary = protocol == Protocol::HttpBinary;
-    let mut input = oip::InputTensor {
-        name: input_name.into(),
-        shape: vec![1, user.features.len() as i64],
-        datatype: oip::FP32.into(),
-        parameters: None,
-        data: Some(oip::FlatF32(user.features.clone())),
-    };
-    let mut request_params = None;
-    let mut raw = Vec::new();
-    if binary {
-        raw = input.data.take().map(|d| d.0).unwrap_or_default();
-        let mut p = oip::Parameters::new();
-        p.insert(oip::BINARY_DATA_SIZE.into(), (raw.len() * 4).into());
-        input.parameters = Some(p);
-        let mut p = oip::Parameters::new();
-        p.insert(oip::BINARY_DATA_OUTPUT.into(), true.into());
-        request_params = Some(p);
-    }
-    let request = oip::InferRequest {
-        id: Some(user.id.as_str().into()),
-        parameters: request_params,
-        inputs: vec![input],
-        outputs: None,
-    };
-    let (bytes, json_len) =
-        oip::encode_binary(&request, [raw.as_slice()]).expect("an infer request serializes");
+    let (bytes, json_len) = fp32_request(user, input_name).rest(protocol == Protocol::HttpBinary);
     InferBody {
         bytes: Bytes::from(bytes),
-        json_len: binary.then(|| http::HeaderValue::from(json_len)),
+        json_len: json_len.map(http::HeaderValue::from),
     }
 }
 
@@ -510,7 +480,7 @@ pub async fn run(cfg: &Config, users: Vec<User>) -> Result<Report, RunError> {
             grpc = clients;
             grpc_requests = users
                 .iter()
-                .map(|u| grpc_request(u, &input, &cfg.model_name))
+                .map(|u| fp32_request(u, &input).grpc(&cfg.model_name))
                 .collect();
         }
         (Target::Infer, protocol) => {

@@ -15,12 +15,14 @@ pub mod grpc {
 }
 
 mod binary;
+mod client;
 mod flat;
 mod grpc_wire;
 mod rest;
 mod stats;
 
 pub use binary::{FramingError, encode_binary, split_body};
+pub use client::Fp32Request;
 pub use flat::FlatF32;
 pub use grpc_wire::{
     grpc_code_of, http_status_of, infer_request_from_grpc, infer_response_to_grpc, output_of_grpc,

@@ -391,64 +391,23 @@ pub(super) fn outbound(
     values: Vec<f32>,
     request_id: &str,
 ) -> Outbound {
-    let width = values.len() as i64;
+    let request = oip::Fp32Request {
+        id: request_id,
+        input: &layout.input_name,
+        shape: vec![1, values.len() as i64],
+        values,
+        parameters: layout.parameters(),
+        outputs: &[PROBABILITY],
+    };
     match wire {
         Wire::Http { binary, .. } => {
-            let mut parameters = layout.parameters();
-            let mut input = oip::InputTensor {
-                name: Cow::Borrowed(&layout.input_name),
-                shape: vec![1, width],
-                datatype: Cow::Borrowed(oip::FP32),
-                parameters: None,
-                data: Some(oip::FlatF32(values)),
-            };
-            let mut raw = Vec::new();
-            if *binary {
-                raw = input.data.take().map(|d| d.0).unwrap_or_default();
-                let mut p = oip::Parameters::new();
-                p.insert(oip::BINARY_DATA_SIZE.into(), (raw.len() * 4).into());
-                input.parameters = Some(p);
-                parameters.insert(oip::BINARY_DATA_OUTPUT.into(), true.into());
-            }
-            let request = oip::InferRequest {
-                id: Some(Cow::Borrowed(request_id)),
-                parameters: Some(parameters),
-                inputs: vec![input],
-                outputs: Some(vec![oip::RequestedOutput {
-                    name: Cow::Borrowed(PROBABILITY),
-                    parameters: None,
-                }]),
-            };
-            let (body, json_len) =
-                oip::encode_binary(&request, [raw.as_slice()]).expect("infer body serializes");
+            let (body, json_len) = request.rest(*binary);
             Outbound::Http {
                 body: Bytes::from(body),
-                json_len: binary.then(|| HeaderValue::from(json_len)),
+                json_len: json_len.map(HeaderValue::from),
             }
         }
-        Wire::Grpc { .. } => {
-            use oip::grpc::infer_parameter::ParameterChoice;
-            let order = oip::grpc::InferParameter {
-                parameter_choice: Some(ParameterChoice::StringParam(layout.joined.clone())),
-            };
-            Outbound::Grpc(oip::grpc::ModelInferRequest {
-                model_name: model.to_owned(),
-                id: request_id.to_owned(),
-                parameters: [(oip::FEATURE_NAMES.to_owned(), order)].into(),
-                inputs: vec![oip::grpc::model_infer_request::InferInputTensor {
-                    name: layout.input_name.clone(),
-                    datatype: oip::FP32.to_owned(),
-                    shape: vec![1, width],
-                    ..Default::default()
-                }],
-                outputs: vec![oip::grpc::model_infer_request::InferRequestedOutputTensor {
-                    name: PROBABILITY.to_owned(),
-                    ..Default::default()
-                }],
-                raw_input_contents: vec![values.iter().flat_map(|v| v.to_le_bytes()).collect()],
-                ..Default::default()
-            })
-        }
+        Wire::Grpc { .. } => Outbound::Grpc(request.grpc(model)),
     }
 }
 
