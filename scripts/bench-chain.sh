@@ -15,7 +15,8 @@
 # protocol the frontend can call the models with (default: all three).
 # STORES="embedded redis" runs each with the embedded feature store and with
 # a local redis-server behind it (default: embedded; redis needs
-# redis-server). CONCURRENCY (default 64).
+# redis-server). CONCURRENCY (default 64). MLMESH_BIN runs another build
+# of mlmesh (e.g. the previous commit's, to compare before and after).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-15}
@@ -25,7 +26,7 @@ stores=${STORES:-embedded}
 port=${BENCH_PORT:-18280}
 
 cargo build --release -p mlmesh -p loadtest >&2
-bin=$PWD/target/release/mlmesh
+bin=${MLMESH_BIN:-$PWD/target/release/mlmesh}
 load=$PWD/target/release/mlmesh-loadtest
 tmp=$(mktemp -d)
 pids=()

@@ -5,8 +5,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri, header};
 use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Deserialize;
 use tokio::sync::Semaphore;
 use tracing::{Instrument, field};
@@ -29,6 +33,23 @@ pub const SHADOW: &str = "model-inference-shadow";
 /// Mirrored calls in flight at once; beyond this, mirroring is skipped so a
 /// slow shadow can never hold memory or sockets the live path needs.
 const MAX_SHADOW_IN_FLIGHT: usize = 64;
+
+/// The largest answer body read from an upstream (a user's features or an
+/// infer answer are a few KiB): a confused callee cannot fill the memory.
+const MAX_ANSWER_BYTES: usize = 1 << 20;
+
+/// What a user id is escaped with in the feature store's path: everything
+/// but RFC 3986's unreserved characters (ids are checked to be those anyway).
+const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// Upstream HTTP: hyper's pooled client itself. reqwest on top of it cost
+/// the decision path a `Url` → `Uri` conversion, a timer and header merges
+/// per call (issue 17's profile); the deadline is one `tokio::time::timeout`.
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum UpstreamError {
@@ -118,11 +139,11 @@ struct Shadow {
 }
 
 pub struct Upstreams {
-    http: reqwest::Client,
+    http: HttpClient,
     timeout: Duration,
-    /// `<feature store>/v1/features`, parsed once; a user's URL is a clone
-    /// with their id pushed as a path segment (percent-encoded).
-    features_base: reqwest::Url,
+    /// `<feature store>/v1/features/`, checked once; a user's URI is it and
+    /// their id (percent-encoded).
+    features_base: String,
     /// Baseline then candidate. In `mesh` mode both use the one model URL;
     /// each keeps its own layout because the mesh may send them to different
     /// versions.
@@ -133,8 +154,6 @@ pub struct Upstreams {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("building the HTTP client: {0}")]
-    Client(#[from] reqwest::Error),
     #[error("--shadow-url {0:?} is not an absolute http URL")]
     ShadowUrl(String),
     #[error("{0} {1:?} is not an absolute http URL")]
@@ -154,11 +173,14 @@ pub enum ConfigError {
 
 impl Upstreams {
     pub fn new(args: &FrontendArgs, metrics: FrontendMetrics) -> Result<Self, ConfigError> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(args.upstream_timeout)
-            .tcp_nodelay(true)
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(args.upstream_timeout));
+        let http = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
-            .build()?;
+            // Without a timer the pool never expires idle connections.
+            .pool_timer(TokioTimer::new())
+            .build(connector);
         let target = |rest: &str, grpc: Option<&String>, known| {
             new_target(args, rest, grpc.map(String::as_str), known)
         };
@@ -222,10 +244,7 @@ impl Upstreams {
         fwd: &Forwarded,
         deadline: Instant,
     ) -> Result<Option<Features>, UpstreamError> {
-        let mut url = self.features_base.clone();
-        url.path_segments_mut()
-            .expect("an http URL has path segments")
-            .push(user_id);
+        let url = features_url(&self.features_base, user_id)?;
         let accept = |s: StatusCode| s == StatusCode::OK || s == StatusCode::NOT_FOUND;
         let answer = self
             .call(
@@ -433,23 +452,15 @@ impl Upstreams {
                     let mut headers = span.in_scope(|| fwd.outbound_headers());
                     headers.insert(header::HOST, shadow.host.clone());
                     content_headers(&mut headers, json_len);
-                    let request = self
-                        .http
-                        .post(infer_url.clone())
-                        .headers(headers)
-                        .timeout(timeout)
-                        .body(body);
+                    let request = http_request(Method::POST, infer_url, headers, body);
+                    let http = self.http.clone();
                     Box::pin(
                         async move {
                             // One classification of failures for live and mirrored calls.
-                            match request.send().await {
-                                Ok(r) if r.status().is_success() => None,
-                                Ok(r) => {
-                                    tracing::Span::current()
-                                        .record("http.response.status_code", r.status().as_u16());
-                                    Some("status")
-                                }
-                                Err(e) => Some(transport_error(SHADOW, timeout, e).kind()),
+                            match exchange(&http, SHADOW, request, timeout).await {
+                                Ok((status, ..)) if status.is_success() => None,
+                                Ok(_) => Some("status"),
+                                Err(e) => Some(e.kind()),
                             }
                         }
                         .instrument(span),
@@ -492,7 +503,7 @@ impl Upstreams {
         &self,
         upstream: &'static str,
         method: Method,
-        url: &reqwest::Url,
+        url: &Endpoint,
         fwd: &Forwarded,
         body: Option<(Bytes, Option<HeaderValue>)>,
         deadline: Instant,
@@ -502,17 +513,15 @@ impl Upstreams {
         let started = Instant::now();
         let result = async {
             let (budget, mut headers) = outbound(upstream, fwd, deadline, started)?;
-            let mut req = self.http.request(method, url.clone()).timeout(budget);
-            if let Some((body, json_len)) = body {
-                content_headers(&mut headers, json_len);
-                req = req.body(body);
-            }
-            let transport = |e: reqwest::Error| transport_error(upstream, budget, e);
-            let mut res = req.headers(headers).send().await.map_err(transport)?;
-            let status = res.status();
-            tracing::Span::current().record("http.response.status_code", status.as_u16());
-            let headers = std::mem::take(res.headers_mut());
-            let body = res.bytes().await.map_err(transport)?;
+            let body = match body {
+                Some((body, json_len)) => {
+                    content_headers(&mut headers, json_len);
+                    body
+                }
+                None => Bytes::new(),
+            };
+            let request = http_request(method, url, headers, body);
+            let (status, headers, body) = exchange(&self.http, upstream, request, budget).await?;
             if !accept(status) {
                 return Err(UpstreamError::Status {
                     upstream,
@@ -649,13 +658,9 @@ fn new_target(
 
 /// `rest`'s scheme and host on model-inference's default gRPC port.
 fn grpc_url_of(rest: &str) -> Option<String> {
-    let mut url = reqwest::Url::parse(rest).ok()?;
-    if url.scheme() != "http" || url.host_str().is_none() {
-        return None;
-    }
-    url.set_port(Some(DEFAULT_GRPC_PORT)).ok()?;
-    url.set_path("");
-    Some(url.as_str().trim_end_matches('/').to_owned())
+    let url = Endpoint::parse(rest)?;
+    let host = url.uri.host()?;
+    Some(format!("http://{host}:{DEFAULT_GRPC_PORT}"))
 }
 
 /// A decoded REST or gRPC infer answer: the callee's headers (version,
@@ -707,18 +712,102 @@ fn content_headers(headers: &mut HeaderMap, json_len: Option<HeaderValue>) {
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
 }
 
-/// `<feature store>/v1/features`, checked once at startup.
-fn features_base(url: &str) -> Result<reqwest::Url, ConfigError> {
+/// `<feature store>/v1/features/`, checked once at startup.
+fn features_base(url: &str) -> Result<String, ConfigError> {
     let bad = || ConfigError::Url("--feature-store-url", url.to_owned());
-    let mut base = reqwest::Url::parse(url).map_err(|_| bad())?;
-    if !matches!(base.scheme(), "http" | "https") || !base.has_host() {
+    let base = Endpoint::parse(url).ok_or_else(bad)?;
+    if base.uri.query().is_some() {
         return Err(bad());
     }
-    base.path_segments_mut()
-        .map_err(|()| bad())?
-        .pop_if_empty()
-        .extend(["v1", "features"]);
-    Ok(base)
+    let authority = base.uri.authority().ok_or_else(bad)?;
+    let path = base.uri.path().trim_end_matches('/');
+    Ok(format!("http://{authority}{path}/v1/features/"))
+}
+
+/// A user's features URI: the base and their id as one path segment.
+fn features_url(base: &str, user_id: &str) -> Result<Endpoint, UpstreamError> {
+    let text = format!("{base}{}", utf8_percent_encode(user_id, PATH_SEGMENT));
+    let uri = Uri::try_from(text.as_str()).map_err(|e| invalid(FEATURE_STORE, e))?;
+    Ok(Endpoint {
+        uri,
+        text: text.into(),
+    })
+}
+
+/// An upstream URL parsed once: the `Uri` requests go to and its text for
+/// spans and logs.
+#[derive(Debug, Clone)]
+pub(super) struct Endpoint {
+    uri: Uri,
+    text: Box<str>,
+}
+
+// === impl Endpoint ===
+
+impl Endpoint {
+    /// `None` unless `url` is an absolute `http://` URL with a host (the
+    /// client speaks plain HTTP: under a mesh the sidecar adds the TLS).
+    pub(super) fn parse(url: &str) -> Option<Self> {
+        let uri = Uri::try_from(url).ok()?;
+        if uri.scheme_str() != Some("http") || uri.host().is_none_or(str::is_empty) {
+            return None;
+        }
+        Some(Self {
+            text: uri.to_string().into(),
+            uri,
+        })
+    }
+
+    pub(super) fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+fn http_request(
+    method: Method,
+    url: &Endpoint,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Request<Full<Bytes>> {
+    let mut request = Request::new(Full::new(body));
+    *request.method_mut() = method;
+    *request.uri_mut() = url.uri.clone();
+    *request.headers_mut() = headers;
+    request
+}
+
+/// Sends `request` and reads the whole answer (at most
+/// [`MAX_ANSWER_BYTES`]) within `budget`; records the status on the
+/// current span.
+async fn exchange(
+    http: &HttpClient,
+    upstream: &'static str,
+    request: Request<Full<Bytes>>,
+    budget: Duration,
+) -> Result<(StatusCode, HeaderMap, Bytes), UpstreamError> {
+    let call = async {
+        let res = http
+            .request(request)
+            .await
+            .map_err(|e| transport_error(upstream, &e))?;
+        let (parts, body) = res.into_parts();
+        tracing::Span::current().record("http.response.status_code", parts.status.as_u16());
+        let body = Limited::new(body, MAX_ANSWER_BYTES)
+            .collect()
+            .await
+            .map_err(|e| match e.downcast::<http_body_util::LengthLimitError>() {
+                Ok(_) => invalid(upstream, format!("an answer over {MAX_ANSWER_BYTES} bytes")),
+                Err(e) => transport_error(upstream, &*e),
+            })?
+            .to_bytes();
+        Ok((parts.status, parts.headers, body))
+    };
+    tokio::time::timeout(budget, call)
+        .await
+        .unwrap_or(Err(UpstreamError::Timeout {
+            upstream,
+            after: budget,
+        }))
 }
 
 /// A client span's name, `METHOD upstream`, without a `format!` per call.
@@ -765,23 +854,17 @@ fn grpc_span(upstream: &'static str, method: &'static str, url: &str) -> tracing
     )
 }
 
-fn transport_error(upstream: &'static str, budget: Duration, e: reqwest::Error) -> UpstreamError {
-    if e.is_timeout() {
-        UpstreamError::Timeout {
-            upstream,
-            after: budget,
-        }
-    } else {
-        // reqwest's Display hides the cause ("error sending request"); the
-        // source chain says what actually happened (refused, reset, ...).
-        let mut detail = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            detail = format!("{detail}: {s}");
-            source = s.source();
-        }
-        UpstreamError::Connect { upstream, detail }
+/// A failure to connect, send or read (refused, reset, closed early): the
+/// client's Display hides the cause ("client error (Connect)"), so the
+/// source chain says what actually happened.
+fn transport_error(upstream: &'static str, e: &(dyn std::error::Error + 'static)) -> UpstreamError {
+    let mut detail = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        detail = format!("{detail}: {s}");
+        source = s.source();
     }
+    UpstreamError::Connect { upstream, detail }
 }
 
 fn invalid(upstream: &'static str, detail: impl ToString) -> UpstreamError {
@@ -819,12 +902,9 @@ fn served_by(headers: &HeaderMap) -> Option<String> {
 
 /// Envoy's mirror Host: `-shadow` appended to the host name, before any port.
 fn shadow_host(url: &str) -> Option<HeaderValue> {
-    let url = reqwest::Url::parse(url).ok()?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return None;
-    }
-    let host = url.host_str()?;
-    let value = match url.port() {
+    let url = Endpoint::parse(url)?;
+    let host = url.uri.host()?;
+    let value = match url.uri.port() {
         Some(port) => format!("{host}-shadow:{port}"),
         None => format!("{host}-shadow"),
     };
@@ -842,12 +922,23 @@ mod tests {
             "http://fs:8080/",
             "http://10.0.0.1/prefix/",
         ] {
-            let mut url = features_base(base).unwrap();
-            url.path_segments_mut().unwrap().push("42");
+            let url = features_url(&features_base(base).unwrap(), "42").unwrap();
             let want = format!("{}/v1/features/42", base.trim_end_matches('/'));
             assert_eq!(url.as_str(), want);
+            assert!(url.uri.path().ends_with("/v1/features/42"), "{base}");
         }
-        for bad in ["fs:8080", "ftp://fs", "not a url", ""] {
+        // Ids are checked to be unreserved characters; anything else is escaped, not spliced.
+        let url = features_url("http://fs/v1/features/", "a/b?c d").unwrap();
+        assert_eq!(url.uri.path(), "/v1/features/a%2Fb%3Fc%20d");
+        assert_eq!(url.uri.query(), None);
+        for bad in [
+            "fs:8080",
+            "ftp://fs",
+            "https://fs",
+            "not a url",
+            "",
+            "http://fs/?a=b",
+        ] {
             assert!(features_base(bad).is_err(), "{bad}");
         }
     }

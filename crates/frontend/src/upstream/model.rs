@@ -13,7 +13,7 @@ use axum::http::HeaderValue;
 use bytes::Bytes;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 
-use super::{FEATURE_STORE, MODEL, UpstreamError, invalid};
+use super::{Endpoint, FEATURE_STORE, MODEL, UpstreamError, invalid};
 
 pub(super) type GrpcClient =
     oip::grpc::grpc_inference_service_client::GrpcInferenceServiceClient<tonic::transport::Channel>;
@@ -24,9 +24,9 @@ pub(super) const PROBABILITY: &str = "probability";
 /// How one target is reached.
 pub(super) enum Wire {
     Http {
-        /// Parsed once: a `Url` per call is a parse (and an IDNA pass) per call.
-        infer_url: reqwest::Url,
-        metadata_url: reqwest::Url,
+        /// Parsed once: the request URIs are clones, not a parse per call.
+        infer_url: Endpoint,
+        metadata_url: Endpoint,
         /// The binary tensor data extension: raw FP32 both ways.
         binary: bool,
     },
@@ -76,7 +76,7 @@ pub(super) struct ModelTarget {
 // === impl ModelTarget ===
 
 impl ModelTarget {
-    /// A REST target; `None` unless `base` is an absolute http(s) URL.
+    /// A REST target; `None` unless `base` is an absolute `http://` URL.
     pub fn http(
         base: &str,
         model: &str,
@@ -84,14 +84,9 @@ impl ModelTarget {
         known: Option<&'static str>,
     ) -> Option<Self> {
         let base = base.trim_end_matches('/');
-        let url = |path: String| {
-            reqwest::Url::parse(&path)
-                .ok()
-                .filter(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
-        };
         let wire = Wire::Http {
-            infer_url: url(format!("{base}/v2/models/{model}/infer"))?,
-            metadata_url: url(format!("{base}/v2/models/{model}"))?,
+            infer_url: Endpoint::parse(&format!("{base}/v2/models/{model}/infer"))?,
+            metadata_url: Endpoint::parse(&format!("{base}/v2/models/{model}"))?,
             binary,
         };
         Some(Self::with(wire, model, known))
@@ -508,7 +503,7 @@ mod tests {
     fn every_protocol_carries_the_same_values_and_order() {
         let layout = layout();
         let values = vec![1.0, 2.5, -3.0];
-        let url = reqwest::Url::parse("http://m:8080/").unwrap();
+        let url = Endpoint::parse("http://m:8080/").unwrap();
         let json = Wire::Http {
             infer_url: url.clone(),
             metadata_url: url.clone(),
