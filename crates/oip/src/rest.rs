@@ -86,7 +86,8 @@ pub struct OutputTensor<'a> {
 pub struct ModelMetadata<'a> {
     #[serde(borrow)]
     pub name: Cow<'a, str>,
-    #[serde(default, borrow)]
+    /// KServe's server sends `null` for a model without versions: read as none.
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub versions: Vec<Cow<'a, str>>,
     #[serde(borrow)]
     pub platform: Cow<'a, str>,
@@ -98,6 +99,15 @@ pub struct ModelMetadata<'a> {
     /// so clients never keep their own copy of the column order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parameters: Option<Parameters>,
+}
+
+/// An optional array that some servers send as `null` (the spec says omit it).
+fn null_as_empty<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -209,6 +219,25 @@ impl OutputTensor<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peers_metadata_answers_parse() {
+        // KServe's Python server (0.16) and MLServer (1.7), verbatim.
+        for body in [
+            r#"{"name":"propensity","versions":null,"platform":"","inputs":[{"name":"features","datatype":"FP32","shape":[-1,85]}],"outputs":[{"name":"probability","datatype":"FP32","shape":[-1,1]}]}"#,
+            r#"{"name":"propensity","versions":[],"platform":"","inputs":[{"name":"features","datatype":"FP32","shape":[-1,85]}],"outputs":[{"name":"probability","datatype":"FP32","shape":[-1,1]}],"parameters":{}}"#,
+        ] {
+            let m: ModelMetadata = serde_json::from_str(body).unwrap();
+            assert!(m.versions.is_empty());
+            assert_eq!(m.inputs[0].name, "features");
+            assert_eq!(m.inputs[0].shape, [-1, 85]);
+        }
+        let m: ModelMetadata = serde_json::from_str(
+            r#"{"name":"m","versions":["1","2"],"platform":"onnx","inputs":[],"outputs":[]}"#,
+        )
+        .unwrap();
+        assert_eq!(m.versions, ["1", "2"]);
+    }
 
     #[test]
     fn a_request_round_trips_and_borrows_its_strings() {
