@@ -328,10 +328,22 @@ impl<'de> Visitor<'de> for Columns<'_, '_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let names = &self.layout.feature_names;
+        // The store usually lists features in the model's order: try the
+        // column after the last one found before hashing the name.
+        let mut next = 0;
         // `Cow` borrows from the body unless the name has escapes.
         while let Some(name) = map.next_key::<CowKey<'de>>()? {
-            match self.layout.columns.get(name.0.as_ref()) {
-                Some(&i) => self.columns[i] = map.next_value::<Option<f64>>()?,
+            let name = name.0.as_ref();
+            let column = match names.get(next) {
+                Some(expected) if expected == name => Some(next),
+                _ => self.layout.columns.get(name).copied(),
+            };
+            match column {
+                Some(i) => {
+                    self.columns[i] = map.next_value::<Option<f64>>()?;
+                    next = i + 1;
+                }
                 None => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -460,6 +472,20 @@ mod tests {
         // An escaped name is still found.
         let f = features(r#"{"features":{"\u0061":1,"b":2,"c":3}}"#);
         assert_eq!(f.values_in(&layout()).unwrap(), vec![1.0, 2.0, 3.0]);
+        // In the model's order (the fast path), with strangers between,
+        // rotated, and backwards: the same columns.
+        for json in [
+            r#"{"features":{"a":1,"b":2,"c":3}}"#,
+            r#"{"features":{"z":0,"a":1,"y":9,"b":2,"c":3,"d":4}}"#,
+            r#"{"features":{"b":2,"c":3,"a":1}}"#,
+            r#"{"features":{"c":3,"b":2,"a":1}}"#,
+        ] {
+            assert_eq!(
+                features(json).values_in(&layout()).unwrap(),
+                vec![1.0, 2.0, 3.0],
+                "{json}"
+            );
+        }
     }
 
     #[test]
