@@ -32,7 +32,7 @@ overflow=${OVERFLOW:-drop} # or wait: a client that queues its excess (wrk2)
 command -v taskset >/dev/null || { echo "bench-overload.sh: needs taskset (util-linux)" >&2; exit 1; }
 [ "$(nproc)" -ge 2 ] || { echo "bench-overload.sh: needs 2 CPUs" >&2; exit 1; }
 cargo build --release -p mlmesh -p loadtest >&2
-bin=target/release/mlmesh
+bin=${MLMESH_BIN:-target/release/mlmesh} # another build, e.g. to compare before and after
 load=target/release/mlmesh-loadtest
 tmp=$(mktemp -d)
 pid=
