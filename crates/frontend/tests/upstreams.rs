@@ -92,6 +92,56 @@ async fn a_feature_store_that_is_down_degrades_the_answer() {
 }
 
 #[tokio::test]
+async fn a_feature_store_answer_past_the_size_bound_is_unusable_not_read_whole() {
+    // A confused store sending user 42's real features padded to 4 MiB
+    // (a field the frontend skips): usable if read whole, so only the
+    // frontend's 1 MiB bound makes it unusable.
+    let up = Upstreams::start().await;
+    let mut args = up.args();
+    let real = reqwest::get(format!("{}/v1/features/42", args.feature_store_url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let padded = format!(
+        r#"{{"padding":[{}0],{}"#,
+        "0,".repeat(2 << 20),
+        real.trim_start().strip_prefix('{').unwrap()
+    );
+    let store = test_support::serve::serve(axum::Router::new().route(
+        "/v1/features/{id}",
+        axum::routing::get(move || std::future::ready(padded.clone())),
+    ))
+    .await;
+    // The same answer under the bound is a normal decision.
+    let small = format!(
+        r#"{{"padding":[0],{}"#,
+        real.trim_start().strip_prefix('{').unwrap()
+    );
+    let small_store = test_support::serve::serve(axum::Router::new().route(
+        "/v1/features/{id}",
+        axum::routing::get(move || std::future::ready(small.clone())),
+    ))
+    .await;
+    args.feature_store_url = small_store.base();
+    let a = get(&frontend(&args), "/predict?user_id=42").await;
+    assert_eq!(a.json["degraded"], false, "{}", a.json);
+
+    args.feature_store_url = store.base();
+    let app = frontend(&args);
+    let a = get(&app, "/predict?user_id=42").await;
+    assert_degraded(&a, "feature store answered something unusable");
+    let text = test_support::http::get_text(&app, "/metrics").await;
+    let errors = sample(
+        &text,
+        "mlmesh_frontend_upstream_errors",
+        &[("upstream", "feature-store"), ("kind", "invalid")],
+    );
+    assert_eq!(errors.value, 1.0);
+}
+
+#[tokio::test]
 async fn slow_and_failing_models_are_cut_off_by_the_timeout_or_reported() {
     let up = Upstreams::start().await;
     let slow = slow_v1().await;
