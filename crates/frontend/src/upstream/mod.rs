@@ -683,12 +683,7 @@ fn grpc_request<T>(message: T, headers: HeaderMap) -> tonic::Request<T> {
 /// reset) is a connection failure.
 fn grpc_error(upstream: &'static str, status: tonic::Status) -> UpstreamError {
     if let Some(source) = std::error::Error::source(&status) {
-        let mut detail = format!("{}: {source}", status.message());
-        let mut next = source.source();
-        while let Some(s) = next {
-            detail = format!("{detail}: {s}");
-            next = s.source();
-        }
+        let detail = with_causes(status.message().to_owned(), Some(source));
         return UpstreamError::Connect { upstream, detail };
     }
     UpstreamError::Status {
@@ -858,13 +853,20 @@ fn grpc_span(upstream: &'static str, method: &'static str, url: &str) -> tracing
 /// client's Display hides the cause ("client error (Connect)"), so the
 /// source chain says what actually happened.
 fn transport_error(upstream: &'static str, e: &(dyn std::error::Error + 'static)) -> UpstreamError {
-    let mut detail = e.to_string();
-    let mut source = e.source();
+    let detail = with_causes(e.to_string(), e.source());
+    UpstreamError::Connect { upstream, detail }
+}
+
+/// `detail: cause: its cause: …` down the source chain.
+fn with_causes(
+    mut detail: String,
+    mut source: Option<&(dyn std::error::Error + 'static)>,
+) -> String {
     while let Some(s) = source {
         detail = format!("{detail}: {s}");
         source = s.source();
     }
-    UpstreamError::Connect { upstream, detail }
+    detail
 }
 
 fn invalid(upstream: &'static str, detail: impl ToString) -> UpstreamError {
