@@ -346,6 +346,16 @@ fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
+/// An AuthorizationPolicy's workload selector; empty when it has none
+/// (namespace-wide, or attached by targetRefs instead).
+fn policy_selector(ap: &AuthorizationPolicy) -> BTreeMap<String, String> {
+    ap.spec
+        .selector
+        .as_ref()
+        .and_then(|s| s.match_labels.clone())
+        .unwrap_or_default()
+}
+
 /// Workloads: (name, pod template, is it long-running).
 fn workloads(m: &Manifests) -> Vec<(String, &PodTemplateSpec, bool)> {
     let name = |md: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
@@ -910,12 +920,7 @@ fn check(m: &Manifests) -> Vec<String> {
     let mut allowed: Vec<(BTreeMap<String, String>, BTreeSet<String>)> = Vec::new();
     for ap in &m.authorization_policies {
         let name = ap.metadata.name.clone().unwrap_or_default();
-        let selector = ap
-            .spec
-            .selector
-            .as_ref()
-            .and_then(|s| s.match_labels.clone())
-            .unwrap_or_default();
+        let selector = policy_selector(ap);
         // A namespace-wide rule with HTTP fields also lands on Redis (TCP),
         // where Istio drops the HTTP-only conditions and the rule means
         // something else than it says.
@@ -1070,12 +1075,8 @@ fn check_model_calls_allowed(m: &Manifests, problems: &mut Vec<String>) {
             continue;
         }
         let name = ap.metadata.name.clone().unwrap_or_default();
-        let by_selector = ap
-            .spec
-            .selector
-            .as_ref()
-            .and_then(|s| s.match_labels.clone())
-            .is_some_and(|sel| !sel.is_empty() && selects(&sel, &model_pod));
+        let sel = policy_selector(ap);
+        let by_selector = !sel.is_empty() && selects(&sel, &model_pod);
         let by_service = gateway_api::target_refs(ap.spec.target_refs.as_ref())
             .unwrap_or_default()
             .iter()

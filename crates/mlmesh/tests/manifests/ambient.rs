@@ -14,7 +14,10 @@ use istio_api_rs::security::v1::authorization_policy::{
 use k8s_openapi::api::core::v1::Service;
 
 use super::gateway_api::{self, WAYPOINT_CLASS, name_of, namespace_of};
-use super::{Manifests, NAMESPACE, labels, pod_spec, selects, short_host, url_host, workloads};
+use super::{
+    Manifests, NAMESPACE, labels, pod_spec, policy_selector, selects, short_host, url_host,
+    workloads,
+};
 
 const USE_WAYPOINT: &str = "istio.io/use-waypoint";
 const INGRESS_USE_WAYPOINT: &str = "istio.io/ingress-use-waypoint";
@@ -231,12 +234,7 @@ pub fn check(m: &Manifests, problems: &mut Vec<String>) {
     }
     // Whether the pod (L4) policy `ap` applies to `svc`'s pods.
     let on_pods_of = |ap: &AuthorizationPolicy, svc: &Service| {
-        let sel = ap
-            .spec
-            .selector
-            .as_ref()
-            .and_then(|s| s.match_labels.clone())
-            .unwrap_or_default();
+        let sel = policy_selector(ap);
         !sel.is_empty() && selects(&sel, &selector(svc))
     };
     // The pod's own (L4) policies allow `principal`.
@@ -380,12 +378,7 @@ pub fn check(m: &Manifests, problems: &mut Vec<String>) {
         let covered: Vec<_> = l4
             .iter()
             .filter(|ap| {
-                let sel = ap
-                    .spec
-                    .selector
-                    .as_ref()
-                    .and_then(|s| s.match_labels.clone())
-                    .unwrap_or_default();
+                let sel = policy_selector(ap);
                 sel.is_empty() || selects(&sel, &labels(t))
             })
             .collect();
