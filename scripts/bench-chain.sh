@@ -46,7 +46,8 @@ wait_ready() {
 
 # The lone model: CPU per single-row JSON infer request at the same load.
 lone_model() {
-    RUST_LOG=warn "$bin" model-inference --listen "127.0.0.1:$port" --grpc-listen off \
+    # One runtime thread, the shape `mlmesh up` gives each model.
+    RUST_LOG=warn TOKIO_WORKER_THREADS=${TOKIO_WORKER_THREADS:-1} "$bin" model-inference --listen "127.0.0.1:$port" --grpc-listen off \
         --drain-delay 0s --model-path models/propensity-v1.onnx --model-version v1 &
     local pid=$!
     pids+=("$pid")

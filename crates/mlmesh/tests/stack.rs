@@ -680,3 +680,89 @@ async fn a_redis_password_is_never_printed_nor_on_a_command_line() {
     );
     drop(stack);
 }
+
+/// The runtime threads of each service `up` started (its children, by
+/// subcommand): tokio names them `tokio-runtime-worker`, which the kernel
+/// keeps as its first 15 bytes.
+fn runtime_threads_of_children(up: u32) -> Vec<(String, usize)> {
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
+        let dir = entry.path();
+        let stat = read(&dir.join("stat"));
+        // `pid (comm) state ppid …`: the comm may hold spaces, so after the last ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid != Some(up) {
+            continue;
+        }
+        let cmdline = read(&dir.join("cmdline"));
+        let Some(service) = cmdline.split('\0').nth(1) else {
+            continue;
+        };
+        let threads = std::fs::read_dir(dir.join("task"))
+            .map(|tasks| {
+                tasks
+                    .filter_map(Result::ok)
+                    .filter(|t| read(&t.path().join("comm")).trim() == "tokio-runtime-w")
+                    .count()
+            })
+            .unwrap_or(0);
+        found.push((service.to_owned(), threads));
+    }
+    found.sort();
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_runs_each_service_on_one_runtime_thread_unless_told_otherwise() {
+    // As a 1-CPU pod of k8s/base would: four services on a laptop's cores
+    // hand work between fewer threads.
+    let stack = Stack::start(Stack::ports(), &[], &[]);
+    let threads = runtime_threads_of_children(stack.child.id());
+    assert_eq!(
+        threads,
+        [
+            ("feature-store".to_owned(), 1),
+            ("frontend".to_owned(), 1),
+            ("model-inference".to_owned(), 1),
+            ("model-inference".to_owned(), 1),
+        ],
+        "one runtime thread per service"
+    );
+    let d = fetch_json(&format!("{}/predict?user_id=42", stack.frontend)).await;
+    assert_eq!(
+        d["degraded"], false,
+        "the stack decides on one thread each: {d}"
+    );
+    drop(stack);
+
+    // A `--set` (or the user's own TOKIO_WORKER_THREADS) wins.
+    let stack = Stack::start(
+        Stack::ports(),
+        &["--set", "frontend.TOKIO_WORKER_THREADS=3"],
+        &[],
+    );
+    let threads = runtime_threads_of_children(stack.child.id());
+    assert!(
+        threads.contains(&("frontend".to_owned(), 3)),
+        "the frontend took the --set: {threads:?}"
+    );
+    assert!(
+        threads.contains(&("feature-store".to_owned(), 1)),
+        "{threads:?}"
+    );
+    drop(stack);
+    let stack = Stack::start(
+        Stack::ports(),
+        &[],
+        &[("TOKIO_WORKER_THREADS", "2".to_owned())],
+    );
+    let threads = runtime_threads_of_children(stack.child.id());
+    assert!(
+        threads.iter().all(|(_, n)| *n == 2) && threads.len() == 4,
+        "the user's own value reaches every service: {threads:?}"
+    );
+}

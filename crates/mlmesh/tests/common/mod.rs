@@ -31,6 +31,7 @@ pub fn mlmesh() -> Command {
         "REDIS_URL",
         "CANARY_PERCENT",
         "LISTEN_ADDR",
+        "TOKIO_WORKER_THREADS",
     ] {
         cmd.env_remove(var);
     }
