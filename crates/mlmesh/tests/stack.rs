@@ -682,8 +682,7 @@ async fn a_redis_password_is_never_printed_nor_on_a_command_line() {
 }
 
 /// The runtime threads of each service `up` started (its children, by
-/// subcommand): tokio names them `tokio-runtime-worker`, which the kernel
-/// keeps as its first 15 bytes.
+/// subcommand), which tokio names `tokio-rt-worker`.
 fn runtime_threads_of_children(up: u32) -> Vec<(String, usize)> {
     let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
     let mut found = Vec::new();
@@ -706,7 +705,7 @@ fn runtime_threads_of_children(up: u32) -> Vec<(String, usize)> {
             .map(|tasks| {
                 tasks
                     .filter_map(Result::ok)
-                    .filter(|t| read(&t.path().join("comm")).trim() == "tokio-runtime-w")
+                    .filter(|t| read(&t.path().join("comm")).trim() == "tokio-rt-worker")
                     .count()
             })
             .unwrap_or(0);
