@@ -20,6 +20,10 @@
 # a gRPC channel or an Envoy upstream pool sends them), so the ratios
 # between protocols come from one run on one machine state.
 #
+# ROWS=8 sends that many customers' rows in each request (the load tool's
+# --rows; default 1), where the encodings differ most; rows/s is then
+# req/s times ROWS.
+#
 #   scripts/bench-service.sh [v1|v2] [seconds per step]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,6 +34,7 @@ concurrencies=${CONCURRENCIES:-"1 8 64 256"}
 mode=${MODE:-pinned}
 protocols=${PROTOCOLS:-http-json}
 grpc_port=$((port + 2))
+rows=${ROWS:-1}
 
 cargo build --release -p mlmesh -p loadtest >&2
 bin=target/release/mlmesh
@@ -67,23 +72,24 @@ url="http://127.0.0.1:$port"
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
 hz=$(getconf CLK_TCK)
 threads=$(( ${#load_pin[@]} > 0 ? 1 : $(nproc) ))
-echo "| protocol | concurrency | req/s | p50 | p90 | p99 | p99.9 | errors | server CPU µs/req |"
-echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| protocol | concurrency | rows/req | req/s | rows/s | p50 | p90 | p99 | p99.9 | errors | server CPU µs/req |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for c in $concurrencies; do
   for protocol in $protocols; do
     target_url=$url
     [ "$protocol" = grpc ] && target_url="http://127.0.0.1:$grpc_port"
     before=$(cpu_ticks)
     "${load_pin[@]}" "$load" "$target_url" --target infer --protocol "$protocol" \
-        --grpc-connections "${GRPC_CONNECTIONS:-1}" --threads "$threads" -c "$c" \
+        --grpc-connections "${GRPC_CONNECTIONS:-1}" --threads "$threads" -c "$c" --rows "$rows" \
         --duration "${secs}s" --quiet --json "$tmp/r.json" >/dev/null
     after=$(cpu_ticks)
-    python3 - "$tmp/r.json" $((after - before)) "$hz" "$c" "$protocol" <<'PY'
+    python3 - "$tmp/r.json" $((after - before)) "$hz" "$c" "$protocol" "$rows" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1])); ticks, hz, c, protocol = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+rows = int(sys.argv[6])
 l = r["all"]["latency"]
 ms = lambda v: f"{v * 1000:.0f} µs" if v < 1 else f"{v:.2f} ms"
-print(f"| {protocol} | {c} | {r['throughput_rps']:,.0f} | {ms(l['p50_ms'])} | {ms(l['p90_ms'])} | {ms(l['p99_ms'])} "
+print(f"| {protocol} | {c} | {rows} | {r['throughput_rps']:,.0f} | {r['throughput_rps'] * rows:,.0f} | {ms(l['p50_ms'])} | {ms(l['p90_ms'])} | {ms(l['p99_ms'])} "
       f"| {ms(l['p999_ms'])} | {r['all']['errors']} | {ticks / hz * 1e6 / r['requests']:.1f} |")
 PY
   done

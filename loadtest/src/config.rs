@@ -67,6 +67,12 @@ pub struct Config {
     #[arg(long, value_enum, default_value_t = Protocol::HttpJson)]
     pub protocol: Protocol,
 
+    /// `--target infer`: rows per request, each the features of the next
+    /// user (a client scoring a batch sends one request for many rows; the
+    /// protocols' encodings differ most there). The model bounds it.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub rows: u32,
+
     /// `--protocol grpc`: HTTP/2 connections to spread the requests over,
     /// each carrying many at once as streams. 1 is what a gRPC channel
     /// (Triton's client) and an Envoy sidecar's upstream pool use; one per

@@ -344,13 +344,24 @@ impl Plan {
 /// A call's status, answering version, failed, degraded, offer id.
 type CallResult = (String, Option<String>, bool, bool, Option<String>);
 
-/// One user's infer request: their features as one FP32 row.
-fn fp32_request<'u>(user: &'u User, input_name: &'u str) -> oip::Fp32Request<'u> {
+/// User `first`'s infer request: their features and the next `rows - 1`
+/// users' (wrapping), one FP32 row each.
+fn fp32_request<'u>(
+    users: &'u [User],
+    first: usize,
+    rows: usize,
+    input_name: &'u str,
+) -> oip::Fp32Request<'u> {
+    let width = users[first].features.len();
+    let mut values = Vec::with_capacity(rows * width);
+    for k in 0..rows {
+        values.extend_from_slice(&users[(first + k) % users.len()].features);
+    }
     oip::Fp32Request {
-        id: &user.id,
+        id: &users[first].id,
         input: input_name,
-        shape: vec![1, user.features.len() as i64],
-        values: user.features.clone(),
+        shape: vec![rows as i64, width as i64],
+        values,
         parameters: oip::Parameters::new(),
         outputs: &[],
     }
@@ -401,8 +412,8 @@ struct InferBody {
     json_len: Option<http::HeaderValue>,
 }
 
-fn oip_body(user: &User, input_name: &str, protocol: Protocol) -> InferBody {
-    let (bytes, json_len) = fp32_request(user, input_name).rest(protocol == Protocol::HttpBinary);
+fn oip_body(request: oip::Fp32Request<'_>, protocol: Protocol) -> InferBody {
+    let (bytes, json_len) = request.rest(protocol == Protocol::HttpBinary);
     InferBody {
         bytes: Bytes::from(bytes),
         json_len: json_len.map(http::HeaderValue::from),
@@ -473,21 +484,20 @@ pub async fn run(cfg: &Config, users: Vec<User>) -> Result<Report, RunError> {
         (None, None) => Some(users.len() as u64 * per_user),
     };
     let (mut bodies, mut grpc, mut grpc_requests) = (Vec::new(), Vec::new(), Vec::new());
+    let rows = cfg.rows as usize;
     match (cfg.target, cfg.protocol) {
         (Target::Infer, Protocol::Grpc) => {
             let (clients, input) =
                 grpc_clients(&base, &cfg.model_name, cfg.grpc_connections as usize).await?;
             grpc = clients;
-            grpc_requests = users
-                .iter()
-                .map(|u| fp32_request(u, &input).grpc(&cfg.model_name))
+            grpc_requests = (0..users.len())
+                .map(|u| fp32_request(&users, u, rows, &input).grpc(&cfg.model_name))
                 .collect();
         }
         (Target::Infer, protocol) => {
             let input = input_name(&client, &base, &cfg.model_name).await?;
-            bodies = users
-                .iter()
-                .map(|u| oip_body(u, &input, protocol))
+            bodies = (0..users.len())
+                .map(|u| oip_body(fp32_request(&users, u, rows, &input), protocol))
                 .collect();
         }
         _ => {}

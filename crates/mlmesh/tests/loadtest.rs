@@ -199,4 +199,35 @@ async fn infer_load_in_json_binary_and_grpc_reaches_the_model_without_errors() {
         assert_eq!(st["success"]["count"], served, "{protocol}: {s}");
         assert_eq!(st["fail"]["count"], 0, "{protocol}: {s}");
     }
+
+    // `--rows 8`: each request carries eight users' rows, which the model
+    // counts as eight inferences in one success.
+    let inferred = |s: &serde_json::Value| s["model_stats"][0]["inference_count"].as_u64().unwrap();
+    for (protocol, base) in [
+        ("http-json", &server.base),
+        ("http-binary", &server.base),
+        ("grpc", &grpc_base),
+    ] {
+        let before = inferred(&test_support::http::fetch_json(&stats).await);
+        let args = [
+            base.as_str(),
+            "--target",
+            "infer",
+            "--protocol",
+            protocol,
+            "--rows",
+            "8",
+            "--requests",
+            "100",
+            "-c",
+            "4",
+        ];
+        let r = load(&config(&args)).await;
+        assert_eq!(r.all.errors, 0, "{protocol} --rows 8: {}", r.render());
+        served += 100;
+        let s = test_support::http::fetch_json(&stats).await;
+        let st = &s["model_stats"][0]["inference_stats"];
+        assert_eq!(st["success"]["count"], served, "{protocol} --rows 8: {s}");
+        assert_eq!(inferred(&s) - before, 800, "{protocol} --rows 8: {s}");
+    }
 }
