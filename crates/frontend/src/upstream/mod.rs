@@ -818,13 +818,16 @@ fn span_name(upstream: &'static str, method: &Method) -> std::borrow::Cow<'stati
 }
 
 fn client_span(upstream: &'static str, method: &Method, url: &str) -> tracing::Span {
+    // Strings, not `%` (Display): the OpenTelemetry layer formats a
+    // Display value through `fmt` on every span; a `&str` it only copies.
+    let name = span_name(upstream, method);
     tracing::info_span!(
         "upstream",
-        otel.name = %span_name(upstream, method),
+        otel.name = name.as_ref(),
         otel.kind = "client",
         otel.status_code = field::Empty,
         peer.service = upstream,
-        http.request.method = %method,
+        http.request.method = method.as_str(),
         url.full = url,
         http.response.status_code = field::Empty,
         error.type = field::Empty,
