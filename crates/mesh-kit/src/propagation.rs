@@ -16,7 +16,9 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use opentelemetry::Context;
+use opentelemetry::baggage::BaggageExt;
 use opentelemetry::propagation::{TextMapCompositePropagator, TextMapPropagator};
+use opentelemetry::trace::{TraceContextExt, TraceFlags};
 use opentelemetry_http::HeaderExtractor;
 use opentelemetry_propagator_b3::{B3Encoding, Propagator as B3Propagator};
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
@@ -126,8 +128,52 @@ pub fn trace_id_of(headers: &HeaderMap) -> Option<String> {
 }
 
 /// Writes `cx` as `traceparent`/`tracestate`, `x-b3-*` and `baggage` headers.
+///
+/// The common case (a valid span context, sampled or not, no B3 debug or
+/// deferred bit, no baggage) is written here directly, into stack buffers;
+/// everything else goes through the SDK's propagators. Both write the same
+/// headers (`inject_fast_path_writes_what_the_propagators_write`); the fast
+/// path saves their `format!`s and `String`s, twice per decision.
 pub fn inject_context(cx: &Context, headers: &mut HeaderMap) {
-    propagator().inject_context(cx, &mut StaticInjector(headers));
+    let span = cx.span();
+    let sc = span.span_context();
+    let plain = sc.trace_flags() & !TraceFlags::SAMPLED == TraceFlags::default();
+    if !(sc.is_valid() && plain && cx.baggage().is_empty()) {
+        propagator().inject_context(cx, &mut StaticInjector(headers));
+        return;
+    }
+    let trace = hex::<32>(&sc.trace_id().to_bytes());
+    let span_id = hex::<16>(&sc.span_id().to_bytes());
+    let sampled = sc.is_sampled();
+    // `00-<trace>-<span>-<flags>`: 2 + 1 + 32 + 1 + 16 + 1 + 2 bytes.
+    let mut traceparent = [0u8; 55];
+    traceparent[..3].copy_from_slice(b"00-");
+    traceparent[3..35].copy_from_slice(&trace);
+    traceparent[35] = b'-';
+    traceparent[36..52].copy_from_slice(&span_id);
+    traceparent[52..].copy_from_slice(if sampled { b"-01" } else { b"-00" });
+    let value = |bytes: &[u8]| HeaderValue::from_bytes(bytes).expect("hex digits and dashes");
+    headers.insert(HeaderName::from_static("traceparent"), value(&traceparent));
+    if let Ok(state) = HeaderValue::try_from(sc.trace_state().header()) {
+        headers.insert(HeaderName::from_static("tracestate"), state);
+    }
+    headers.insert(HeaderName::from_static("x-b3-traceid"), value(&trace));
+    headers.insert(HeaderName::from_static("x-b3-spanid"), value(&span_id));
+    headers.insert(
+        HeaderName::from_static("x-b3-sampled"),
+        HeaderValue::from_static(if sampled { "1" } else { "0" }),
+    );
+}
+
+/// `bytes` as N lowercase hex digits (N = 2 × their length).
+fn hex<const N: usize>(bytes: &[u8]) -> [u8; N] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; N];
+    for (i, b) in bytes.iter().take(N / 2).enumerate() {
+        out[2 * i] = DIGITS[usize::from(b >> 4)];
+        out[2 * i + 1] = DIGITS[usize::from(b & 0xf)];
+    }
+    out
 }
 
 /// opentelemetry-http's `HeaderInjector` without its two copies per header:
@@ -326,6 +372,70 @@ mod tests {
             out.get("b3").is_none(),
             "single-header B3 is extracted, not injected"
         );
+    }
+
+    /// What the SDK's composite propagator writes for `cx`, sorted.
+    fn by_the_propagators(cx: &Context) -> Vec<(String, String)> {
+        let mut out = HeaderMap::new();
+        propagator().inject_context(cx, &mut StaticInjector(&mut out));
+        sorted(&out)
+    }
+
+    fn sorted(h: &HeaderMap) -> Vec<(String, String)> {
+        let mut v: Vec<_> = h
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_owned()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn inject_fast_path_writes_what_the_propagators_write() {
+        use opentelemetry::KeyValue;
+        let w3c = |flags: &str, state: Option<&str>| {
+            let mut h = headers(&[("traceparent", &format!("00-{TRACE}-{SPAN}-{flags}"))]);
+            if let Some(s) = state {
+                h.insert("tracestate", s.parse().unwrap());
+            }
+            extract_context(&h)
+        };
+        let b3 = |flags: &[(&'static str, &str)]| {
+            let mut pairs = vec![("x-b3-traceid", TRACE), ("x-b3-spanid", SPAN)];
+            pairs.extend_from_slice(flags);
+            extract_context(&headers(&pairs))
+        };
+        let cases = [
+            ("sampled", w3c("01", None)),
+            ("not sampled", w3c("00", None)),
+            (
+                "with tracestate",
+                w3c("01", Some("congo=t61rcWkgMzE,rojo=00f067aa0ba902b7")),
+            ),
+            ("b3 sampled", b3(&[("x-b3-sampled", "1")])),
+            ("b3 debug (propagators' path)", b3(&[("x-b3-flags", "1")])),
+            ("b3 deferred (propagators' path)", b3(&[])),
+            (
+                "with baggage (propagators' path)",
+                w3c("01", None).with_baggage([KeyValue::new("tenant", "a b")]),
+            ),
+            ("no context (propagators' path)", Context::new()),
+        ];
+        for (name, cx) in cases {
+            let mut out = HeaderMap::new();
+            inject_context(&cx, &mut out);
+            assert_eq!(sorted(&out), by_the_propagators(&cx), "{name}");
+        }
+        // The fast path did run: the plain case holds every header it writes.
+        let mut out = HeaderMap::new();
+        inject_context(&w3c("01", None), &mut out);
+        assert_eq!(out.len(), 5, "{out:?}");
+    }
+
+    #[test]
+    fn hex_digits_are_lowercase_and_complete() {
+        assert_eq!(&hex::<4>(&[0x0a, 0xf1]), b"0af1");
+        assert_eq!(&hex::<16>(&u64::MAX.to_be_bytes()), b"ffffffffffffffff");
     }
 
     #[test]
