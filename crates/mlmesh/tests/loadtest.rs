@@ -167,67 +167,47 @@ async fn infer_load_in_json_binary_and_grpc_reaches_the_model_without_errors() {
     .await;
     let grpc_base = format!("http://127.0.0.1:{grpc_port}");
     let stats = format!("{}/v2/models/propensity/stats", server.base);
-    let mut served = 0;
-    for (protocol, base) in [
-        ("http-json", &server.base),
-        ("http-binary", &server.base),
-        ("grpc", &grpc_base),
-    ] {
-        let args = [
-            base.as_str(),
-            "--target",
-            "infer",
-            "--protocol",
-            protocol,
-            "--requests",
-            "400",
-            "-c",
-            "8",
-        ];
-        let r = load(&config(&args)).await;
-        assert_eq!(r.all.errors, 0, "{protocol}: {}", r.render());
-        assert_eq!(
-            version(&r, "v2").requests,
-            400,
-            "{protocol}: {}",
-            r.render()
-        );
-        // The model counted every one as a success: none was refused, none lost.
-        served += 400;
-        let s = test_support::http::fetch_json(&stats).await;
-        let st = &s["model_stats"][0]["inference_stats"];
-        assert_eq!(st["success"]["count"], served, "{protocol}: {s}");
-        assert_eq!(st["fail"]["count"], 0, "{protocol}: {s}");
-    }
-
-    // `--rows 8`: each request carries eight users' rows, which the model
-    // counts as eight inferences in one success.
     let inferred = |s: &serde_json::Value| s["model_stats"][0]["inference_count"].as_u64().unwrap();
-    for (protocol, base) in [
-        ("http-json", &server.base),
-        ("http-binary", &server.base),
-        ("grpc", &grpc_base),
-    ] {
-        let before = inferred(&test_support::http::fetch_json(&stats).await);
-        let args = [
-            base.as_str(),
-            "--target",
-            "infer",
-            "--protocol",
-            protocol,
-            "--rows",
-            "8",
-            "--requests",
-            "100",
-            "-c",
-            "4",
-        ];
-        let r = load(&config(&args)).await;
-        assert_eq!(r.all.errors, 0, "{protocol} --rows 8: {}", r.render());
-        served += 100;
-        let s = test_support::http::fetch_json(&stats).await;
-        let st = &s["model_stats"][0]["inference_stats"];
-        assert_eq!(st["success"]["count"], served, "{protocol} --rows 8: {s}");
-        assert_eq!(inferred(&s) - before, 800, "{protocol} --rows 8: {s}");
+    let mut served = 0;
+    // One row per request, then `--rows 8`: eight users' rows in each,
+    // which the model counts as eight inferences in one success.
+    for (rows, requests) in [(1u64, 400u64), (8, 100)] {
+        for (protocol, base) in [
+            ("http-json", &server.base),
+            ("http-binary", &server.base),
+            ("grpc", &grpc_base),
+        ] {
+            let case = format!("{protocol}, {rows} rows per request");
+            let before = inferred(&test_support::http::fetch_json(&stats).await);
+            let (rows_arg, requests_arg) = (rows.to_string(), requests.to_string());
+            let args = [
+                base.as_str(),
+                "--target",
+                "infer",
+                "--protocol",
+                protocol,
+                "--rows",
+                &rows_arg,
+                "--requests",
+                &requests_arg,
+                "-c",
+                "8",
+            ];
+            let r = load(&config(&args)).await;
+            assert_eq!(r.all.errors, 0, "{case}: {}", r.render());
+            assert_eq!(
+                version(&r, "v2").requests,
+                requests,
+                "{case}: {}",
+                r.render()
+            );
+            // The model counted every one as a success: none was refused, none lost.
+            served += requests;
+            let s = test_support::http::fetch_json(&stats).await;
+            let st = &s["model_stats"][0]["inference_stats"];
+            assert_eq!(st["success"]["count"], served, "{case}: {s}");
+            assert_eq!(st["fail"]["count"], 0, "{case}: {s}");
+            assert_eq!(inferred(&s) - before, requests * rows, "{case}: {s}");
+        }
     }
 }
