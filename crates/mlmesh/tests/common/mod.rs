@@ -98,7 +98,7 @@ pub fn documented_env(args: &[&str]) -> BTreeSet<String> {
         .collect()
 }
 
-/// Read by the OpenTelemetry SDK or tracing, not by clap.
+/// Read by the OpenTelemetry SDK, tracing or tokio, not by clap.
 pub const RUNTIME_ENV: &[&str] = &[
     "RUST_LOG",
     "OTEL_EXPORTER_OTLP_ENDPOINT",
@@ -106,6 +106,8 @@ pub const RUNTIME_ENV: &[&str] = &[
     "OTEL_TRACES_SAMPLER",
     "OTEL_TRACES_SAMPLER_ARG",
     "OTEL_SERVICE_NAME",
+    // The runtime's thread count (`mlmesh up` and compose set 1).
+    "TOKIO_WORKER_THREADS",
 ];
 
 /// Polls `/readyz` until it answers 200 (panics after `within`).
