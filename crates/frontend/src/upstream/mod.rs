@@ -5,23 +5,31 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
-use serde::Deserialize;
 use tokio::sync::Semaphore;
-use tracing::{Instrument, field};
+use tracing::Instrument;
 
 use mesh_kit::propagation::{DEADLINE_HEADER, Forwarded, MODEL_VERSION_HEADER, SERVED_BY_HEADER};
 
 use crate::cohort::Cohort;
-use crate::config::{DEFAULT_GRPC_PORT, FrontendArgs, RoutingMode};
+use crate::config::{FrontendArgs, RoutingMode};
 use crate::metrics::FrontendMetrics;
 
+mod error;
+mod grpc;
+mod http;
 mod model;
+
+use error::error_message;
+pub use error::{ConfigError, UpstreamError};
+use grpc::{grpc_error, grpc_request, grpc_span, grpc_url_of};
+use http::{
+    Endpoint, HttpClient, client_span, content_headers, exchange, features_base, features_url,
+    http_request,
+};
 
 pub use model::Features;
 use model::{GrpcClient, Layout, ModelTarget, Outbound, Wire};
@@ -33,80 +41,6 @@ pub const SHADOW: &str = "model-inference-shadow";
 /// Mirrored calls in flight at once; beyond this, mirroring is skipped so a
 /// slow shadow can never hold memory or sockets the live path needs.
 const MAX_SHADOW_IN_FLIGHT: usize = 64;
-
-/// The largest answer body read from an upstream (a user's features or an
-/// infer answer are a few KiB): a confused callee cannot fill the memory.
-const MAX_ANSWER_BYTES: usize = 1 << 20;
-
-/// What a user id is escaped with in the feature store's path: everything
-/// but RFC 3986's unreserved characters (ids are checked to be those anyway).
-const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~');
-
-/// Upstream HTTP: hyper's pooled client itself. reqwest on top of it cost
-/// the decision path a `Url` → `Uri` conversion, a timer and header merges
-/// per call (issue 17's profile); the deadline is one `tokio::time::timeout`.
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum UpstreamError {
-    #[error("{upstream} did not answer within {after:?}")]
-    Timeout {
-        upstream: &'static str,
-        after: Duration,
-    },
-    #[error("{upstream} is unreachable: {detail}")]
-    Connect {
-        upstream: &'static str,
-        detail: String,
-    },
-    #[error("{upstream} answered {status}: {detail}")]
-    Status {
-        upstream: &'static str,
-        status: u16,
-        detail: String,
-        /// The callee's `x-model-version`, if it sent one: errors are
-        /// attributed to the version that produced them.
-        model_version: Option<String>,
-    },
-    #[error("{upstream} answered something unusable: {detail}")]
-    Invalid {
-        upstream: &'static str,
-        detail: String,
-    },
-}
-
-impl UpstreamError {
-    /// What the end user is told in a degraded answer's `reason`: short,
-    /// stable, and free of internal URLs and raw errors (those stay in the
-    /// logs, the spans and the `kind` label of the metrics), e.g.
-    /// `feature store unavailable`, `model v2 timed out`.
-    pub fn public_reason(&self, model_version: Option<&str>) -> String {
-        let (upstream, what) = match self {
-            Self::Timeout { upstream, .. } => (*upstream, "timed out"),
-            Self::Connect { upstream, .. } => (*upstream, "unavailable"),
-            Self::Status { upstream, .. } => (*upstream, "failed"),
-            Self::Invalid { upstream, .. } => (*upstream, "answered something unusable"),
-        };
-        match (upstream, model_version) {
-            (FEATURE_STORE, _) => format!("feature store {what}"),
-            (_, Some(v)) if !v.is_empty() && v.len() <= 32 => format!("model {v} {what}"),
-            _ => format!("model {what}"),
-        }
-    }
-
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::Timeout { .. } => "timeout",
-            Self::Connect { .. } => "connect",
-            Self::Status { .. } => "status",
-            Self::Invalid { .. } => "invalid",
-        }
-    }
-}
 
 /// One upstream answer, status already accepted by the caller's predicate.
 struct Answer {
@@ -150,25 +84,6 @@ pub struct Upstreams {
     targets: [ModelTarget; 2],
     shadow: Option<Shadow>,
     metrics: FrontendMetrics,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("--shadow-url {0:?} is not an absolute http URL")]
-    ShadowUrl(String),
-    #[error("{0} {1:?} is not an absolute http URL")]
-    Url(&'static str, String),
-    #[error("no gRPC URL for the model at {0:?}: give the *-grpc-url flag an absolute http URL")]
-    GrpcUrl(String),
-    #[error("--routing direct needs --model-v1-url and --model-v2-url")]
-    MissingModelUrl,
-    #[error("decision key file {path}: {source}")]
-    KeyFile {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
-    #[error(transparent)]
-    EventLog(#[from] events::EventLogError),
 }
 
 impl Upstreams {
@@ -656,239 +571,11 @@ fn new_target(
     }
 }
 
-/// `rest`'s scheme and host on model-inference's default gRPC port.
-fn grpc_url_of(rest: &str) -> Option<String> {
-    let url = Endpoint::parse(rest)?;
-    let host = url.uri.host()?;
-    Some(format!("http://{host}:{DEFAULT_GRPC_PORT}"))
-}
-
 /// A decoded REST or gRPC infer answer: the callee's headers (version,
 /// replica) and the probability, or why it is unusable.
 struct Inferred {
     headers: HeaderMap,
     probability: Result<f64, UpstreamError>,
-}
-
-/// A gRPC request carrying `headers` as its metadata.
-fn grpc_request<T>(message: T, headers: HeaderMap) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    *request.metadata_mut() = tonic::metadata::MetadataMap::from_headers(headers);
-    request
-}
-
-/// A gRPC failure as the REST path classifies it: a status the model sent
-/// is read as the HTTP status REST would have answered (so FAILED_PRECONDITION
-/// re-reads the layout as 409 does); one raised on this side (connect,
-/// reset) is a connection failure.
-fn grpc_error(upstream: &'static str, status: tonic::Status) -> UpstreamError {
-    if let Some(source) = std::error::Error::source(&status) {
-        let detail = with_causes(status.message().to_owned(), Some(source));
-        return UpstreamError::Connect { upstream, detail };
-    }
-    UpstreamError::Status {
-        upstream,
-        status: oip::http_status_of(status.code()),
-        detail: status.message().to_owned(),
-        model_version: answered_version(&status.metadata().clone().into_headers()),
-    }
-}
-
-/// The content type of an infer body, and its JSON part's length when
-/// tensors follow in binary.
-fn content_headers(headers: &mut HeaderMap, json_len: Option<HeaderValue>) {
-    let kind = match json_len {
-        Some(len) => {
-            headers.insert(oip::HEADER_LENGTH, len);
-            oip::OCTET_STREAM
-        }
-        None => "application/json",
-    };
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
-}
-
-/// `<feature store>/v1/features/`, checked once at startup.
-fn features_base(url: &str) -> Result<String, ConfigError> {
-    let bad = || ConfigError::Url("--feature-store-url", url.to_owned());
-    let base = Endpoint::parse(url).ok_or_else(bad)?;
-    if base.uri.query().is_some() {
-        return Err(bad());
-    }
-    let authority = base.uri.authority().ok_or_else(bad)?;
-    let path = base.uri.path().trim_end_matches('/');
-    Ok(format!("http://{authority}{path}/v1/features/"))
-}
-
-/// A user's features URI: the base and their id as one path segment.
-fn features_url(base: &str, user_id: &str) -> Result<Endpoint, UpstreamError> {
-    let text = format!("{base}{}", utf8_percent_encode(user_id, PATH_SEGMENT));
-    let uri = Uri::try_from(text.as_str()).map_err(|e| invalid(FEATURE_STORE, e))?;
-    Ok(Endpoint {
-        uri,
-        text: text.into(),
-    })
-}
-
-/// An upstream URL parsed once: the `Uri` requests go to and its text for
-/// spans and logs.
-#[derive(Debug, Clone)]
-pub(super) struct Endpoint {
-    uri: Uri,
-    text: Box<str>,
-}
-
-// === impl Endpoint ===
-
-impl Endpoint {
-    /// `None` unless `url` is an absolute `http://` URL with a host (the
-    /// client speaks plain HTTP: under a mesh the sidecar adds the TLS).
-    pub(super) fn parse(url: &str) -> Option<Self> {
-        let uri = Uri::try_from(url).ok()?;
-        if uri.scheme_str() != Some("http") || uri.host().is_none_or(str::is_empty) {
-            return None;
-        }
-        Some(Self {
-            text: uri.to_string().into(),
-            uri,
-        })
-    }
-
-    pub(super) fn as_str(&self) -> &str {
-        &self.text
-    }
-}
-
-fn http_request(
-    method: Method,
-    url: &Endpoint,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Request<Full<Bytes>> {
-    let mut request = Request::new(Full::new(body));
-    *request.method_mut() = method;
-    *request.uri_mut() = url.uri.clone();
-    *request.headers_mut() = headers;
-    request
-}
-
-/// Sends `request` and reads the whole answer (at most
-/// [`MAX_ANSWER_BYTES`]) within `budget`; records the status on the
-/// current span.
-async fn exchange(
-    http: &HttpClient,
-    upstream: &'static str,
-    request: Request<Full<Bytes>>,
-    budget: Duration,
-) -> Result<(StatusCode, HeaderMap, Bytes), UpstreamError> {
-    let call = async {
-        let res = http
-            .request(request)
-            .await
-            .map_err(|e| transport_error(upstream, &e))?;
-        let (parts, body) = res.into_parts();
-        tracing::Span::current().record("http.response.status_code", parts.status.as_u16());
-        let body = Limited::new(body, MAX_ANSWER_BYTES)
-            .collect()
-            .await
-            .map_err(|e| match e.downcast::<http_body_util::LengthLimitError>() {
-                Ok(_) => invalid(upstream, format!("an answer over {MAX_ANSWER_BYTES} bytes")),
-                Err(e) => transport_error(upstream, &*e),
-            })?
-            .to_bytes();
-        Ok((parts.status, parts.headers, body))
-    };
-    tokio::time::timeout(budget, call)
-        .await
-        .unwrap_or(Err(UpstreamError::Timeout {
-            upstream,
-            after: budget,
-        }))
-}
-
-/// A client span's name, `METHOD upstream`, without a `format!` per call.
-fn span_name(upstream: &'static str, method: &Method) -> std::borrow::Cow<'static, str> {
-    let name = match (upstream, method.as_str()) {
-        (FEATURE_STORE, "GET") => "GET feature-store",
-        (MODEL, "GET") => "GET model-inference",
-        (MODEL, "POST") => "POST model-inference",
-        (SHADOW, "POST") => "POST model-inference-shadow",
-        _ => return format!("{method} {upstream}").into(),
-    };
-    name.into()
-}
-
-fn client_span(upstream: &'static str, method: &Method, url: &str) -> tracing::Span {
-    // Strings, not `%` (Display): the OpenTelemetry layer formats a
-    // Display value through `fmt` on every span; a `&str` it only copies.
-    let name = span_name(upstream, method);
-    tracing::info_span!(
-        "upstream",
-        otel.name = name.as_ref(),
-        otel.kind = "client",
-        otel.status_code = field::Empty,
-        peer.service = upstream,
-        http.request.method = method.as_str(),
-        url.full = url,
-        http.response.status_code = field::Empty,
-        error.type = field::Empty,
-    )
-}
-
-/// A gRPC client span, named and attributed as OpenTelemetry's RPC
-/// conventions say (`package.Service/Method`, `rpc.*`).
-fn grpc_span(upstream: &'static str, method: &'static str, url: &str) -> tracing::Span {
-    tracing::info_span!(
-        "upstream",
-        otel.name = format!("{}/{method}", oip::GRPC_SERVICE),
-        otel.kind = "client",
-        otel.status_code = field::Empty,
-        peer.service = upstream,
-        rpc.system = "grpc",
-        rpc.service = oip::GRPC_SERVICE,
-        rpc.method = method,
-        url.full = url,
-        rpc.grpc.status_code = field::Empty,
-        error.type = field::Empty,
-    )
-}
-
-/// A failure to connect, send or read (refused, reset, closed early): the
-/// client's Display hides the cause ("client error (Connect)"), so the
-/// source chain says what actually happened.
-fn transport_error(upstream: &'static str, e: &(dyn std::error::Error + 'static)) -> UpstreamError {
-    let detail = with_causes(e.to_string(), e.source());
-    UpstreamError::Connect { upstream, detail }
-}
-
-/// `detail: cause: its cause: …` down the source chain.
-fn with_causes(
-    mut detail: String,
-    mut source: Option<&(dyn std::error::Error + 'static)>,
-) -> String {
-    while let Some(s) = source {
-        detail = format!("{detail}: {s}");
-        source = s.source();
-    }
-    detail
-}
-
-fn invalid(upstream: &'static str, detail: impl ToString) -> UpstreamError {
-    UpstreamError::Invalid {
-        upstream,
-        detail: detail.to_string(),
-    }
-}
-
-/// The callee's `{"error": ...}` message, or a short excerpt of whatever it sent.
-fn error_message(body: &[u8]) -> String {
-    #[derive(Deserialize)]
-    struct ErrorBody {
-        error: String,
-    }
-    serde_json::from_slice::<ErrorBody>(body).map_or_else(
-        |_| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
-        |b| b.error,
-    )
 }
 
 fn answered_version(headers: &HeaderMap) -> Option<String> {
@@ -921,34 +608,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_users_features_url_is_the_base_and_their_id() {
-        for base in [
-            "http://fs:8080",
-            "http://fs:8080/",
-            "http://10.0.0.1/prefix/",
-        ] {
-            let url = features_url(&features_base(base).unwrap(), "42").unwrap();
-            let want = format!("{}/v1/features/42", base.trim_end_matches('/'));
-            assert_eq!(url.as_str(), want);
-            assert!(url.uri.path().ends_with("/v1/features/42"), "{base}");
-        }
-        // Ids are checked to be unreserved characters; anything else is escaped, not spliced.
-        let url = features_url("http://fs/v1/features/", "a/b?c d").unwrap();
-        assert_eq!(url.uri.path(), "/v1/features/a%2Fb%3Fc%20d");
-        assert_eq!(url.uri.query(), None);
-        for bad in [
-            "fs:8080",
-            "ftp://fs",
-            "https://fs",
-            "not a url",
-            "",
-            "http://fs/?a=b",
-        ] {
-            assert!(features_base(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
     fn shadow_host_suffixes_the_name_not_the_port() {
         assert_eq!(
             shadow_host("http://model-inference-v2:8080").unwrap(),
@@ -957,11 +616,5 @@ mod tests {
         assert_eq!(shadow_host("http://v2.local/").unwrap(), "v2.local-shadow");
         assert!(shadow_host("not a url").is_none());
         assert!(shadow_host("ftp://x").is_none());
-    }
-
-    #[test]
-    fn error_messages_come_from_json_or_an_excerpt() {
-        assert_eq!(error_message(br#"{"error":"boom"}"#), "boom");
-        assert_eq!(error_message(b"plain"), "plain");
     }
 }

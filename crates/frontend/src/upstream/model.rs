@@ -13,7 +13,9 @@ use axum::http::HeaderValue;
 use bytes::Bytes;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 
-use super::{Endpoint, FEATURE_STORE, MODEL, UpstreamError, invalid};
+use super::error::invalid;
+use super::http::Endpoint;
+use super::{FEATURE_STORE, MODEL, UpstreamError};
 
 pub(super) type GrpcClient =
     oip::grpc::grpc_inference_service_client::GrpcInferenceServiceClient<tonic::transport::Channel>;

@@ -1,0 +1,205 @@
+//! Upstream HTTP/1.1: hyper's pooled client itself, URIs built once, one
+//! deadline around send and read, answers read to a bound, a client span
+//! per call.
+
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri, header};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use tracing::field;
+
+use super::error::{ConfigError, UpstreamError, invalid, transport_error};
+use super::{FEATURE_STORE, MODEL, SHADOW};
+
+/// The largest answer body read from an upstream (a user's features or an
+/// infer answer are a few KiB): a confused callee cannot fill the memory.
+const MAX_ANSWER_BYTES: usize = 1 << 20;
+
+/// What a user id is escaped with in the feature store's path: everything
+/// but RFC 3986's unreserved characters (ids are checked to be those anyway).
+const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// Upstream HTTP: hyper's pooled client itself. reqwest on top of it cost
+/// the decision path a `Url` → `Uri` conversion, a timer and header merges
+/// per call (issue 17's profile); the deadline is one `tokio::time::timeout`.
+pub(super) type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// The content type of an infer body, and its JSON part's length when
+/// tensors follow in binary.
+pub(super) fn content_headers(headers: &mut HeaderMap, json_len: Option<HeaderValue>) {
+    let kind = match json_len {
+        Some(len) => {
+            headers.insert(oip::HEADER_LENGTH, len);
+            oip::OCTET_STREAM
+        }
+        None => "application/json",
+    };
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
+}
+
+/// `<feature store>/v1/features/`, checked once at startup.
+pub(super) fn features_base(url: &str) -> Result<String, ConfigError> {
+    let bad = || ConfigError::Url("--feature-store-url", url.to_owned());
+    let base = Endpoint::parse(url).ok_or_else(bad)?;
+    if base.uri.query().is_some() {
+        return Err(bad());
+    }
+    let authority = base.uri.authority().ok_or_else(bad)?;
+    let path = base.uri.path().trim_end_matches('/');
+    Ok(format!("http://{authority}{path}/v1/features/"))
+}
+
+/// A user's features URI: the base and their id as one path segment.
+pub(super) fn features_url(base: &str, user_id: &str) -> Result<Endpoint, UpstreamError> {
+    let text = format!("{base}{}", utf8_percent_encode(user_id, PATH_SEGMENT));
+    let uri = Uri::try_from(text.as_str()).map_err(|e| invalid(FEATURE_STORE, e))?;
+    Ok(Endpoint {
+        uri,
+        text: text.into(),
+    })
+}
+
+/// An upstream URL parsed once: the `Uri` requests go to and its text for
+/// spans and logs.
+#[derive(Debug, Clone)]
+pub(super) struct Endpoint {
+    pub(super) uri: Uri,
+    text: Box<str>,
+}
+
+// === impl Endpoint ===
+
+impl Endpoint {
+    /// `None` unless `url` is an absolute `http://` URL with a host (the
+    /// client speaks plain HTTP: under a mesh the sidecar adds the TLS).
+    pub(super) fn parse(url: &str) -> Option<Self> {
+        let uri = Uri::try_from(url).ok()?;
+        if uri.scheme_str() != Some("http") || uri.host().is_none_or(str::is_empty) {
+            return None;
+        }
+        Some(Self {
+            text: uri.to_string().into(),
+            uri,
+        })
+    }
+
+    pub(super) fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+pub(super) fn http_request(
+    method: Method,
+    url: &Endpoint,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Request<Full<Bytes>> {
+    let mut request = Request::new(Full::new(body));
+    *request.method_mut() = method;
+    *request.uri_mut() = url.uri.clone();
+    *request.headers_mut() = headers;
+    request
+}
+
+/// Sends `request` and reads the whole answer (at most
+/// [`MAX_ANSWER_BYTES`]) within `budget`; records the status on the
+/// current span.
+pub(super) async fn exchange(
+    http: &HttpClient,
+    upstream: &'static str,
+    request: Request<Full<Bytes>>,
+    budget: Duration,
+) -> Result<(StatusCode, HeaderMap, Bytes), UpstreamError> {
+    let call = async {
+        let res = http
+            .request(request)
+            .await
+            .map_err(|e| transport_error(upstream, &e))?;
+        let (parts, body) = res.into_parts();
+        tracing::Span::current().record("http.response.status_code", parts.status.as_u16());
+        let body = Limited::new(body, MAX_ANSWER_BYTES)
+            .collect()
+            .await
+            .map_err(|e| match e.downcast::<http_body_util::LengthLimitError>() {
+                Ok(_) => invalid(upstream, format!("an answer over {MAX_ANSWER_BYTES} bytes")),
+                Err(e) => transport_error(upstream, &*e),
+            })?
+            .to_bytes();
+        Ok((parts.status, parts.headers, body))
+    };
+    tokio::time::timeout(budget, call)
+        .await
+        .unwrap_or(Err(UpstreamError::Timeout {
+            upstream,
+            after: budget,
+        }))
+}
+
+/// A client span's name, `METHOD upstream`, without a `format!` per call.
+pub(super) fn span_name(upstream: &'static str, method: &Method) -> std::borrow::Cow<'static, str> {
+    let name = match (upstream, method.as_str()) {
+        (FEATURE_STORE, "GET") => "GET feature-store",
+        (MODEL, "GET") => "GET model-inference",
+        (MODEL, "POST") => "POST model-inference",
+        (SHADOW, "POST") => "POST model-inference-shadow",
+        _ => return format!("{method} {upstream}").into(),
+    };
+    name.into()
+}
+
+pub(super) fn client_span(upstream: &'static str, method: &Method, url: &str) -> tracing::Span {
+    // Strings, not `%` (Display): the OpenTelemetry layer formats a
+    // Display value through `fmt` on every span; a `&str` it only copies.
+    let name = span_name(upstream, method);
+    tracing::info_span!(
+        "upstream",
+        otel.name = name.as_ref(),
+        otel.kind = "client",
+        otel.status_code = field::Empty,
+        peer.service = upstream,
+        http.request.method = method.as_str(),
+        url.full = url,
+        http.response.status_code = field::Empty,
+        error.type = field::Empty,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_users_features_url_is_the_base_and_their_id() {
+        for base in [
+            "http://fs:8080",
+            "http://fs:8080/",
+            "http://10.0.0.1/prefix/",
+        ] {
+            let url = features_url(&features_base(base).unwrap(), "42").unwrap();
+            let want = format!("{}/v1/features/42", base.trim_end_matches('/'));
+            assert_eq!(url.as_str(), want);
+            assert!(url.uri.path().ends_with("/v1/features/42"), "{base}");
+        }
+        // Ids are checked to be unreserved characters; anything else is escaped, not spliced.
+        let url = features_url("http://fs/v1/features/", "a/b?c d").unwrap();
+        assert_eq!(url.uri.path(), "/v1/features/a%2Fb%3Fc%20d");
+        assert_eq!(url.uri.query(), None);
+        for bad in [
+            "fs:8080",
+            "ftp://fs",
+            "https://fs",
+            "not a url",
+            "",
+            "http://fs/?a=b",
+        ] {
+            assert!(features_base(bad).is_err(), "{bad}");
+        }
+    }
+}
