@@ -426,10 +426,6 @@ mod tests {
             inject_context(&cx, &mut out);
             assert_eq!(sorted(&out), by_the_propagators(&cx), "{name}");
         }
-        // The fast path did run: the plain case holds every header it writes.
-        let mut out = HeaderMap::new();
-        inject_context(&w3c("01", None), &mut out);
-        assert_eq!(out.len(), 5, "{out:?}");
     }
 
     #[test]

@@ -288,7 +288,7 @@ fn service(exe: &PathBuf, subcommand: &str, addr: SocketAddr) -> Command {
         .kill_on_drop(true);
     // One runtime thread per service, as each pod runs under k8s/base's
     // 1-CPU limit: four services sharing a laptop's cores then hand work
-    // between a quarter of the threads, and a decision costs ~20% less CPU
+    // between a quarter of the threads, and a decision costs 8–20% less CPU
     // (BENCHMARKS.md, "The decision chain"). Tokio reads this variable; the
     // user's own value, or a `--set`, wins.
     if std::env::var_os(WORKER_THREADS_ENV).is_none() {
