@@ -132,12 +132,7 @@ async fn a_grpc_model_that_is_down_or_refuses_is_classified_as_over_rest() {
     assert_eq!(a.json["degraded"], true, "{}", a.json);
     assert_eq!(a.json["reason"], "model v1 unavailable", "{}", a.json);
     let text = test_support::http::get_text(&app, "/metrics").await;
-    let connect = sample(
-        &text,
-        "mlmesh_frontend_upstream_errors",
-        &[("upstream", "model-inference"), ("kind", "connect")],
-    );
-    assert_eq!(connect.value, 1.0);
+    assert_eq!(upstream_errors(&text, "model-inference", "connect"), 1.0);
 
     // Refused: a model name the server does not serve is NOT_FOUND, read as
     // the 404 REST would answer, and attributed to the version.
@@ -148,12 +143,7 @@ async fn a_grpc_model_that_is_down_or_refuses_is_classified_as_over_rest() {
     assert_eq!(a.json["degraded"], true, "{}", a.json);
     assert_eq!(a.json["reason"], "model v1 failed", "{}", a.json);
     let text = test_support::http::get_text(&app, "/metrics").await;
-    let status = sample(
-        &text,
-        "mlmesh_frontend_upstream_errors",
-        &[("upstream", "model-inference"), ("kind", "status")],
-    );
-    assert_eq!(status.value, 1.0);
+    assert_eq!(upstream_errors(&text, "model-inference", "status"), 1.0);
 }
 
 #[test]

@@ -67,15 +67,7 @@ async fn a_model_that_is_down_degrades_the_answer_and_is_counted() {
     );
     let text = test_support::http::get_text(&app, "/metrics").await;
     assert_eq!(degraded_count(&text, "v1"), 1.0);
-    assert_eq!(
-        sample(
-            &text,
-            "mlmesh_frontend_upstream_errors",
-            &[("upstream", "model-inference"), ("kind", "connect")]
-        )
-        .value,
-        1.0
-    );
+    assert_eq!(upstream_errors(&text, "model-inference", "connect"), 1.0);
 }
 
 #[tokio::test]
@@ -133,12 +125,7 @@ async fn a_feature_store_answer_past_the_size_bound_is_unusable_not_read_whole()
     let a = get(&app, "/predict?user_id=42").await;
     assert_degraded(&a, "feature store answered something unusable");
     let text = test_support::http::get_text(&app, "/metrics").await;
-    let errors = sample(
-        &text,
-        "mlmesh_frontend_upstream_errors",
-        &[("upstream", "feature-store"), ("kind", "invalid")],
-    );
-    assert_eq!(errors.value, 1.0);
+    assert_eq!(upstream_errors(&text, "feature-store", "invalid"), 1.0);
 }
 
 #[tokio::test]

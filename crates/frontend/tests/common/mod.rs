@@ -15,6 +15,16 @@ use test_support::serve::{Served, serve};
 pub use test_support::http::{Answer, call, get, post_json};
 pub use test_support::metrics::{sample, samples};
 
+/// `mlmesh_frontend_upstream_errors{upstream, kind}` in a `/metrics` text.
+pub fn upstream_errors(metrics: &str, upstream: &str, kind: &str) -> f64 {
+    sample(
+        metrics,
+        "mlmesh_frontend_upstream_errors",
+        &[("upstream", upstream), ("kind", kind)],
+    )
+    .value
+}
+
 pub fn models_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models")
 }
