@@ -164,7 +164,7 @@ impl Plan {
                 b.body(Full::default())
             }
             Target::Infer => {
-                let body = &self.bodies[user];
+                let body = &self.bodies[user % self.bodies.len()];
                 let b = Request::post(self.infer_uri.as_str());
                 match &body.json_len {
                     None => b.header(header::CONTENT_TYPE, "application/json"),
@@ -266,7 +266,8 @@ impl Plan {
     /// status is the gRPC code's name.
     async fn grpc_call(&self, i: u64, user: usize) -> CallResult {
         let mut client = self.grpc[(i as usize) % self.grpc.len()].clone();
-        let mut req = tonic::Request::new(self.grpc_requests[user].clone());
+        let message = &self.grpc_requests[user % self.grpc_requests.len()];
+        let mut req = tonic::Request::new(message.clone());
         for (name, value) in &self.headers {
             if let Ok(key) = tonic::metadata::MetadataKey::from_bytes(name.as_str().as_bytes())
                 && let Ok(v) = tonic::metadata::MetadataValue::try_from(value.as_bytes())
@@ -343,6 +344,10 @@ impl Plan {
 
 /// A call's status, answering version, failed, degraded, offer id.
 type CallResult = (String, Option<String>, bool, bool, Option<String>);
+
+/// Most feature values the encoded infer requests hold together (16 MiB as
+/// FP32; a few times that as JSON text).
+const MAX_PREBUILT_VALUES: usize = 4 << 20;
 
 /// User `first`'s infer request: their features and the next `rows - 1`
 /// users' (wrapping), one FP32 row each.
@@ -485,18 +490,23 @@ pub async fn run(cfg: &Config, users: Vec<User>) -> Result<Report, RunError> {
     };
     let (mut bodies, mut grpc, mut grpc_requests) = (Vec::new(), Vec::new(), Vec::new());
     let rows = cfg.rows as usize;
+    // Requests are encoded before the clock starts, one per user; with many
+    // rows each, only as many as MAX_PREBUILT_VALUES allows (users then
+    // share them), so `--rows 4096` cannot hold gigabytes of bodies.
+    let width = users.first().map_or(1, |u| u.features.len().max(1));
+    let distinct = users.len().min(MAX_PREBUILT_VALUES / (rows * width)).max(1);
     match (cfg.target, cfg.protocol) {
         (Target::Infer, Protocol::Grpc) => {
             let (clients, input) =
                 grpc_clients(&base, &cfg.model_name, cfg.grpc_connections as usize).await?;
             grpc = clients;
-            grpc_requests = (0..users.len())
+            grpc_requests = (0..distinct)
                 .map(|u| fp32_request(&users, u, rows, &input).grpc(&cfg.model_name))
                 .collect();
         }
         (Target::Infer, protocol) => {
             let input = input_name(&client, &base, &cfg.model_name).await?;
-            bodies = (0..users.len())
+            bodies = (0..distinct)
                 .map(|u| oip_body(fp32_request(&users, u, rows, &input), protocol))
                 .collect();
         }
