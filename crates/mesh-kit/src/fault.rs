@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use axum::extract::Request;
-use axum::http::HeaderValue;
+use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use clap::Args;
@@ -45,6 +45,12 @@ pub struct FaultArgs {
     #[arg(long, env = "FAULT_ERROR_RATE", default_value = "0", value_parser = parse_fraction)]
     pub fault_error_rate: f64,
 
+    /// The status of those answers [default: 500]. 503 is the one Envoy's
+    /// retry policies and outlier detection act on (`retryOn: 503`), so a
+    /// lab can watch a sidecar retry what a 500 would not.
+    #[arg(long, env = "FAULT_ERROR_STATUS", value_parser = clap::value_parser!(u16).range(500..600))]
+    pub fault_error_status: Option<u16>,
+
     /// Latency added to a delayed request, e.g. `250ms`, `2s`.
     #[arg(long, env = "FAULT_DELAY", default_value = "0s", value_parser = humantime::parse_duration)]
     pub fault_delay: Duration,
@@ -82,7 +88,11 @@ impl FaultArgs {
             if is_grpc(&req) {
                 grpc_unavailable("fault injected (FAULT_ERROR_RATE)")
             } else {
-                ApiError::internal("fault injected (FAULT_ERROR_RATE)").into_response()
+                let status = self
+                    .fault_error_status
+                    .and_then(|s| StatusCode::from_u16(s).ok())
+                    .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                ApiError::new(status, "fault injected (FAULT_ERROR_RATE)").into_response()
             }
         } else {
             next.run(req).await

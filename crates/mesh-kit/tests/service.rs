@@ -143,6 +143,19 @@ async fn faults_hit_business_routes_only() {
     }
 }
 
+/// FAULT_ERROR_STATUS picks the injected status (503 for Envoy's retries);
+/// the body stays the JSON error.
+#[tokio::test]
+async fn the_injected_error_status_can_be_chosen() {
+    let mut args = ServerArgs::for_tests();
+    args.faults.fault_error_rate = 1.0;
+    args.faults.fault_error_status = Some(503);
+    let (status, headers, body) = send(&app(args), get_req("/work", &[])).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(headers["x-mlmesh-fault"], "error");
+    assert!(body["error"].as_str().unwrap().contains("FAULT_ERROR_RATE"));
+}
+
 #[tokio::test]
 async fn partial_error_rate_faults_roughly_that_share() {
     let mut args = ServerArgs::for_tests();
