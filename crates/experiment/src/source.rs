@@ -48,14 +48,19 @@ pub struct SourceArgs {
     #[arg(long)]
     pub scrape: bool,
 
-    /// With --scrape: the frontend [default: http://127.0.0.1:8080].
+    /// With --scrape: the frontend [default: http://127.0.0.1:8080, or --up-port].
     #[arg(long, value_name = "URL")]
     pub frontend_url: Option<String>,
 
-    /// With --scrape: each model-inference service, repeatable
-    /// [default: http://127.0.0.1:8082 and :8083, as `mlmesh up` runs them].
+    /// With --scrape: each model-inference service, repeatable [default:
+    /// ports <--up-port> + 2 and + 3 on 127.0.0.1, as `mlmesh up` runs them].
     #[arg(long = "model-url", value_name = "URL")]
     pub model_urls: Vec<String>,
+
+    /// With --scrape and no URLs: the frontend port of the `mlmesh up` to
+    /// read, the same setting (and variable) as `mlmesh up --port` [default: 8080].
+    #[arg(long, env = "MLMESH_PORT", value_name = "PORT")]
+    pub up_port: Option<u16>,
 }
 
 /// One reading of every series the experiment needs.

@@ -131,25 +131,24 @@ async fn analyze(args: AnalyzeArgs) -> anyhow::Result<Verdict> {
             looks(&args, plan, &source, false).await
         }
         None => {
-            let (frontend, models) =
-                scrape_urls(args.source.frontend_url.as_ref(), &args.source.model_urls);
+            let (frontend, models) = scrape_urls(&args.source);
             let source = Scrape::new(&frontend, &models, args.timeout);
             looks(&args, plan, &source, args.window.is_some()).await
         }
     }
 }
 
-/// The services to scrape: as given, or as `mlmesh up` runs them.
-pub fn scrape_urls(frontend: Option<&String>, models: &[String]) -> (String, Vec<String>) {
-    let local = |port: u16| format!("http://127.0.0.1:{port}");
-    let frontend = frontend.cloned().unwrap_or_else(|| local(DEFAULT_PORT));
-    let models = if models.is_empty() {
-        vec![
-            local(DEFAULT_PORT + V1_OFFSET),
-            local(DEFAULT_PORT + V2_OFFSET),
-        ]
+/// The services to scrape: as given, or as `mlmesh up` runs them on its
+/// frontend port `up_port` (`MLMESH_PORT`, so a moved stack is found the
+/// same way it was started).
+pub fn scrape_urls(args: &SourceArgs) -> (String, Vec<String>) {
+    let port = args.up_port.unwrap_or(DEFAULT_PORT);
+    let local = |offset: u16| format!("http://127.0.0.1:{}", port.saturating_add(offset));
+    let frontend = args.frontend_url.clone().unwrap_or_else(|| local(0));
+    let models = if args.model_urls.is_empty() {
+        vec![local(V1_OFFSET), local(V2_OFFSET)]
     } else {
-        models.to_vec()
+        args.model_urls.clone()
     };
     (frontend, models)
 }
@@ -159,7 +158,7 @@ pub fn verdict_source(args: &SourceArgs) -> verdict::SourceConfig {
     match &args.prometheus {
         Some(url) => verdict::SourceConfig::Prometheus(url.clone()),
         None => {
-            let (frontend, models) = scrape_urls(args.frontend_url.as_ref(), &args.model_urls);
+            let (frontend, models) = scrape_urls(args);
             verdict::SourceConfig::Scrape { frontend, models }
         }
     }
