@@ -3,7 +3,8 @@
 # their own redis-server processes), Chromium with ChromeDriver (the web page
 # is tested in a real headless browser), Prometheus (the compose config is
 # run against the real services) and Python 3 with venv (Triton's own
-# clients, installed from PyPI into target/, are run against model-inference).
+# clients, installed from PyPI into target/, are run against model-inference)
+# and curl (docs/labs/'s command blocks are run as written).
 # On Debian or Ubuntu it installs what is missing with apt-get (through sudo
 # when not root), saying what first; elsewhere it names what is missing and
 # how to get it.
@@ -23,6 +24,7 @@ prereqs=(
     "/usr/bin/prometheus prometheus (Debian/Ubuntu's package)"
     "python3 python3 (Triton's own clients are run from a venv the test makes; pip fetches them from PyPI)"
     "python3-venv python3-venv (Debian/Ubuntu's package: python3 -m venv with pip)"
+    "curl curl (docs/labs/'s command blocks are run as written, curl and all)"
 )
 have() {
     case "$1" in
