@@ -707,10 +707,10 @@ fn the_header_propagation_step_names_the_forwarded_headers() {
 }
 
 /// The report screenshot the course assignment shows is a real PNG of a
-/// sensible size.
+/// sensible size, beside the write-up and JSON of the same run.
 #[test]
 fn the_committed_report_screenshot_is_a_png() {
-    let path = repo().join(LABS).join("img/analyze-report.png");
+    let path = repo().join(LABS).join("example/report.png");
     let png = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "PNG signature");
     assert_eq!(&png[12..16], b"IHDR");
@@ -718,7 +718,15 @@ fn the_committed_report_screenshot_is_a_png() {
     let height = u32::from_be_bytes(png[20..24].try_into().unwrap());
     assert!(width >= 800 && height >= 600, "{width}x{height}");
     assert!(png.len() > 20_000, "{} bytes: a blank page?", png.len());
-    assert!(page_text("course-assignment.md").contains("(img/analyze-report.png)"));
+    assert!(page_text("course-assignment.md").contains("(example/report.png)"));
+    // The same run's write-up and JSON, as `mlmesh analyze` writes them.
+    let json = std::fs::read_to_string(repo().join(LABS).join("example/report.json")).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["schema"], "mlmesh.analyze/v1");
+    assert_eq!(json["verdict"], "rollback");
+    let md = page_text("example/report.md");
+    assert!(md.starts_with("# Experiment: caravan-offer"), "{md}");
+    assert!(md.contains("**Verdict: `rollback`**"));
 }
 
 /// Every `mlmesh_*` metric a page names (in a PromQL query or a `grep`) is
