@@ -19,6 +19,7 @@ use crate::config::{FrontendArgs, RoutingMode};
 use crate::metrics::FrontendMetrics;
 
 mod error;
+mod features;
 mod grpc;
 mod http;
 mod model;
@@ -31,7 +32,7 @@ use http::{
     http_request,
 };
 
-pub use model::Features;
+pub use features::Features;
 use model::{GrpcClient, Layout, ModelTarget, Outbound, Wire};
 
 pub const FEATURE_STORE: &str = "feature-store";
