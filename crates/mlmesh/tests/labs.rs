@@ -848,3 +848,126 @@ fn every_link_in_the_labs_resolves() {
         "a-shadow-launch-per-request---event-log-url"
     );
 }
+
+/// `kubectl` subcommands of two words the pages use; any other is one word.
+const KUBECTL_TWO_WORD: &[&str] = &[
+    "set env",
+    "rollout status",
+    "create secret",
+    "create namespace",
+];
+
+/// Every flag a page gives `kubectl` is one that kubectl subcommand (or
+/// kubectl itself) has, asked of the real kubectl. Without one here the
+/// test says so and passes, unless MLMESH_REQUIRE_KUBECTL=1 (CI, where
+/// `.ci/run` needs kubectl anyway).
+#[test]
+fn every_kubectl_flag_is_real() {
+    let required = std::env::var("MLMESH_REQUIRE_KUBECTL").is_ok_and(|v| v == "1");
+    if Command::new("kubectl")
+        .arg("version")
+        .arg("--client")
+        .output()
+        .is_err()
+    {
+        assert!(
+            !required,
+            "MLMESH_REQUIRE_KUBECTL=1 but there is no kubectl"
+        );
+        println!("SKIP: no kubectl here to ask for its flags");
+        return;
+    }
+    let kubectl_help = |sub: &[&str]| -> String {
+        let out = Command::new("kubectl")
+            .args(sub)
+            .arg("--help")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kubectl {sub:?} --help: is it a kubectl subcommand?"
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let global = String::from_utf8(
+        Command::new("kubectl")
+            .arg("options")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let mut helps: std::collections::BTreeMap<String, String> = Default::default();
+    let mut problems = Vec::new();
+    let mut checked = 0;
+    for page in PAGES.iter().copied().chain(["README.md"]) {
+        for block in blocks(page, &page_text(page)) {
+            if block.tag == "expect" {
+                continue;
+            }
+            for words in command_lines(&block.body) {
+                for (i, _) in words.iter().enumerate().filter(|(_, w)| *w == "kubectl") {
+                    // The command up to its end or `--` (what follows is the pod's command).
+                    let command: Vec<&str> = words[i + 1..]
+                        .iter()
+                        .map(String::as_str)
+                        .take_while(|w| !ends_command(w) && *w != "--")
+                        .collect();
+                    let mut rest = command.iter().copied().peekable();
+                    let mut sub = Vec::new();
+                    let mut flags = Vec::new();
+                    while let Some(w) = rest.next() {
+                        if w.starts_with('-') {
+                            flags.push(w.split('=').next().unwrap());
+                            // A short flag's value is the next word: -n mlmesh, -f dir/, -c frontend.
+                            if ["-n", "-f", "-c", "-l", "-o", "-k"].contains(&w) {
+                                rest.next();
+                            }
+                        } else if sub.len() < 2 && flags.iter().all(|f| *f == "-n") {
+                            sub.push(w);
+                        }
+                    }
+                    let sub = match sub.as_slice() {
+                        [a, b, ..] if KUBECTL_TWO_WORD.contains(&format!("{a} {b}").as_str()) => {
+                            vec![*a, *b]
+                        }
+                        [a, ..] => vec![*a],
+                        [] => continue,
+                    };
+                    let help = helps
+                        .entry(sub.join(" "))
+                        .or_insert_with(|| kubectl_help(&sub))
+                        .clone();
+                    for flag in flags {
+                        checked += 1;
+                        let known = if flag.starts_with("--") {
+                            [&help, &global].iter().any(|h| {
+                                h.contains(&format!("{flag}=")) || h.contains(&format!("{flag}:"))
+                            })
+                        } else {
+                            [&help, &global]
+                                .iter()
+                                .any(|h| h.contains(&format!("{flag}, --")))
+                        };
+                        if !known {
+                            problems.push(format!(
+                                "{}: `kubectl {}` has no flag {flag}",
+                                block.at,
+                                sub.join(" ")
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
+    assert!(
+        checked >= 40,
+        "only {checked} kubectl flags checked: is the parsing broken?"
+    );
+    println!(
+        "{checked} kubectl flags checked against kubectl's own help ({} subcommands)",
+        helps.len()
+    );
+}
