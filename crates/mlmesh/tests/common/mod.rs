@@ -21,18 +21,22 @@ pub fn models() -> PathBuf {
     repo().join("models")
 }
 
+/// The developer's own OTLP endpoint and service config, which a test's
+/// processes must not inherit.
+pub const INHERITED_CONFIG: &[&str] = &[
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_SERVICE_NAME",
+    "REDIS_URL",
+    "CANARY_PERCENT",
+    "LISTEN_ADDR",
+    "TOKIO_WORKER_THREADS",
+];
+
 /// The binary under test, with no inherited OTLP endpoint or service config.
 pub fn mlmesh() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_mlmesh"));
-    for var in [
-        "OTEL_EXPORTER_OTLP_ENDPOINT",
-        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-        "OTEL_SERVICE_NAME",
-        "REDIS_URL",
-        "CANARY_PERCENT",
-        "LISTEN_ADDR",
-        "TOKIO_WORKER_THREADS",
-    ] {
+    for var in INHERITED_CONFIG {
         cmd.env_remove(var);
     }
     // model-inference's gRPC default (:9000) would collide between tests

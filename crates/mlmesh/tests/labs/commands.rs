@@ -65,19 +65,22 @@ pub fn documents(help: &str, flag: &str) -> bool {
         })
 }
 
-/// Env names a Deployment's container reads, by Deployment name.
-pub fn deployment_env(deploy: &str) -> BTreeSet<String> {
-    let mut env = match deploy {
-        "frontend" => documented_env(&["frontend"]),
-        "feature-store" => documented_env(&["feature-store"]),
-        "model-inference-v1" | "model-inference-v2" | "model-inference" => {
-            documented_env(&["model-inference"])
-        }
-        "verdict" => documented_env(&["analyze", "serve"]),
-        other => panic!("set env on a Deployment mlmesh does not have: {other}"),
-    };
+/// Env names `mlmesh <sub>` reads: its flags' and the runtime's.
+fn service_env(sub: &[&str]) -> BTreeSet<String> {
+    let mut env = documented_env(sub);
     env.extend(common::RUNTIME_ENV.iter().map(|s| (*s).to_owned()));
     env
+}
+
+/// Env names a Deployment's container reads, by Deployment name.
+pub fn deployment_env(deploy: &str) -> BTreeSet<String> {
+    service_env(match deploy {
+        "frontend" => &["frontend"],
+        "feature-store" => &["feature-store"],
+        "model-inference-v1" | "model-inference-v2" | "model-inference" => &["model-inference"],
+        "verdict" => &["analyze", "serve"],
+        other => panic!("set env on a Deployment mlmesh does not have: {other}"),
+    })
 }
 
 /// `mlmesh up --set SERVICE.VAR=…`: the service's subcommand.
@@ -134,9 +137,7 @@ pub fn command_problems(words: &[String], loadtest_help: &str, up_sh: &str) -> V
                         if pair[0] == "--set" {
                             let (service, var) = pair[1].split_once('.').unwrap_or((pair[1], ""));
                             let var = var.split('=').next().unwrap();
-                            let mut known = documented_env(up_service(service));
-                            known.extend(common::RUNTIME_ENV.iter().map(|s| (*s).to_owned()));
-                            if !known.contains(var) {
+                            if !service_env(up_service(service)).contains(var) {
                                 problems
                                     .push(format!("`--set {}`: {service} reads no {var}", pair[1]));
                             }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::common::{Stack, repo};
+use super::common::{self, Stack, repo};
 use super::markdown::{Block, blocks};
 use super::page_text;
 
@@ -100,12 +100,7 @@ pub fn run_block(body: &str, dir: &Path, port: u16) -> (i32, String) {
         .stdin(Stdio::null())
         .stdout(out.try_clone().unwrap())
         .stderr(out);
-    for var in [
-        "OTEL_EXPORTER_OTLP_ENDPOINT",
-        "REDIS_URL",
-        "CANARY_PERCENT",
-        "TOKIO_WORKER_THREADS",
-    ] {
+    for var in common::INHERITED_CONFIG {
         cmd.env_remove(var);
     }
     let mut child = cmd.spawn().unwrap();
