@@ -7,6 +7,7 @@
 
 pub mod batcher;
 pub mod config;
+mod deadline;
 pub mod engine;
 pub mod fetch;
 pub mod grpc;

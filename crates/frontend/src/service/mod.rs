@@ -1,29 +1,26 @@
 //! HTTP routes: `/predict`, `/feedback` and the web page.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use mesh_kit::extract::Query;
-use opentelemetry::trace::TraceContextExt;
-use serde::{Deserialize, Serialize};
-use tracing_opentelemetry::OpenTelemetrySpanExt;
+use serde::Deserialize;
 
 use mesh_kit::clock::unix_now;
-use mesh_kit::error::{check_entity_id, clip, is_entity_id, parse_json};
+use mesh_kit::error::{check_entity_id, clip, parse_json};
 use mesh_kit::propagation::{
-    AUTH_GROUP_HEADER, AUTH_USER_HEADER, COHORT_HEADER, DEADLINE_HEADER, Forwarded,
-    MODEL_VERSION_HEADER, REQUEST_ID_HEADER, USER_GROUP_HEADER, USER_ID_HEADER,
+    COHORT_HEADER, Forwarded, REQUEST_ID_HEADER, USER_GROUP_HEADER, USER_ID_HEADER,
 };
 use mesh_kit::{ApiError, ServerArgs, Service};
 
-use crate::cohort::{Assigner, Assignment, BETA_GROUP, Reason};
+use crate::cohort::{Assigner, Assignment, BETA_GROUP};
 use crate::config::{FrontendArgs, RoutingMode};
 use crate::decision::{self, Claims, Decision, Signer};
 use crate::exposure::Seen;
@@ -32,14 +29,20 @@ use crate::metrics::{FrontendMetrics, UNKNOWN_VERSION};
 use crate::upstream::{ConfigError, UpstreamError, Upstreams};
 use events::{Event, EventLog, Exposure};
 
-/// The browser's equivalent of `x-user-group: beta`: set by `?group=beta`
-/// (or the header), cleared by `?group=none`, so the choice survives reloads.
-pub const GROUP_COOKIE: &str = "mlmesh_group";
+mod answer;
+mod caller;
+mod page;
+
+use answer::{Answer, header_value, respond};
+pub use caller::GROUP_COOKIE;
+use caller::{
+    Authenticated, GroupChoice, authenticated, cookie_is_beta, group_choice, header_str,
+    inbound_deadline,
+};
+use page::page;
 
 /// Requests to the frontend are tiny; anything bigger is a mistake.
 const MAX_BODY_BYTES: usize = 16 * 1024;
-
-const PAGE: &str = include_str!("page.html");
 
 /// Decisions whose outcome a replica remembers (~40 bytes each, ~4 MB): more
 /// than a day of feedback at lab rates, the default life of a decision id.
@@ -122,144 +125,6 @@ struct PredictBody {
 struct PredictQuery {
     user_id: Option<String>,
     group: Option<String>,
-}
-
-#[derive(Serialize)]
-struct PredictResponse<'a> {
-    user_id: &'a str,
-    decision: &'static str,
-    score: Option<f64>,
-    threshold: f64,
-    model_version: Option<&'a str>,
-    cohort: &'static str,
-    bucket: u8,
-    assignment: Reason,
-    request_id: &'a str,
-    trace_id: Option<String>,
-    decision_id: Option<String>,
-    degraded: bool,
-    /// Why the answer is degraded, when it is.
-    reason: Option<String>,
-    /// Whether the user came from a token the ingress gateway verified.
-    authenticated: bool,
-    served_by: ServedBy<'a>,
-}
-
-/// Which replica of each service took part in the answer (their
-/// `--pod-name`s; null where a service has none or was not reached), so a
-/// curl loop shows consistent hashing keeping a customer on one pod.
-#[derive(Serialize)]
-struct ServedBy<'a> {
-    frontend: Option<&'a str>,
-    feature_store: Option<String>,
-    model_inference: Option<String>,
-}
-
-/// How the request asked about the beta group, in order of precedence.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum GroupChoice {
-    /// `?group=beta` or `x-user-group: beta`: join, and remember it.
-    Join,
-    /// `?group=<anything else>`: leave, and forget it.
-    Leave,
-    /// Nothing said; the cookie (if any) decides.
-    Unspecified,
-    /// The user is authenticated: their token's group claim decides, and
-    /// what the request says (query, header, cookie) is ignored.
-    Token { beta: bool },
-}
-
-/// The customer the ingress gateway authenticated (`istio/auth/`): the
-/// headers it writes from a verified JWT's claims.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Authenticated {
-    user: String,
-    group: Option<String>,
-}
-
-impl Authenticated {
-    fn group_choice(&self) -> GroupChoice {
-        GroupChoice::Token {
-            beta: self
-                .group
-                .as_deref()
-                .is_some_and(|g| g.eq_ignore_ascii_case(BETA_GROUP)),
-        }
-    }
-}
-
-/// The authenticated customer, if the gateway says there is one.
-fn authenticated(headers: &HeaderMap) -> Result<Option<Authenticated>, ApiError> {
-    let one = |name: &str| -> Result<Option<String>, ApiError> {
-        let mut values = headers.get_all(name).iter();
-        let Some(first) = values.next() else {
-            return Ok(None);
-        };
-        // Envoy adds a claim header to whatever copy a client sent rather
-        // than replacing it; two values (or a list in one) mean someone sent
-        // their own, and guessing which is the gateway's would be forgeable.
-        if values.next().is_some() {
-            return Err(ApiError::bad_request(format!(
-                "{name} appears more than once: only the ingress gateway may set it"
-            )));
-        }
-        match first.to_str() {
-            Ok(v) if is_entity_id(v) => Ok(Some(v.to_owned())),
-            _ => Err(ApiError::bad_request(format!(
-                "{name} is not a single id: only the ingress gateway may set it"
-            ))),
-        }
-    };
-    match (one(AUTH_USER_HEADER)?, one(AUTH_GROUP_HEADER)?) {
-        (Some(user), group) => Ok(Some(Authenticated { user, group })),
-        (None, Some(_)) => Err(ApiError::bad_request(format!(
-            "{AUTH_GROUP_HEADER} without {AUTH_USER_HEADER}: only the ingress gateway may set them"
-        ))),
-        (None, None) => Ok(None),
-    }
-}
-
-fn group_choice(query: Option<&str>, headers: &HeaderMap) -> GroupChoice {
-    match query {
-        Some(g) if g.eq_ignore_ascii_case(BETA_GROUP) => GroupChoice::Join,
-        Some(_) => GroupChoice::Leave,
-        None if header_is_beta(headers) => GroupChoice::Join,
-        None => GroupChoice::Unspecified,
-    }
-}
-
-fn header_is_beta(headers: &HeaderMap) -> bool {
-    headers
-        .get(USER_GROUP_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case(BETA_GROUP))
-}
-
-fn cookie_is_beta(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .any(|(k, v)| k == GROUP_COOKIE && v == BETA_GROUP)
-}
-
-fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
-}
-
-/// The caller's remaining time, when Envoy (or a client) says how much is left.
-fn inbound_deadline(headers: &HeaderMap, started: Instant) -> Option<Instant> {
-    header_str(headers, DEADLINE_HEADER)
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .map(|ms| started + Duration::from_millis(ms))
-}
-
-fn current_trace_id() -> Option<String> {
-    let cx = tracing::Span::current().context();
-    let sc = cx.span().span_context().clone();
-    sc.is_valid().then(|| sc.trace_id().to_string())
 }
 
 impl AppState {
@@ -531,76 +396,6 @@ impl AppState {
     }
 }
 
-/// The parts of a prediction answer known before any upstream is called.
-struct Answer<'a> {
-    user_id: &'a str,
-    assignment: Assignment,
-    request_id: &'a str,
-    threshold: f64,
-    authenticated: bool,
-    /// This replica's name; the feature store's once it has answered.
-    frontend: Option<&'a str>,
-    feature_store: Option<String>,
-}
-
-impl<'a> Answer<'a> {
-    fn body(
-        &self,
-        decision: Decision,
-        score: Option<f64>,
-        model_version: Option<&'a str>,
-        decision_id: Option<String>,
-        reason: Option<String>,
-        model_served_by: Option<String>,
-    ) -> PredictResponse<'a> {
-        PredictResponse {
-            user_id: self.user_id,
-            decision: decision.as_str(),
-            score,
-            threshold: self.threshold,
-            model_version,
-            cohort: self.assignment.cohort.as_str(),
-            bucket: self.assignment.bucket,
-            assignment: self.assignment.reason,
-            request_id: self.request_id,
-            trace_id: current_trace_id(),
-            degraded: reason.is_some(),
-            decision_id,
-            reason,
-            authenticated: self.authenticated,
-            served_by: ServedBy {
-                frontend: self.frontend,
-                feature_store: self.feature_store.clone(),
-                model_inference: model_served_by,
-            },
-        }
-    }
-}
-
-fn header_value(s: &str) -> HeaderValue {
-    // Ids were validated to a header-safe alphabet already.
-    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
-}
-
-fn respond(body: PredictResponse<'_>, model_version: Option<&str>, group: GroupChoice) -> Response {
-    let mut res = Json(body).into_response();
-    let headers = res.headers_mut();
-    if let Some(v) = model_version {
-        headers.insert(MODEL_VERSION_HEADER, header_value(v));
-    }
-    let cookie = match group {
-        GroupChoice::Join => Some(format!(
-            "{GROUP_COOKIE}={BETA_GROUP}; Path=/; Max-Age=2592000; SameSite=Lax"
-        )),
-        GroupChoice::Leave => Some(format!("{GROUP_COOKIE}=; Path=/; Max-Age=0; SameSite=Lax")),
-        GroupChoice::Unspecified | GroupChoice::Token { .. } => None,
-    };
-    if let Some(c) = cookie.and_then(|c| HeaderValue::from_str(&c).ok()) {
-        headers.insert(header::SET_COOKIE, c);
-    }
-    res
-}
-
 async fn predict_get(
     State(s): State<AppState>,
     Query(q): Query<PredictQuery>,
@@ -657,38 +452,6 @@ async fn feedback(
     s.feedback(req, q.user_id.as_deref(), auth)
 }
 
-/// The page's Content-Security-Policy: nothing but its own inline script and
-/// style (by hash, so an injected one never runs) and calls to this origin.
-fn page_csp() -> &'static str {
-    static CSP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    CSP.get_or_init(|| {
-        use base64::Engine as _;
-        let hash = |open: &str, close: &str| {
-            let start = PAGE.find(open).map(|i| i + open.len()).expect("page has the tag");
-            let end = start + PAGE[start..].find(close).expect("tag is closed");
-            let digest = <sha2::Sha256 as sha2::Digest>::digest(&PAGE.as_bytes()[start..end]);
-            format!("'sha256-{}'", base64::engine::general_purpose::STANDARD.encode(digest))
-        };
-        format!(
-            "default-src 'none'; script-src {}; style-src {}; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
-            hash("<script>", "</script>"),
-            hash("<style>", "</style>")
-        )
-    })
-}
-
-async fn page() -> Response {
-    (
-        [
-            (header::CONTENT_SECURITY_POLICY, page_csp()),
-            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-            (header::REFERRER_POLICY, "no-referrer"),
-        ],
-        Html(PAGE),
-    )
-        .into_response()
-}
-
 /// Business routes.
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -740,55 +503,4 @@ pub fn build(args: &FrontendArgs, server: ServerArgs) -> Result<(Service, AppSta
 pub fn app(args: &FrontendArgs, server: ServerArgs) -> Result<Router, ConfigError> {
     let (svc, state) = build(args, server)?;
     Ok(svc.router(router(state), Router::new()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                v.parse().unwrap(),
-            );
-        }
-        h
-    }
-
-    #[test]
-    fn group_precedence_is_query_then_header_then_cookie() {
-        let beta_header = headers(&[("x-user-group", "Beta")]);
-        assert_eq!(
-            group_choice(Some("beta"), &HeaderMap::new()),
-            GroupChoice::Join
-        );
-        assert_eq!(group_choice(Some("none"), &beta_header), GroupChoice::Leave);
-        assert_eq!(group_choice(None, &beta_header), GroupChoice::Join);
-        assert_eq!(
-            group_choice(None, &HeaderMap::new()),
-            GroupChoice::Unspecified
-        );
-    }
-
-    #[test]
-    fn beta_cookie_is_found_among_others() {
-        assert!(cookie_is_beta(&headers(&[(
-            "cookie",
-            "a=1; mlmesh_group=beta; b=2"
-        )])));
-        assert!(cookie_is_beta(&headers(&[
-            ("cookie", "a=1"),
-            ("cookie", "mlmesh_group=beta")
-        ])));
-        assert!(!cookie_is_beta(&headers(&[(
-            "cookie",
-            "mlmesh_group=alpha"
-        )])));
-        assert!(!cookie_is_beta(&headers(&[(
-            "cookie",
-            "xmlmesh_group=beta"
-        )])));
-    }
 }
