@@ -57,16 +57,19 @@ impl Renderer {
     }
 
     /// A rough size of one row, so the buffer is allocated once.
-    pub fn row_capacity(&self, wanted: &[usize]) -> usize {
+    pub fn row_capacity(&self, wanted: &[usize], statuses: bool) -> usize {
+        let per_key = if statuses { 2 } else { 1 };
         128 + wanted
             .iter()
-            .map(|&i| 2 * self.keys[i].len() + 36)
+            .map(|&i| per_key * self.keys[i].len() + 36)
             .sum::<usize>()
     }
 
     /// `{"entity_id":…,"found":…,"features":{…},"statuses":{…},"event_time":…}`,
-    /// objects in schema order.
-    pub fn row(&self, out: &mut Vec<u8>, row: &Row, wanted: &[usize]) {
+    /// objects in the order of `wanted`; without `statuses` (a caller that
+    /// reads only the values, like the frontend) that object is left out,
+    /// half the body.
+    pub fn row(&self, out: &mut Vec<u8>, row: &Row, wanted: &[usize], statuses: bool) {
         out.extend_from_slice(b"{\"entity_id\":");
         write_str(out, row.entity_id);
         out.extend_from_slice(if row.record.is_some() {
@@ -84,15 +87,19 @@ impl Renderer {
                 None => out.extend_from_slice(b"null"),
             }
         }
-        out.extend_from_slice(b"},\"statuses\":{");
-        for (n, &i) in wanted.iter().enumerate() {
-            if n > 0 {
-                out.push(b',');
+        out.push(b'}');
+        if statuses {
+            out.extend_from_slice(b",\"statuses\":{");
+            for (n, &i) in wanted.iter().enumerate() {
+                if n > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(&self.keys[i]);
+                out.extend_from_slice(status(row, i).json());
             }
-            out.extend_from_slice(&self.keys[i]);
-            out.extend_from_slice(status(row, i).json());
+            out.push(b'}');
         }
-        out.extend_from_slice(b"},\"event_time\":");
+        out.extend_from_slice(b",\"event_time\":");
         match row.record {
             Some(r) => write_str(out, &format_time(r.event_time_ms)),
             None => out.extend_from_slice(b"null"),
@@ -101,14 +108,14 @@ impl Renderer {
     }
 
     /// `{"rows":[…]}`, one row per entity in request order.
-    pub fn batch(&self, rows: &[Row], wanted: &[usize]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(16 + rows.len() * self.row_capacity(wanted));
+    pub fn batch(&self, rows: &[Row], wanted: &[usize], statuses: bool) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 + rows.len() * self.row_capacity(wanted, statuses));
         out.extend_from_slice(b"{\"rows\":[");
         for (n, row) in rows.iter().enumerate() {
             if n > 0 {
                 out.push(b',');
             }
-            self.row(&mut out, row, wanted);
+            self.row(&mut out, row, wanted, statuses);
         }
         out.extend_from_slice(b"]}");
         out
@@ -180,10 +187,16 @@ mod tests {
             record: Some(&rec),
             stale: false,
         };
-        r.row(&mut out, &row, &[0, 1, 2]);
+        r.row(&mut out, &row, &[0, 1, 2], true);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             r#"{"entity_id":"4\"2","found":true,"features":{"A":11.0,"q\"uote":null,"ü\\n":0.30000000000000004},"statuses":{"A":"PRESENT","q\"uote":"NOT_FOUND","ü\\n":"PRESENT"},"event_time":"2023-11-14T22:13:20.123Z"}"#
+        );
+        let mut out = Vec::new();
+        r.row(&mut out, &row, &[0, 1, 2], false);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"entity_id":"4\"2","found":true,"features":{"A":11.0,"q\"uote":null,"ü\\n":0.30000000000000004},"event_time":"2023-11-14T22:13:20.123Z"}"#
         );
     }
 
@@ -203,7 +216,8 @@ mod tests {
                 stale: false,
             },
         ];
-        let body: serde_json::Value = serde_json::from_slice(&r.batch(&rows, &[2, 1])).unwrap();
+        let body: serde_json::Value =
+            serde_json::from_slice(&r.batch(&rows, &[2, 1], true)).unwrap();
         assert_eq!(
             body,
             serde_json::json!({"rows": [
@@ -238,9 +252,9 @@ mod tests {
             record: Some(&rec),
             stale: false,
         };
-        r.row(&mut out, &row, &[0, 1, 2]);
+        r.row(&mut out, &row, &[0, 1, 2], true);
         assert!(
-            out.len() <= r.row_capacity(&[0, 1, 2]),
+            out.len() <= r.row_capacity(&[0, 1, 2], true),
             "{} bytes",
             out.len()
         );

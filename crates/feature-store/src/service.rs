@@ -257,6 +257,8 @@ fn json_body(body: Vec<u8>) -> Response {
 #[derive(Deserialize)]
 struct SubsetQuery {
     features: Option<String>,
+    /// `false` leaves the `statuses` object out (default `true`).
+    statuses: Option<bool>,
 }
 
 async fn get_one(
@@ -273,8 +275,9 @@ async fn get_one(
             "entity '{entity_id}' not found"
         )));
     }
-    let mut body = Vec::with_capacity(s.0.renderer.row_capacity(&wanted));
-    s.0.renderer.row(&mut body, &row, &wanted);
+    let statuses = q.statuses.unwrap_or(true);
+    let mut body = Vec::with_capacity(s.0.renderer.row_capacity(&wanted, statuses));
+    s.0.renderer.row(&mut body, &row, &wanted, statuses);
     Ok(json_body(body))
 }
 
@@ -284,6 +287,9 @@ struct BatchRequest {
     entity_ids: Vec<String>,
     #[serde(default)]
     features: Option<Vec<String>>,
+    /// `false` leaves each row's `statuses` object out.
+    #[serde(default)]
+    statuses: Option<bool>,
 }
 
 async fn get_batch(
@@ -315,7 +321,11 @@ async fn get_batch(
         .zip(&records)
         .map(|(id, r)| s.row(id, r.as_ref(), now))
         .collect();
-    Ok(json_body(s.0.renderer.batch(&rows, &wanted)))
+    Ok(json_body(s.0.renderer.batch(
+        &rows,
+        &wanted,
+        req.statuses.unwrap_or(true),
+    )))
 }
 
 #[derive(Deserialize)]

@@ -59,6 +59,14 @@ async fn bad_input_gets_4xx_json_errors_and_nothing_is_written() {
             400,
         ),
         (
+            "statuses neither true nor false",
+            "GET",
+            "/v1/features/1?statuses=no".into(),
+            None,
+            String::new(),
+            400,
+        ),
+        (
             "invalid JSON",
             "POST",
             batch.into(),
@@ -96,6 +104,14 @@ async fn bad_input_gets_4xx_json_errors_and_nothing_is_written() {
             batch.into(),
             ct,
             "{\"entity_ids\": []}".into(),
+            400,
+        ),
+        (
+            "batch statuses not a boolean",
+            "POST",
+            batch.into(),
+            ct,
+            json!({"entity_ids": ["1"], "statuses": "no"}).to_string(),
             400,
         ),
         (

@@ -84,6 +84,23 @@ async fn single_reads_subsets_and_unknown_entities() {
                 "{backend}: the subset, in the order asked"
             );
             assert_eq!(a.json["features"]["MOSTYPE"], 11.0);
+            assert_eq!(a.json["statuses"]["MOSTYPE"], "PRESENT");
+
+            // A caller that reads only the values (the frontend) leaves the
+            // statuses out: the same values, half the body.
+            let all = get(&app, "/v1/features/42").await;
+            let lean = get(&app, "/v1/features/42?statuses=false").await;
+            assert_eq!(lean.status, StatusCode::OK, "{backend}");
+            assert_eq!(lean.json["features"], all.json["features"], "{backend}");
+            assert_eq!(lean.json["event_time"], all.json["event_time"]);
+            assert!(
+                lean.json.get("statuses").is_none(),
+                "{backend}: {}",
+                lean.json
+            );
+            assert!(all.json["statuses"].as_object().unwrap().len() == 85);
+            let a = get(&app, "/v1/features/42?features=MOSTYPE&statuses=true").await;
+            assert_eq!(a.json["statuses"]["MOSTYPE"], "PRESENT", "{backend}");
 
             let a = get(&app, "/v1/features/999999").await;
             assert_eq!(a.status, StatusCode::NOT_FOUND, "{backend}");
@@ -127,6 +144,17 @@ async fn batch_keeps_order_and_marks_missing_entities() {
                 );
                 assert_eq!(row["features"]["MOSTYPE"].is_null(), missing);
                 assert_eq!(row["event_time"].is_null(), missing);
+            }
+            let lean = post(
+                &app,
+                "/v1/features:batch",
+                &json!({ "entity_ids": ["1", "ghost"], "features": ["MOSTYPE"], "statuses": false }),
+            )
+            .await;
+            assert_eq!(lean.status, StatusCode::OK, "{backend}: {}", lean.json);
+            for row in lean.json["rows"].as_array().unwrap() {
+                assert!(row.get("statuses").is_none(), "{backend}: {row}");
+                assert!(row["features"].get("MOSTYPE").is_some(), "{backend}: {row}");
             }
         },
     )
@@ -268,6 +296,7 @@ async fn backends_answer_identically() {
         ("GET", "/v1/features/0", None),
         ("GET", "/v1/features/bad%20id", None),
         ("GET", "/v1/features/1?features=NOPE", None),
+        ("GET", "/v1/features/1?statuses=false", None),
         ("POST", "/v1/features:batch", Some(batch)),
         (
             "POST",

@@ -35,6 +35,10 @@ pub struct ModelSpec {
     /// Feature names in input order, from the ONNX `feature_names` metadata
     /// property (comma-separated), when the model carries one.
     pub feature_names: Vec<String>,
+    /// The same names comma-separated, as the metadata and a caller's
+    /// `parameters.feature_names` carry them: every frontend call's check is
+    /// one comparison with this.
+    pub feature_order: String,
 }
 
 impl ModelSpec {
@@ -157,6 +161,7 @@ impl Engine {
                 input_name,
                 n_features,
                 outputs,
+                feature_order: feature_names.join(","),
                 feature_names,
             },
         })

@@ -298,7 +298,7 @@ impl AppState {
             let mut p = oip::Parameters::new();
             p.insert(
                 oip::FEATURE_NAMES.into(),
-                Value::String(spec.feature_names.join(",")),
+                Value::String(spec.feature_order.clone()),
             );
             p
         });
@@ -348,7 +348,7 @@ impl AppState {
             parameters: (!spec.feature_names.is_empty())
                 .then(|| {
                     let value = oip::ModelParameter {
-                        string_value: spec.feature_names.join(","),
+                        string_value: spec.feature_order.clone(),
                     };
                     (oip::FEATURE_NAMES.to_owned(), value)
                 })

@@ -34,12 +34,10 @@ fn check_feature_order(names: &Value, spec: &ModelSpec) -> Result<(), ApiError> 
     if spec.feature_names.is_empty() {
         return Ok(()); // nothing declared to compare against
     }
-    // Every frontend call carries this: compare without allocating, and
+    // Every frontend call carries this: one comparison with the joined
+    // names (names hold no commas: the metadata is split on them), and a
     // split into a list only to say where a mismatch is.
-    if names
-        .split(',')
-        .eq(spec.feature_names.iter().map(String::as_str))
-    {
+    if names == spec.feature_order {
         return Ok(());
     }
     let theirs: Vec<&str> = names.split(',').collect();

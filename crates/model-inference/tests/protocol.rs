@@ -678,6 +678,16 @@ async fn a_stated_feature_order_must_match_the_models() {
         a.json
     );
 
+    // The whole list and one more, or spaced out, is not the order either.
+    for longer in [
+        format!("{names},EXTRA"),
+        format!("{names},"),
+        names.replace(',', ", "),
+    ] {
+        let a = post_json(&app, INFER, &with(json!({ "feature_names": longer }))).await;
+        assert_eq!(a.status, StatusCode::CONFLICT, "{longer:.40}: {}", a.json);
+    }
+
     let a = post_json(&app, INFER, &with(json!({ "feature_names": ["MOSTYPE"] }))).await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.json);
 

@@ -56,9 +56,17 @@ pub(super) fn features_base(url: &str) -> Result<String, ConfigError> {
     Ok(format!("http://{authority}{path}/v1/features/"))
 }
 
+/// What the frontend asks the feature store for: the values only. The
+/// per-feature `statuses` object would double the answer and is never read
+/// (a value that is missing is `null` among the values).
+const FEATURES_QUERY: &str = "?statuses=false";
+
 /// A user's features URI: the base and their id as one path segment.
 pub(super) fn features_url(base: &str, user_id: &str) -> Result<Endpoint, UpstreamError> {
-    let text = format!("{base}{}", utf8_percent_encode(user_id, PATH_SEGMENT));
+    let text = format!(
+        "{base}{}{FEATURES_QUERY}",
+        utf8_percent_encode(user_id, PATH_SEGMENT)
+    );
     let uri = Uri::try_from(text.as_str()).map_err(|e| invalid(FEATURE_STORE, e))?;
     Ok(Endpoint {
         uri,
@@ -183,14 +191,18 @@ mod tests {
             "http://10.0.0.1/prefix/",
         ] {
             let url = features_url(&features_base(base).unwrap(), "42").unwrap();
-            let want = format!("{}/v1/features/42", base.trim_end_matches('/'));
+            let want = format!(
+                "{}/v1/features/42?statuses=false",
+                base.trim_end_matches('/')
+            );
             assert_eq!(url.as_str(), want);
             assert!(url.uri.path().ends_with("/v1/features/42"), "{base}");
         }
         // Ids are checked to be unreserved characters; anything else is escaped, not spliced.
         let url = features_url("http://fs/v1/features/", "a/b?c d").unwrap();
         assert_eq!(url.uri.path(), "/v1/features/a%2Fb%3Fc%20d");
-        assert_eq!(url.uri.query(), None);
+        // The id's `?` is escaped: the only query is the frontend's own.
+        assert_eq!(url.uri.query(), Some("statuses=false"));
         for bad in [
             "fs:8080",
             "ftp://fs",
