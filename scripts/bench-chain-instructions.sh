@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# bench-chain.sh's question answered in instructions instead of CPU time:
+# every process of a release `mlmesh up` runs under valgrind's callgrind,
+# which counts the instructions each one executes while `mlmesh-loadtest`
+# drives decisions; then a lone `mlmesh model-inference` the same way with
+# single-row JSON infer requests. Instruction counts do not move with the
+# machine's load (CPU times here move by up to 2x between runs), so a change
+# of a few percent shows; what they cannot show is time spent waiting for
+# memory or in the kernel (not counted), so bench-chain.sh stays the
+# figure of record and this one is for A/B of a change.
+#
+#   scripts/bench-chain-instructions.sh [seconds]
+#
+# CONCURRENCY (default 16, both runs), MLMESH_BIN (another build), BENCH_PORT.
+# Needs valgrind (Debian: valgrind). Everything runs ~50x slower under it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-20}
+c=${CONCURRENCY:-16}
+port=${BENCH_PORT:-18580}
+command -v valgrind >/dev/null || { echo "bench-chain-instructions.sh: needs valgrind" >&2; exit 1; }
+
+cargo build --release -p mlmesh -p loadtest >&2
+bin=${MLMESH_BIN:-$PWD/target/release/mlmesh}
+load=$PWD/target/release/mlmesh-loadtest
+tmp=$(mktemp -d)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+wait_ready() {
+    for _ in $(seq 300); do curl -fs "$1/readyz" >/dev/null 2>&1 && return 0; sleep 0.5; done
+    echo "bench-chain-instructions.sh: $1 never turned ready" >&2
+    exit 1
+}
+# The pid valgrind runs as for whatever listens on a port.
+pid_on() { ss -ltnpH "sport = :$1" | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2; }
+# Instructions counted since the zeroing: dump (each process is dumped
+# once, into cg.<pid>.1), then read the dump's total.
+dumped() {
+    callgrind_control -d "$1" >/dev/null
+    awk '/^summary:/ {print $2}' "$tmp/cg.$1.1"
+}
+requests() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['requests'])" "$1"; }
+
+RUST_LOG=warn valgrind --tool=callgrind --trace-children=yes \
+    --callgrind-out-file="$tmp/cg.%p" "$bin" up --port "$port" >"$tmp/up.log" 2>&1 &
+pids+=($!)
+wait_ready "http://127.0.0.1:$port"
+procs=()
+for i in 0 1 2 3; do procs+=("$(pid_on $((port + i)))"); done
+"$load" "http://127.0.0.1:$port" -c "$c" --duration 5s --quiet >/dev/null # warm-up
+for p in "${procs[@]}"; do callgrind_control -z "$p" >/dev/null; done
+"$load" "http://127.0.0.1:$port" -c "$c" --duration "${secs}s" --quiet --json "$tmp/chain.json" >/dev/null
+chain=()
+for p in "${procs[@]}"; do chain+=("$(dumped "$p")"); done
+decisions=$(requests "$tmp/chain.json")
+kill -INT "${pids[0]}"
+wait "${pids[0]}" 2>/dev/null || true
+
+lone_port=$((port + 10))
+RUST_LOG=warn TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --callgrind-out-file="$tmp/cg.%p" \
+    "$bin" model-inference --listen "127.0.0.1:$lone_port" --grpc-listen off --drain-delay 0s \
+    --model-path models/propensity-v1.onnx --model-version v1 >"$tmp/lone.log" 2>&1 &
+pids+=($!)
+wait_ready "http://127.0.0.1:$lone_port"
+lone_pid=$(pid_on "$lone_port")
+"$load" "http://127.0.0.1:$lone_port" --target infer -c "$c" --duration 5s --quiet >/dev/null
+callgrind_control -z "$lone_pid" >/dev/null
+"$load" "http://127.0.0.1:$lone_port" --target infer -c "$c" --duration "${secs}s" --quiet \
+    --json "$tmp/lone.json" >/dev/null
+lone=$(dumped "$lone_pid")
+infers=$(requests "$tmp/lone.json")
+
+python3 - "$decisions" "$infers" "$lone" "${chain[@]}" <<'PY'
+import sys
+decisions, infers, lone = (int(x) for x in sys.argv[1:4])
+per = [int(x) / decisions / 1000 for x in sys.argv[4:8]]
+lone_k = lone / infers / 1000
+total = sum(per)
+print("| decisions | frontend kIr | feature store kIr | v1 kIr | v2 kIr | chain kIr/decision | lone model kIr/infer | ratio |")
+print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+print(f"| {decisions:,} | {per[0]:.0f} | {per[1]:.0f} | {per[2]:.0f} | {per[3]:.0f} | **{total:.0f}** "
+      f"| {lone_k:.0f} | **{total / lone_k:.2f}x** |")
+PY
