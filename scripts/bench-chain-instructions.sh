@@ -20,22 +20,8 @@ c=${CONCURRENCY:-16}
 port=${BENCH_PORT:-18580}
 command -v valgrind >/dev/null || { echo "bench-chain-instructions.sh: needs valgrind" >&2; exit 1; }
 
-cargo build --release -p mlmesh -p loadtest >&2
-bin=${MLMESH_BIN:-$PWD/target/release/mlmesh}
-load=$PWD/target/release/mlmesh-loadtest
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-wait_ready() {
-    for _ in $(seq 300); do curl -fs "$1/readyz" >/dev/null 2>&1 && return 0; sleep 0.5; done
-    echo "bench-chain-instructions.sh: $1 never turned ready" >&2
-    exit 1
-}
+# shellcheck source=scripts/bench-lib.sh
+. scripts/bench-lib.sh
 # The pid valgrind runs as for whatever listens on a port.
 pid_on() { ss -ltnpH "sport = :$1" | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2; }
 # Instructions counted since the zeroing: dump (each process is dumped
@@ -49,7 +35,7 @@ requests() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['re
 RUST_LOG=warn valgrind --tool=callgrind --trace-children=yes \
     --callgrind-out-file="$tmp/cg.%p" "$bin" up --port "$port" >"$tmp/up.log" 2>&1 &
 pids+=($!)
-wait_ready "http://127.0.0.1:$port"
+wait_ready "http://127.0.0.1:$port" 150
 procs=()
 for i in 0 1 2 3; do procs+=("$(pid_on $((port + i)))"); done
 "$load" "http://127.0.0.1:$port" -c "$c" --duration 5s --quiet >/dev/null # warm-up
@@ -66,7 +52,7 @@ RUST_LOG=warn TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --callgrind-out-f
     "$bin" model-inference --listen "127.0.0.1:$lone_port" --grpc-listen off --drain-delay 0s \
     --model-path models/propensity-v1.onnx --model-version v1 >"$tmp/lone.log" 2>&1 &
 pids+=($!)
-wait_ready "http://127.0.0.1:$lone_port"
+wait_ready "http://127.0.0.1:$lone_port" 150
 lone_pid=$(pid_on "$lone_port")
 "$load" "http://127.0.0.1:$lone_port" --target infer -c "$c" --duration 5s --quiet >/dev/null
 callgrind_control -z "$lone_pid" >/dev/null

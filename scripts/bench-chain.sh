@@ -25,24 +25,10 @@ protocols=${MODEL_PROTOCOLS:-"http-json http-binary grpc"}
 stores=${STORES:-embedded}
 port=${BENCH_PORT:-18280}
 
-cargo build --release -p mlmesh -p loadtest >&2
-bin=${MLMESH_BIN:-$PWD/target/release/mlmesh}
-load=$PWD/target/release/mlmesh-loadtest
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
+# shellcheck source=scripts/bench-lib.sh
+. scripts/bench-lib.sh
 hz=$(getconf CLK_TCK)
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-wait_ready() {
-    for _ in $(seq 300); do curl -fs "$1/readyz" >/dev/null 2>&1 && return 0; sleep 0.1; done
-    echo "bench-chain.sh: $1 never turned ready" >&2
-    exit 1
-}
 
 # The lone model: CPU per single-row JSON infer request at the same load.
 lone_model() {
