@@ -22,8 +22,6 @@ command -v valgrind >/dev/null || { echo "bench-chain-instructions.sh: needs val
 
 # shellcheck source=scripts/bench-lib.sh
 . scripts/bench-lib.sh
-# The pid valgrind runs as for whatever listens on a port.
-pid_on() { ss -ltnpH "sport = :$1" | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2; }
 # Instructions counted since the zeroing: dump (each process is dumped
 # once, into cg.<pid>.1), then read the dump's total.
 dumped() {
@@ -48,9 +46,7 @@ kill -INT "${pids[0]}"
 wait "${pids[0]}" 2>/dev/null || true
 
 lone_port=$((port + 10))
-RUST_LOG=warn TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --callgrind-out-file="$tmp/cg.%p" \
-    "$bin" model-inference --listen "127.0.0.1:$lone_port" --grpc-listen off --drain-delay 0s \
-    --model-path models/propensity-v1.onnx --model-version v1 >"$tmp/lone.log" 2>&1 &
+start_lone_model "$lone_port" valgrind --tool=callgrind --callgrind-out-file="$tmp/cg.%p" >"$tmp/lone.log" 2>&1
 pids+=($!)
 wait_ready "http://127.0.0.1:$lone_port" 150
 lone_pid=$(pid_on "$lone_port")

@@ -32,9 +32,7 @@ ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 # The lone model: CPU per single-row JSON infer request at the same load.
 lone_model() {
-    # One runtime thread, the shape `mlmesh up` gives each model.
-    RUST_LOG=warn TOKIO_WORKER_THREADS=${TOKIO_WORKER_THREADS:-1} "$bin" model-inference --listen "127.0.0.1:$port" --grpc-listen off \
-        --drain-delay 0s --model-path models/propensity-v1.onnx --model-version v1 &
+    start_lone_model "$port"
     local pid=$!
     pids+=("$pid")
     wait_ready "http://127.0.0.1:$port"
@@ -72,7 +70,7 @@ chain() {
     local procs=()
     for i in 0 1 2 3; do
         local p
-        p=$(ss -ltnpH "sport = :$((port + i))" | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2)
+        p=$(pid_on $((port + i)))
         [ -n "$p" ] || { echo "bench-chain.sh: nothing listens on $((port + i))" >&2; exit 1; }
         procs+=("$p")
     done

@@ -24,3 +24,17 @@ wait_ready() {
     echo "$(basename "$0"): $1 never turned ready" >&2
     exit 1
 }
+
+# pid_on PORT: the pid of whatever listens on PORT (under valgrind, valgrind's).
+pid_on() { ss -ltnpH "sport = :$1" | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2; }
+
+# start_lone_model PORT [WRAPPER...]: a lone model-inference in the background,
+# with one runtime thread (the shape `mlmesh up` gives each model; a user's
+# TOKIO_WORKER_THREADS wins), run through WRAPPER (e.g. valgrind) if given.
+start_lone_model() {
+    local port=$1
+    shift
+    RUST_LOG=warn TOKIO_WORKER_THREADS=${TOKIO_WORKER_THREADS:-1} "$@" "$bin" model-inference \
+        --listen "127.0.0.1:$port" --grpc-listen off --drain-delay 0s \
+        --model-path models/propensity-v1.onnx --model-version v1 &
+}
