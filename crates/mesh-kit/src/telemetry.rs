@@ -10,7 +10,7 @@ use std::time::Duration;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use tracing_subscriber::filter::{self, FilterExt};
+use tracing_subscriber::filter::{self, FilterExt, LevelFilter};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -71,8 +71,9 @@ impl Telemetry {
         opentelemetry::global::set_tracer_provider(provider.clone());
         opentelemetry::global::set_text_map_propagator(crate::propagation::new_propagator());
 
-        let log_filter =
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+        let log_filter = log_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter)),
+        );
         // Colour only for people: pipes (docker logs, kubectl logs, `mlmesh up`)
         // would get raw escape codes.
         let fmt = tracing_subscriber::fmt::layer()
@@ -87,12 +88,6 @@ impl Telemetry {
         let otel_filter = EnvFilter::new(
             "info,h2=off,hyper=off,hyper_util=off,reqwest=off,tower=off,opentelemetry=off",
         );
-        // Log lines are events only: a span the fmt layer sees has its fields
-        // rendered to a string when it opens, for every request, though
-        // almost none ever logs (about 4% of each service's CPU). A request's
-        // fields live in its trace; the rare line inside one names what it
-        // needs itself.
-        let log_filter = log_filter.and(filter::filter_fn(|meta| meta.is_event()));
         tracing_subscriber::registry()
             .with(fmt.with_filter(log_filter))
             .with(
@@ -122,6 +117,22 @@ impl Telemetry {
     }
 }
 
+/// The log lines' filter: `env`'s directives, events only. A span the fmt
+/// layer sees has its fields rendered to a string when it opens, for every
+/// request, though almost none ever logs (about 4% of each service's CPU); a
+/// request's fields live in its trace, and the rare line inside one names
+/// what it needs itself.
+///
+/// The events-only part says it lets every level through, so `env`'s level
+/// is its hint too: without one the combination has none, the process-wide
+/// maximum becomes TRACE, and every `log` record a library writes (tract
+/// writes eight per inference) goes through the `log` bridge and the filters
+/// only to be dropped (~5k instructions per model call).
+fn log_filter<S>(env: EnvFilter) -> impl tracing_subscriber::layer::Filter<S> {
+    let hint = env.max_level_hint().unwrap_or(LevelFilter::TRACE);
+    env.and(filter::filter_fn(|meta| meta.is_event()).with_max_level_hint(hint))
+}
+
 /// For test binaries: installs the subscriber once (no exporter unless the
 /// environment configures one), so spans get real trace contexts and
 /// exemplars can be checked. Later calls are no-ops.
@@ -133,4 +144,29 @@ pub fn init_for_tests() {
             std::mem::forget(t);
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing_subscriber::Registry;
+    use tracing_subscriber::layer::Filter;
+
+    use super::*;
+
+    #[test]
+    fn the_log_filter_hints_its_directives_level() {
+        for (directives, level) in [
+            ("info", LevelFilter::INFO),
+            ("warn", LevelFilter::WARN),
+            ("warn,hyper=debug", LevelFilter::DEBUG),
+            ("trace", LevelFilter::TRACE),
+        ] {
+            let f = log_filter::<Registry>(EnvFilter::new(directives));
+            assert_eq!(
+                Filter::<Registry>::max_level_hint(&f),
+                Some(level),
+                "{directives}"
+            );
+        }
+    }
 }
