@@ -11,7 +11,9 @@
 #
 #   scripts/bench-chain-instructions.sh [seconds]
 #
-# CONCURRENCY (default 16, both runs), MLMESH_BIN (another build), BENCH_PORT.
+# CONCURRENCY (default 16, both runs), MLMESH_BIN (another build), BENCH_PORT,
+# CALLGRIND_DIR (keep each process's profile there, named after its service,
+# for `callgrind_annotate --inclusive=yes DIR/frontend.out`).
 # Needs valgrind (Debian: valgrind). Everything runs ~50x slower under it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,16 +24,20 @@ command -v valgrind >/dev/null || { echo "bench-chain-instructions.sh: needs val
 
 # shellcheck source=scripts/bench-lib.sh
 . scripts/bench-lib.sh
+out=${CALLGRIND_DIR:-$tmp}
+mkdir -p "$out"
 # Instructions counted since the zeroing: dump (each process is dumped
 # once, into cg.<pid>.1), then read the dump's total.
 dumped() {
     callgrind_control -d "$1" >/dev/null
-    awk '/^summary:/ {print $2}' "$tmp/cg.$1.1"
+    awk '/^summary:/ {print $2}' "$out/cg.$1.1"
 }
+# keep PID NAME: with CALLGRIND_DIR, the dump under its service's name.
+keep() { [ -z "${CALLGRIND_DIR:-}" ] || mv "$out/cg.$1.1" "$out/$2.out"; }
 requests() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['requests'])" "$1"; }
 
 RUST_LOG=warn valgrind --tool=callgrind --trace-children=yes \
-    --callgrind-out-file="$tmp/cg.%p" "$bin" up --port "$port" >"$tmp/up.log" 2>&1 &
+    --callgrind-out-file="$out/cg.%p" "$bin" up --port "$port" >"$tmp/up.log" 2>&1 &
 pids+=($!)
 wait_ready "http://127.0.0.1:$port" 150
 procs=()
@@ -40,13 +46,17 @@ for i in 0 1 2 3; do procs+=("$(pid_on $((port + i)))"); done
 for p in "${procs[@]}"; do callgrind_control -z "$p" >/dev/null; done
 "$load" "http://127.0.0.1:$port" -c "$c" --duration "${secs}s" --quiet --json "$tmp/chain.json" >/dev/null
 chain=()
-for p in "${procs[@]}"; do chain+=("$(dumped "$p")"); done
+names=(frontend feature-store v1 v2)
+for i in 0 1 2 3; do
+    chain+=("$(dumped "${procs[$i]}")")
+    keep "${procs[$i]}" "${names[$i]}"
+done
 decisions=$(requests "$tmp/chain.json")
 kill -INT "${pids[0]}"
 wait "${pids[0]}" 2>/dev/null || true
 
 lone_port=$((port + 10))
-start_lone_model "$lone_port" valgrind --tool=callgrind --callgrind-out-file="$tmp/cg.%p" >"$tmp/lone.log" 2>&1
+start_lone_model "$lone_port" valgrind --tool=callgrind --callgrind-out-file="$out/cg.%p" >"$tmp/lone.log" 2>&1
 pids+=($!)
 wait_ready "http://127.0.0.1:$lone_port" 150
 lone_pid=$(pid_on "$lone_port")
@@ -55,6 +65,7 @@ callgrind_control -z "$lone_pid" >/dev/null
 "$load" "http://127.0.0.1:$lone_port" --target infer -c "$c" --duration "${secs}s" --quiet \
     --json "$tmp/lone.json" >/dev/null
 lone=$(dumped "$lone_pid")
+keep "$lone_pid" lone-model
 infers=$(requests "$tmp/lone.json")
 
 python3 - "$decisions" "$infers" "$lone" "${chain[@]}" <<'PY'
