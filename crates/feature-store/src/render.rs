@@ -35,10 +35,35 @@ pub struct Row<'a> {
     pub stale: bool,
 }
 
+/// How a read answers, beyond which features: the per-feature statuses or
+/// not, the values keyed by name or listed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Form {
+    /// The `statuses` of each value (`?statuses=`, default true).
+    pub statuses: bool,
+    /// `features` as an object keyed by name (`?names=`, default true);
+    /// without names, `values` lists them in the requested order (the
+    /// schema's unless `features` says otherwise), and `statuses` too. A
+    /// caller that knows the order (from an answer with names and the same
+    /// `fingerprint`) then parses numbers, not 85 names per entity.
+    pub names: bool,
+}
+
+impl Default for Form {
+    fn default() -> Self {
+        Self {
+            statuses: true,
+            names: true,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Renderer {
     /// `"NAME":` for every feature, JSON-escaped, by schema position.
     keys: Vec<Vec<u8>>,
+    /// `,"fingerprint":"…"`: the schema's, written into every row.
+    fingerprint: Vec<u8>,
 }
 
 impl Renderer {
@@ -53,51 +78,72 @@ impl Renderer {
                 k
             })
             .collect();
-        Self { keys }
+        let mut fingerprint = b",\"fingerprint\":".to_vec();
+        write_str(&mut fingerprint, schema.fingerprint());
+        Self { keys, fingerprint }
     }
 
     /// A rough size of one row, so the buffer is allocated once.
-    pub fn row_capacity(&self, wanted: &[usize], statuses: bool) -> usize {
-        let per_key = if statuses { 2 } else { 1 };
-        128 + wanted
+    pub fn row_capacity(&self, wanted: &[usize], form: Form) -> usize {
+        let per_key = match form {
+            Form { names: false, .. } => 0,
+            Form { statuses: true, .. } => 2,
+            Form {
+                statuses: false, ..
+            } => 1,
+        };
+        let per_status = if form.statuses { 12 } else { 0 };
+        160 + wanted
             .iter()
-            .map(|&i| per_key * self.keys[i].len() + 36)
+            .map(|&i| per_key * self.keys[i].len() + 26 + per_status)
             .sum::<usize>()
     }
 
-    /// `{"entity_id":…,"found":…,"features":{…},"statuses":{…},"event_time":…}`,
+    /// `{"entity_id":…,"found":…,"fingerprint":…,"features":{…},"statuses":{…},"event_time":…}`,
     /// objects in the order of `wanted`; without `statuses` (a caller that
     /// reads only the values, like the frontend) that object is left out,
-    /// half the body.
-    pub fn row(&self, out: &mut Vec<u8>, row: &Row, wanted: &[usize], statuses: bool) {
+    /// half the body; without names, `"values":[…]` (and `"statuses":[…]`)
+    /// take the objects' place.
+    pub fn row(&self, out: &mut Vec<u8>, row: &Row, wanted: &[usize], form: Form) {
         out.extend_from_slice(b"{\"entity_id\":");
         write_str(out, row.entity_id);
         out.extend_from_slice(if row.record.is_some() {
-            b",\"found\":true,\"features\":{"
+            b",\"found\":true"
         } else {
-            b",\"found\":false,\"features\":{"
+            b",\"found\":false"
         });
+        out.extend_from_slice(&self.fingerprint);
+        let (values, statuses, close): (&[u8], &[u8], u8) = if form.names {
+            (b",\"features\":{", b",\"statuses\":{", b'}')
+        } else {
+            (b",\"values\":[", b",\"statuses\":[", b']')
+        };
+        out.extend_from_slice(values);
         for (n, &i) in wanted.iter().enumerate() {
             if n > 0 {
                 out.push(b',');
             }
-            out.extend_from_slice(&self.keys[i]);
+            if form.names {
+                out.extend_from_slice(&self.keys[i]);
+            }
             match value(row.record, i) {
                 Some(v) => write_f64(out, v),
                 None => out.extend_from_slice(b"null"),
             }
         }
-        out.push(b'}');
-        if statuses {
-            out.extend_from_slice(b",\"statuses\":{");
+        out.push(close);
+        if form.statuses {
+            out.extend_from_slice(statuses);
             for (n, &i) in wanted.iter().enumerate() {
                 if n > 0 {
                     out.push(b',');
                 }
-                out.extend_from_slice(&self.keys[i]);
+                if form.names {
+                    out.extend_from_slice(&self.keys[i]);
+                }
                 out.extend_from_slice(status(row, i).json());
             }
-            out.push(b'}');
+            out.push(close);
         }
         out.extend_from_slice(b",\"event_time\":");
         match row.record {
@@ -108,14 +154,14 @@ impl Renderer {
     }
 
     /// `{"rows":[…]}`, one row per entity in request order.
-    pub fn batch(&self, rows: &[Row], wanted: &[usize], statuses: bool) -> Vec<u8> {
-        let mut out = Vec::with_capacity(16 + rows.len() * self.row_capacity(wanted, statuses));
+    pub fn batch(&self, rows: &[Row], wanted: &[usize], form: Form) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 + rows.len() * self.row_capacity(wanted, form));
         out.extend_from_slice(b"{\"rows\":[");
         for (n, row) in rows.iter().enumerate() {
             if n > 0 {
                 out.push(b',');
             }
-            self.row(&mut out, row, wanted, statuses);
+            self.row(&mut out, row, wanted, form);
         }
         out.extend_from_slice(b"]}");
         out
@@ -180,24 +226,60 @@ mod tests {
     #[test]
     fn a_row_is_exactly_the_documented_json() {
         let r = Renderer::new(&schema());
+        let fp = schema().fingerprint().to_owned();
+        assert_eq!(fp.len(), 16);
         let rec = record();
-        let mut out = Vec::new();
         let row = Row {
             entity_id: "4\"2",
             record: Some(&rec),
             stale: false,
         };
-        r.row(&mut out, &row, &[0, 1, 2], true);
-        assert_eq!(
-            String::from_utf8(out).unwrap(),
-            r#"{"entity_id":"4\"2","found":true,"features":{"A":11.0,"q\"uote":null,"ü\\n":0.30000000000000004},"statuses":{"A":"PRESENT","q\"uote":"NOT_FOUND","ü\\n":"PRESENT"},"event_time":"2023-11-14T22:13:20.123Z"}"#
-        );
-        let mut out = Vec::new();
-        r.row(&mut out, &row, &[0, 1, 2], false);
-        assert_eq!(
-            String::from_utf8(out).unwrap(),
-            r#"{"entity_id":"4\"2","found":true,"features":{"A":11.0,"q\"uote":null,"ü\\n":0.30000000000000004},"event_time":"2023-11-14T22:13:20.123Z"}"#
-        );
+        let render = |statuses, names| {
+            let mut out = Vec::new();
+            r.row(&mut out, &row, &[0, 1, 2], Form { statuses, names });
+            String::from_utf8(out).unwrap()
+        };
+        let head = format!(r#"{{"entity_id":"4\"2","found":true,"fingerprint":"{fp}","#);
+        let time = r#""event_time":"2023-11-14T22:13:20.123Z"}"#;
+        for (statuses, names, middle) in [
+            (
+                true,
+                true,
+                r#""features":{"A":11.0,"q\"uote":null,"ü\\n":0.30000000000000004},"statuses":{"A":"PRESENT","q\"uote":"NOT_FOUND","ü\\n":"PRESENT"},"#,
+            ),
+            (
+                false,
+                true,
+                r#""features":{"A":11.0,"q\"uote":null,"ü\\n":0.30000000000000004},"#,
+            ),
+            (
+                true,
+                false,
+                r#""values":[11.0,null,0.30000000000000004],"statuses":["PRESENT","NOT_FOUND","PRESENT"],"#,
+            ),
+            (false, false, r#""values":[11.0,null,0.30000000000000004],"#),
+        ] {
+            let want = format!("{head}{middle}{time}");
+            let got = render(statuses, names);
+            assert_eq!(got, want, "statuses {statuses}, names {names}");
+            assert!(
+                got.len() <= r.row_capacity(&[0, 1, 2], Form { statuses, names }),
+                "the buffer is allocated once"
+            );
+        }
+    }
+
+    #[test]
+    fn the_fingerprint_names_the_names_and_their_order() {
+        let fp = |names: &[&str]| {
+            FeatureSchema::new(names.iter().map(|n| (*n).to_owned()).collect())
+                .fingerprint()
+                .to_owned()
+        };
+        assert_eq!(fp(&["a", "b"]), fp(&["a", "b"]));
+        assert_ne!(fp(&["a", "b"]), fp(&["b", "a"]));
+        assert_ne!(fp(&["a", "b"]), fp(&["a", "b", "c"]));
+        assert_ne!(fp(&["ab"]), fp(&["a", "b"]));
     }
 
     #[test]
@@ -217,15 +299,16 @@ mod tests {
             },
         ];
         let body: serde_json::Value =
-            serde_json::from_slice(&r.batch(&rows, &[2, 1], true)).unwrap();
+            serde_json::from_slice(&r.batch(&rows, &[2, 1], Form::default())).unwrap();
+        let fp = schema().fingerprint().to_owned();
         assert_eq!(
             body,
             serde_json::json!({"rows": [
-                {"entity_id": "1", "found": true,
+                {"entity_id": "1", "found": true, "fingerprint": fp,
                  "features": {"ü\\n": 0.30000000000000004, "q\"uote": null},
                  "statuses": {"ü\\n": "STALE", "q\"uote": "NOT_FOUND"},
                  "event_time": "2023-11-14T22:13:20.123Z"},
-                {"entity_id": "2", "found": false,
+                {"entity_id": "2", "found": false, "fingerprint": fp,
                  "features": {"ü\\n": null, "q\"uote": null},
                  "statuses": {"ü\\n": "NOT_FOUND", "q\"uote": "NOT_FOUND"},
                  "event_time": null},
@@ -246,18 +329,23 @@ mod tests {
             values: vec![Some(-1.234_567_890_123_456_7e-300); 3],
             event_time_ms: i64::MAX,
         };
-        let mut out = Vec::new();
         let row = Row {
             entity_id: "123456789",
             record: Some(&rec),
             stale: false,
         };
-        r.row(&mut out, &row, &[0, 1, 2], true);
-        assert!(
-            out.len() <= r.row_capacity(&[0, 1, 2], true),
-            "{} bytes",
-            out.len()
-        );
+        for statuses in [true, false] {
+            for names in [true, false] {
+                let form = Form { statuses, names };
+                let mut out = Vec::new();
+                r.row(&mut out, &row, &[0, 1, 2], form);
+                assert!(
+                    out.len() <= r.row_capacity(&[0, 1, 2], form),
+                    "{form:?}: {} bytes",
+                    out.len()
+                );
+            }
+        }
     }
 
     #[test]

@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use xxhash_rust::xxh3::xxh3_64;
+
 /// Columns of the seed file before the features.
 const LEADING: [&str; 3] = ["user_id", "held_out", "purchase"];
 
@@ -29,6 +31,8 @@ pub enum SeedError {
 pub struct FeatureSchema {
     names: Arc<[String]>,
     index: Arc<HashMap<String, usize>>,
+    /// 16 hex digits naming the names and their order.
+    fingerprint: Arc<str>,
 }
 
 impl FeatureSchema {
@@ -38,10 +42,21 @@ impl FeatureSchema {
             .enumerate()
             .map(|(i, n)| (n.clone(), i))
             .collect();
+        // Names are CSV header cells: never a newline, so joined by one
+        // they hash unambiguously. Not a secret, only a change detector.
+        let fingerprint = format!("{:016x}", xxh3_64(names.join("\n").as_bytes()));
         Self {
             names: names.into(),
             index: Arc::new(index),
+            fingerprint: fingerprint.into(),
         }
+    }
+
+    /// Names the schema: its names in their order. An answer without names
+    /// lists values in this order; a caller that learnt the order from an
+    /// answer with names checks the fingerprint is still the same.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
     }
 
     pub fn names(&self) -> &[String] {

@@ -19,7 +19,7 @@ use mesh_kit::{ApiError, Health, ServerArgs, Service};
 
 use crate::config::StoreArgs;
 use crate::metrics::{LookupStatus, StoreMetrics};
-use crate::render::{Renderer, Row, format_time};
+use crate::render::{Form, Renderer, Row, format_time};
 use crate::schema::{FeatureSchema, SeedError, SeedRow, read_seed_file};
 use crate::store::{Backend, MemoryStore, Record, RedisStore, StoreError};
 
@@ -259,6 +259,17 @@ struct SubsetQuery {
     features: Option<String>,
     /// `false` leaves the `statuses` object out (default `true`).
     statuses: Option<bool>,
+    /// `false` lists the values instead of keying them by name (default `true`).
+    names: Option<bool>,
+}
+
+/// The answer's form as a read asked for it.
+fn form(statuses: Option<bool>, names: Option<bool>) -> Form {
+    let default = Form::default();
+    Form {
+        statuses: statuses.unwrap_or(default.statuses),
+        names: names.unwrap_or(default.names),
+    }
 }
 
 async fn get_one(
@@ -275,9 +286,9 @@ async fn get_one(
             "entity '{entity_id}' not found"
         )));
     }
-    let statuses = q.statuses.unwrap_or(true);
-    let mut body = Vec::with_capacity(s.0.renderer.row_capacity(&wanted, statuses));
-    s.0.renderer.row(&mut body, &row, &wanted, statuses);
+    let form = form(q.statuses, q.names);
+    let mut body = Vec::with_capacity(s.0.renderer.row_capacity(&wanted, form));
+    s.0.renderer.row(&mut body, &row, &wanted, form);
     Ok(json_body(body))
 }
 
@@ -290,6 +301,9 @@ struct BatchRequest {
     /// `false` leaves each row's `statuses` object out.
     #[serde(default)]
     statuses: Option<bool>,
+    /// `false` lists each row's values instead of keying them by name.
+    #[serde(default)]
+    names: Option<bool>,
 }
 
 async fn get_batch(
@@ -324,7 +338,7 @@ async fn get_batch(
     Ok(json_body(s.0.renderer.batch(
         &rows,
         &wanted,
-        req.statuses.unwrap_or(true),
+        form(req.statuses, req.names),
     )))
 }
 
@@ -401,7 +415,11 @@ async fn put_one(
 }
 
 async fn schema(State(s): State<AppState>) -> Json<Value> {
-    Json(json!({ "features": s.0.schema.names(), "backend": s.0.backend.name() }))
+    Json(json!({
+        "features": s.0.schema.names(),
+        "fingerprint": s.0.schema.fingerprint(),
+        "backend": s.0.backend.name(),
+    }))
 }
 
 /// Business routes.

@@ -67,6 +67,14 @@ async fn bad_input_gets_4xx_json_errors_and_nothing_is_written() {
             400,
         ),
         (
+            "names neither true nor false",
+            "GET",
+            "/v1/features/1?names=0".into(),
+            None,
+            String::new(),
+            400,
+        ),
+        (
             "invalid JSON",
             "POST",
             batch.into(),
@@ -112,6 +120,14 @@ async fn bad_input_gets_4xx_json_errors_and_nothing_is_written() {
             batch.into(),
             ct,
             json!({"entity_ids": ["1"], "statuses": "no"}).to_string(),
+            400,
+        ),
+        (
+            "batch names not a boolean",
+            "POST",
+            batch.into(),
+            ct,
+            json!({"entity_ids": ["1"], "names": 0}).to_string(),
             400,
         ),
         (

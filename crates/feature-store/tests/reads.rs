@@ -102,6 +102,44 @@ async fn single_reads_subsets_and_unknown_entities() {
             let a = get(&app, "/v1/features/42?features=MOSTYPE&statuses=true").await;
             assert_eq!(a.json["statuses"]["MOSTYPE"], "PRESENT", "{backend}");
 
+            // Without names: the same values listed in the schema's order,
+            // which the fingerprint names (the same in both forms and in
+            // /v1/schema).
+            let schema = get(&app, "/v1/schema").await;
+            let names: Vec<&str> = schema.json["features"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n.as_str().unwrap())
+                .collect();
+            let fingerprint = &schema.json["fingerprint"];
+            assert_eq!(fingerprint.as_str().unwrap().len(), 16, "{backend}");
+            let listed = get(&app, "/v1/features/42?statuses=false&names=false").await;
+            assert_eq!(listed.status, StatusCode::OK, "{backend}");
+            assert_eq!(&listed.json["fingerprint"], fingerprint, "{backend}");
+            assert_eq!(&all.json["fingerprint"], fingerprint, "{backend}");
+            let values = listed.json["values"].as_array().unwrap();
+            assert_eq!(values.len(), names.len(), "{backend}");
+            for (name, v) in names.iter().zip(values) {
+                assert_eq!(v, &all.json["features"][name], "{backend}: {name}");
+            }
+            assert!(listed.json.get("features").is_none(), "{backend}");
+            assert!(listed.json.get("statuses").is_none(), "{backend}");
+            assert_eq!(listed.json["event_time"], all.json["event_time"]);
+            // A subset lists in the order asked; statuses list alongside.
+            let a = get(
+                &app,
+                "/v1/features/42?features=PPERSAUT,MOSTYPE&names=false",
+            )
+            .await;
+            assert_eq!(a.json["values"][1], 11.0, "{backend}");
+            assert_eq!(a.json["values"][0], all.json["features"]["PPERSAUT"]);
+            assert_eq!(
+                a.json["statuses"],
+                json!(["PRESENT", "PRESENT"]),
+                "{backend}"
+            );
+
             let a = get(&app, "/v1/features/999999").await;
             assert_eq!(a.status, StatusCode::NOT_FOUND, "{backend}");
             assert!(a.json["error"].as_str().unwrap().contains("999999"));
@@ -156,6 +194,18 @@ async fn batch_keeps_order_and_marks_missing_entities() {
                 assert!(row.get("statuses").is_none(), "{backend}: {row}");
                 assert!(row["features"].get("MOSTYPE").is_some(), "{backend}: {row}");
             }
+            let listed = post(
+                &app,
+                "/v1/features:batch",
+                &json!({ "entity_ids": ["1", "ghost"], "features": ["MOSTYPE", "MAANTHUI"], "names": false }),
+            )
+            .await;
+            assert_eq!(listed.status, StatusCode::OK, "{backend}: {}", listed.json);
+            let rows = listed.json["rows"].as_array().unwrap();
+            assert_eq!(rows[0]["values"].as_array().unwrap().len(), 2, "{backend}");
+            assert_eq!(rows[0]["statuses"], json!(["PRESENT", "PRESENT"]), "{backend}");
+            assert_eq!(rows[1]["values"], json!([null, null]), "{backend}");
+            assert_eq!(rows[1]["statuses"], json!(["NOT_FOUND", "NOT_FOUND"]));
         },
     )
     .await;
@@ -297,6 +347,7 @@ async fn backends_answer_identically() {
         ("GET", "/v1/features/bad%20id", None),
         ("GET", "/v1/features/1?features=NOPE", None),
         ("GET", "/v1/features/1?statuses=false", None),
+        ("GET", "/v1/features/1?statuses=false&names=false", None),
         ("POST", "/v1/features:batch", Some(batch)),
         (
             "POST",
