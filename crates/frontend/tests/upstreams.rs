@@ -383,3 +383,89 @@ async fn a_model_rolled_out_with_another_feature_order_is_never_fed_the_old_one(
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The store's column order is read once from an answer with names; then
+/// the values come listed (numbers, no names). A store redeployed with
+/// another order behind the same address is noticed by its fingerprint and
+/// read with names again: the scores never change.
+#[tokio::test]
+async fn the_store_is_read_with_names_once_then_listed_until_its_order_changes() {
+    mesh_kit::telemetry::init_for_tests();
+    let store = |csv: std::path::PathBuf| async move {
+        let args = feature_store::StoreArgs::for_seed_file(csv);
+        let (app, _state, health) = feature_store::app(&args, mesh_kit::ServerArgs::for_tests())
+            .await
+            .expect("feature store starts");
+        for _ in 0..200 {
+            if health.is_ready() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        app
+    };
+    // The same rows with the feature columns reversed: another schema order.
+    let dir = std::env::temp_dir().join(format!("mlmesh-reordered-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let reversed: String = std::fs::read_to_string(models_dir().join("customers.csv"))
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let cells: Vec<&str> = line.split(',').collect();
+            let (leading, features) = cells.split_at(3);
+            let mut row = leading.to_vec();
+            row.extend(features.iter().rev());
+            row.join(",") + "\n"
+        })
+        .collect();
+    let reordered_csv = dir.join("customers.csv");
+    std::fs::write(&reordered_csv, reversed).unwrap();
+
+    let current = std::sync::Arc::new(std::sync::Mutex::new(
+        store(models_dir().join("customers.csv")).await,
+    ));
+    let behind = current.clone();
+    let service = axum::Router::new().fallback(move |req: Request<Body>| {
+        let app = behind.lock().unwrap().clone();
+        async move { tower::ServiceExt::oneshot(app, req).await.unwrap() }
+    });
+    let stable = test_support::serve::serve(service).await;
+    let recorder = Recorder::start(&stable.base()).await;
+    let up = Upstreams::start().await;
+    let mut args = up.args();
+    args.feature_store_url = recorder.base();
+    let app = frontend(&args);
+
+    let score = |a: &Answer| {
+        assert_eq!(a.status, 200, "{}", a.json);
+        assert_eq!(a.json["degraded"], false, "{}", a.json);
+        a.json["score"].as_f64().unwrap()
+    };
+    let first = score(&get(&app, "/predict?user_id=42").await);
+    let listed = score(&get(&app, "/predict?user_id=42").await);
+    let other = score(&get(&app, "/predict?user_id=7").await);
+    *current.lock().unwrap() = store(reordered_csv).await;
+    let after = score(&get(&app, "/predict?user_id=42").await);
+    let listed_again = score(&get(&app, "/predict?user_id=7").await);
+    assert_eq!(first, listed, "keyed and listed values score the same");
+    assert_eq!(
+        first, after,
+        "the reordered store's values land in the same columns"
+    );
+    assert_eq!(other, listed_again);
+
+    let paths: Vec<String> = recorder.seen().into_iter().map(|s| s.path).collect();
+    assert_eq!(
+        paths,
+        [
+            "/v1/features/42?statuses=false",
+            "/v1/features/42?statuses=false&names=false",
+            "/v1/features/7?statuses=false&names=false",
+            // The old order asked for; the reordered store's fingerprint refused it.
+            "/v1/features/42?statuses=false&names=false",
+            "/v1/features/42?statuses=false",
+            "/v1/features/7?statuses=false&names=false",
+        ]
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -57,14 +57,28 @@ pub(super) fn features_base(url: &str) -> Result<String, ConfigError> {
 }
 
 /// What the frontend asks the feature store for: the values only. The
-/// per-feature `statuses` object would double the answer and is never read
-/// (a value that is missing is `null` among the values).
+/// per-feature `statuses` would double the answer and are never read (a
+/// value that is missing is `null` among the values).
 const FEATURES_QUERY: &str = "?statuses=false";
 
-/// A user's features URI: the base and their id as one path segment.
-pub(super) fn features_url(base: &str, user_id: &str) -> Result<Endpoint, UpstreamError> {
+/// The same, listed in the store's order instead of keyed by name, once
+/// that order is known (`features.rs`).
+const LISTED_FEATURES_QUERY: &str = "?statuses=false&names=false";
+
+/// A user's features URI: the base and their id as one path segment; the
+/// values `listed` or keyed by name.
+pub(super) fn features_url(
+    base: &str,
+    user_id: &str,
+    listed: bool,
+) -> Result<Endpoint, UpstreamError> {
+    let query = if listed {
+        LISTED_FEATURES_QUERY
+    } else {
+        FEATURES_QUERY
+    };
     let text = format!(
-        "{base}{}{FEATURES_QUERY}",
+        "{base}{}{query}",
         utf8_percent_encode(user_id, PATH_SEGMENT)
     );
     let uri = Uri::try_from(text.as_str()).map_err(|e| invalid(FEATURE_STORE, e))?;
@@ -190,16 +204,18 @@ mod tests {
             "http://fs:8080/",
             "http://10.0.0.1/prefix/",
         ] {
-            let url = features_url(&features_base(base).unwrap(), "42").unwrap();
-            let want = format!(
-                "{}/v1/features/42?statuses=false",
-                base.trim_end_matches('/')
-            );
-            assert_eq!(url.as_str(), want);
-            assert!(url.uri.path().ends_with("/v1/features/42"), "{base}");
+            for (listed, query) in [
+                (false, "statuses=false"),
+                (true, "statuses=false&names=false"),
+            ] {
+                let url = features_url(&features_base(base).unwrap(), "42", listed).unwrap();
+                let want = format!("{}/v1/features/42?{query}", base.trim_end_matches('/'));
+                assert_eq!(url.as_str(), want);
+                assert!(url.uri.path().ends_with("/v1/features/42"), "{base}");
+            }
         }
         // Ids are checked to be unreserved characters; anything else is escaped, not spliced.
-        let url = features_url("http://fs/v1/features/", "a/b?c d").unwrap();
+        let url = features_url("http://fs/v1/features/", "a/b?c d", false).unwrap();
         assert_eq!(url.uri.path(), "/v1/features/a%2Fb%3Fc%20d");
         // The id's `?` is escaped: the only query is the frontend's own.
         assert_eq!(url.uri.query(), Some("statuses=false"));

@@ -33,6 +33,7 @@ use http::{
 };
 
 pub use features::Features;
+use features::{KnownOrder, Read};
 use model::{GrpcClient, Layout, ModelTarget, Outbound, Wire};
 use shadow::Shadow;
 
@@ -69,6 +70,8 @@ pub struct Upstreams {
     /// `<feature store>/v1/features/`, checked once; a user's URI is it and
     /// their id (percent-encoded).
     features_base: String,
+    /// The feature store's column order, once an answer has said it.
+    store_order: KnownOrder,
     /// Baseline then candidate. In `mesh` mode both use the one model URL;
     /// each keeps its own layout because the mesh may send them to different
     /// versions.
@@ -110,6 +113,7 @@ impl Upstreams {
             http,
             timeout: args.upstream_timeout,
             features_base: features_base(&args.feature_store_url)?,
+            store_order: KnownOrder::default(),
             targets,
             shadow,
             metrics,
@@ -129,23 +133,39 @@ impl Upstreams {
         fwd: &Forwarded,
         deadline: Instant,
     ) -> Result<Option<Features>, UpstreamError> {
-        let url = features_url(&self.features_base, user_id)?;
         let accept = |s: StatusCode| s == StatusCode::OK || s == StatusCode::NOT_FOUND;
-        let answer = self
-            .call(
-                FEATURE_STORE,
-                Method::GET,
-                &url,
-                fwd,
-                None,
-                deadline,
-                accept,
-            )
-            .await?;
-        if answer.status == StatusCode::NOT_FOUND {
-            return Ok(None);
+        // Listed values once the store's order is known; asked again with
+        // names if the store has changed its order since (so at most twice:
+        // an answer with names needs no order).
+        let mut listed = true;
+        loop {
+            let order = if listed { self.store_order.get() } else { None };
+            let url = features_url(&self.features_base, user_id, order.is_some())?;
+            let answer = self
+                .call(
+                    FEATURE_STORE,
+                    Method::GET,
+                    &url,
+                    fwd,
+                    None,
+                    deadline,
+                    accept,
+                )
+                .await?;
+            if answer.status == StatusCode::NOT_FOUND {
+                return Ok(None);
+            }
+            let served_by = served_by(&answer.headers);
+            match self.store_order.read(answer.body, order, served_by)? {
+                Read::Features(f) => return Ok(Some(f)),
+                // Per request while replicas of two schemas serve side by
+                // side (a rollout), so debug.
+                Read::Reordered => {
+                    tracing::debug!("the feature store's column order changed; asking with names");
+                    listed = false;
+                }
+            }
         }
-        Ok(Some(Features::new(answer.body, served_by(&answer.headers))))
     }
 
     /// Scores the user with the cohort's model (and mirrors the call when shadowing).

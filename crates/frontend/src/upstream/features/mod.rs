@@ -1,0 +1,425 @@
+//! A user's features on their way from the feature store's answer to a
+//! model's input: each value read straight into the column the model's
+//! layout gives it. The store's first answer keys the values by name; it
+//! also says the store's column order (its `fingerprint` and the names in
+//! order), and from then on the values come listed in that order
+//! (`names=false`): numbers to parse, not 85 names per decision.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde::de::{self, IgnoredAny, MapAccess, Visitor};
+
+use super::FEATURE_STORE;
+use super::UpstreamError;
+use super::error::invalid;
+use super::model::Layout;
+
+mod keyed;
+
+/// The feature store's column order, learnt from an answer with names.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct StoreOrder {
+    /// The store's schema fingerprint: a listed answer with another one was
+    /// written in another order.
+    fingerprint: Box<str>,
+    names: Vec<Box<str>>,
+}
+
+/// The order last learnt, shared by every request.
+#[derive(Debug, Default)]
+pub(super) struct KnownOrder {
+    order: Mutex<Option<Arc<StoreOrder>>>,
+    /// Keyed answers still to read without trying to learn from them, after
+    /// one that had no fingerprint (a store older than `names=false`): the
+    /// names are parsed again only once per [`RELEARN_AFTER`] answers, not
+    /// on every one, and an upgraded store is noticed soon after.
+    not_learning: AtomicU32,
+}
+
+/// See [`KnownOrder::not_learning`].
+const RELEARN_AFTER: u32 = 1000;
+
+/// What one answer of the feature store gives.
+#[derive(Debug)]
+pub(super) enum Read {
+    Features(Features),
+    /// A listed answer in an order other than the one asked with (the store
+    /// was redeployed with another schema): ask again with names.
+    Reordered,
+}
+
+/// A user's features as the feature store answered.
+#[derive(Debug)]
+pub struct Features {
+    row: Row,
+    /// The feature-store replica that answered (its `x-mlmesh-served-by`).
+    pub served_by: Option<String>,
+}
+
+#[derive(Debug)]
+enum Row {
+    /// `{"features": {name: value, ...}, ...}`, kept as its bytes until a
+    /// model's layout says which value goes in which column.
+    Keyed(Bytes),
+    /// `{"values": [...], ...}` in the store's order.
+    Listed {
+        values: Vec<Option<f64>>,
+        order: Arc<StoreOrder>,
+    },
+}
+
+// === impl KnownOrder ===
+
+impl KnownOrder {
+    pub(super) fn get(&self) -> Option<Arc<StoreOrder>> {
+        self.order.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set(&self, order: Option<Arc<StoreOrder>>) {
+        *self.order.lock().unwrap_or_else(|e| e.into_inner()) = order;
+    }
+
+    /// Learns the order from a keyed answer, unless a recent one had none.
+    fn learn_from(&self, body: &[u8]) {
+        let skip = self.not_learning.load(Ordering::Relaxed);
+        if skip > 0 {
+            self.not_learning.store(skip - 1, Ordering::Relaxed);
+            return;
+        }
+        match StoreOrder::learn(body) {
+            Some(order) => {
+                if self.get().as_deref() != Some(&order) {
+                    self.set(Some(Arc::new(order)));
+                }
+            }
+            None => self.not_learning.store(RELEARN_AFTER, Ordering::Relaxed),
+        }
+    }
+
+    /// Reads one answer of the store, asked for listed values in `asked`'s
+    /// order or (`None`) keyed by name; a keyed answer teaches the order, a
+    /// listed one in another order forgets it.
+    pub(super) fn read(
+        &self,
+        body: Bytes,
+        asked: Option<Arc<StoreOrder>>,
+        served_by: Option<String>,
+    ) -> Result<Read, UpstreamError> {
+        let row = match asked {
+            None => {
+                self.learn_from(&body);
+                Row::Keyed(body)
+            }
+            Some(order) => {
+                let listed: Listed =
+                    serde_json::from_slice(&body).map_err(|e| invalid(FEATURE_STORE, e))?;
+                if listed.fingerprint.as_deref() != Some(&*order.fingerprint) {
+                    self.set(None);
+                    return Ok(Read::Reordered);
+                }
+                if listed.values.len() != order.names.len() {
+                    let detail = format!(
+                        "{} values listed for {} features",
+                        listed.values.len(),
+                        order.names.len()
+                    );
+                    return Err(invalid(FEATURE_STORE, detail));
+                }
+                Row::Listed {
+                    values: listed.values,
+                    order,
+                }
+            }
+        };
+        Ok(Read::Features(Features { row, served_by }))
+    }
+}
+
+/// A listed answer: what the frontend reads of it.
+#[derive(Deserialize)]
+struct Listed<'a> {
+    #[serde(borrow)]
+    fingerprint: Option<Cow<'a, str>>,
+    values: Vec<Option<f64>>,
+}
+
+// === impl StoreOrder ===
+
+impl StoreOrder {
+    /// The order of a keyed answer's names, if it says its fingerprint (an
+    /// answer that cannot be read teaches nothing; reading its values says
+    /// what is wrong with it).
+    fn learn(body: &[u8]) -> Option<Self> {
+        #[derive(Deserialize)]
+        struct Keyed {
+            fingerprint: Option<Box<str>>,
+            features: Names,
+        }
+        let keyed: Keyed = serde_json::from_slice(body).ok()?;
+        Some(Self {
+            fingerprint: keyed.fingerprint?,
+            names: keyed.features.0,
+        })
+    }
+}
+
+/// An object's keys in their order, values skipped.
+struct Names(Vec<Box<str>>);
+
+impl<'de> de::Deserialize<'de> for Names {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct NamesVisitor;
+        impl<'de> Visitor<'de> for NamesVisitor {
+            type Value = Names;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object of feature values")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Names, A::Error> {
+                let mut names = Vec::with_capacity(map.size_hint().unwrap_or(0));
+                while let Some(name) = map.next_key::<String>()? {
+                    map.next_value::<IgnoredAny>()?;
+                    names.push(name.into_boxed_str());
+                }
+                Ok(Names(names))
+            }
+        }
+        d.deserialize_map(NamesVisitor)
+    }
+}
+
+// === impl Features ===
+
+impl Features {
+    /// The values in `layout`'s column order. A column with no value (absent
+    /// or null), or a value FP32 cannot hold, is an error naming the feature.
+    pub(super) fn values_in(&self, layout: &Layout) -> Result<Vec<f32>, UpstreamError> {
+        let mut columns = vec![None; layout.width()];
+        match &self.row {
+            Row::Keyed(body) => {
+                keyed::read(body, layout, &mut columns).map_err(|e| invalid(FEATURE_STORE, e))?
+            }
+            Row::Listed { values, order } => {
+                // Usually the model's order too: try the column after the
+                // last one found before hashing the name.
+                let mut next = 0;
+                for (name, value) in order.names.iter().zip(values) {
+                    let column = match layout.feature_names.get(next) {
+                        Some(expected) if **expected == **name => Some(next),
+                        _ => layout.columns.get(name).copied(),
+                    };
+                    if let Some(i) = column {
+                        columns[i] = *value;
+                        next = i + 1;
+                    }
+                }
+            }
+        }
+        columns
+            .into_iter()
+            .zip(&layout.feature_names)
+            .map(|(v, name)| match v {
+                Some(v) => {
+                    let v = v as f32;
+                    if v.is_finite() {
+                        Ok(v)
+                    } else {
+                        let detail = format!("feature '{name}' does not fit FP32");
+                        Err(invalid(FEATURE_STORE, detail))
+                    }
+                }
+                None => {
+                    let detail = format!("no value for feature '{name}', which the model needs");
+                    Err(invalid(FEATURE_STORE, detail))
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout() -> Layout {
+        Layout::new("features", "a,b,c")
+    }
+
+    /// A keyed answer, read as the first answer is (no order known).
+    fn features(json: &str) -> Features {
+        match KnownOrder::default().read(Bytes::from(json.to_owned()), None, None) {
+            Ok(Read::Features(f)) => f,
+            other => panic!("{json}: {other:?}"),
+        }
+    }
+
+    fn body(json: &serde_json::Value) -> Bytes {
+        Bytes::from(json.to_string())
+    }
+
+    #[test]
+    fn a_keyed_answer_teaches_the_order_and_a_listed_one_uses_it() {
+        let known = KnownOrder::default();
+        // Raw text: serde_json's own map would sort the names.
+        let keyed = r#"{"entity_id":"1","found":true,"fingerprint":"f1","features":{"c":3,"z":9,"a":1,"b":2},"event_time":null}"#;
+        let Read::Features(f) = known.read(Bytes::from(keyed), None, None).unwrap() else {
+            panic!("keyed answers are read")
+        };
+        assert_eq!(f.values_in(&layout()).unwrap(), vec![1.0, 2.0, 3.0]);
+        let order = known.get().expect("learnt");
+        assert_eq!(order.fingerprint.as_ref(), "f1");
+        let names: Vec<&str> = order.names.iter().map(|n| &**n).collect();
+        assert_eq!(names, ["c", "z", "a", "b"], "the store's order, not sorted");
+
+        // Listed in that order: the same columns for the model.
+        let listed = serde_json::json!({
+            "entity_id": "1", "found": true, "fingerprint": "f1",
+            "values": [3, 9, 1, 2], "event_time": null,
+        });
+        let Read::Features(f) = known
+            .read(body(&listed), Some(order.clone()), None)
+            .unwrap()
+        else {
+            panic!("the same fingerprint is read")
+        };
+        assert_eq!(f.values_in(&layout()).unwrap(), vec![1.0, 2.0, 3.0]);
+        // In the model's own order (the fast path) as well.
+        let same = Arc::new(StoreOrder {
+            fingerprint: "f2".into(),
+            names: vec!["a".into(), "b".into(), "c".into()],
+        });
+        let listed = serde_json::json!({"fingerprint": "f2", "values": [1, 2, 3]});
+        let Read::Features(f) = known.read(body(&listed), Some(same), None).unwrap() else {
+            panic!("read")
+        };
+        assert_eq!(f.values_in(&layout()).unwrap(), vec![1.0, 2.0, 3.0]);
+        // A null or a missing model feature names it, as in a keyed answer.
+        let listed = serde_json::json!({"fingerprint": "f1", "values": [3, 9, null, 2]});
+        let Read::Features(f) = known
+            .read(body(&listed), Some(order.clone()), None)
+            .unwrap()
+        else {
+            panic!("read")
+        };
+        let e = f.values_in(&layout()).unwrap_err();
+        assert!(e.to_string().contains("'a'"), "{e}");
+    }
+
+    #[test]
+    fn another_fingerprint_forgets_the_order_and_asks_again() {
+        let known = KnownOrder::default();
+        let order = Arc::new(StoreOrder {
+            fingerprint: "old".into(),
+            names: vec!["a".into(), "b".into(), "c".into()],
+        });
+        known.set(Some(order.clone()));
+        for stale in [
+            serde_json::json!({"fingerprint": "new", "values": [1, 2, 3]}),
+            // An older store behind a rollout: no fingerprint at all.
+            serde_json::json!({"values": [1, 2, 3]}),
+        ] {
+            known.set(Some(order.clone()));
+            assert!(
+                matches!(
+                    known.read(body(&stale), Some(order.clone()), None),
+                    Ok(Read::Reordered)
+                ),
+                "{stale}"
+            );
+            assert!(known.get().is_none(), "forgotten: {stale}");
+        }
+        // A keyed answer without a fingerprint (an older store) teaches
+        // nothing: the frontend keeps asking with names, and tries to learn
+        // again only after RELEARN_AFTER more answers.
+        let old = body(&serde_json::json!({"features": {"a": 1, "b": 2, "c": 3}}));
+        let new =
+            body(&serde_json::json!({"fingerprint": "up", "features": {"a": 1, "b": 2, "c": 3}}));
+        assert!(matches!(known.read(old, None, None), Ok(Read::Features(_))));
+        assert!(known.get().is_none());
+        for _ in 0..RELEARN_AFTER {
+            assert!(matches!(
+                known.read(new.clone(), None, None),
+                Ok(Read::Features(_))
+            ));
+            assert!(known.get().is_none(), "not learning yet");
+        }
+        assert!(matches!(known.read(new, None, None), Ok(Read::Features(_))));
+        assert_eq!(
+            known.get().unwrap().fingerprint.as_ref(),
+            "up",
+            "the upgraded store"
+        );
+    }
+
+    #[test]
+    fn a_listed_answer_that_does_not_add_up_is_an_error() {
+        let known = KnownOrder::default();
+        let order = Arc::new(StoreOrder {
+            fingerprint: "f".into(),
+            names: vec!["a".into(), "b".into(), "c".into()],
+        });
+        for bad in [
+            r#"{"fingerprint":"f","values":[1,2]}"#,
+            r#"{"fingerprint":"f","values":[1,2,3,4]}"#,
+            r#"{"fingerprint":"f","values":[1,"2",3]}"#,
+            r#"{"fingerprint":"f"}"#,
+            r#"{"fingerprint":"f","values":{"a":1}}"#,
+            "not json",
+        ] {
+            let e = known
+                .read(Bytes::from(bad), Some(order.clone()), None)
+                .unwrap_err();
+            assert_eq!(e.kind(), "invalid", "{bad}");
+        }
+    }
+
+    #[test]
+    fn values_land_in_the_models_column_order() {
+        let f = features(
+            r#"{"entity_id":"u1","features":{"c":3,"x":{"nested":[1]},"a":1.5,"b":-2},"as_of":null}"#,
+        );
+        assert_eq!(f.values_in(&layout()).unwrap(), vec![1.5, -2.0, 3.0]);
+        // An escaped name is still found.
+        let f = features(r#"{"features":{"\u0061":1,"b":2,"c":3}}"#);
+        assert_eq!(f.values_in(&layout()).unwrap(), vec![1.0, 2.0, 3.0]);
+        // In the model's order (the fast path), with strangers between,
+        // rotated, and backwards: the same columns.
+        for json in [
+            r#"{"features":{"a":1,"b":2,"c":3}}"#,
+            r#"{"features":{"z":0,"a":1,"y":9,"b":2,"c":3,"d":4}}"#,
+            // A stranger whose escape is no character: skipped like any stranger.
+            r#"{"features":{"\ud800":0,"a":1,"b":2,"c":3}}"#,
+            // Escaped names off the expected order: looked up all the same.
+            r#"{"features":{"\u0063":3,"\u0062":2,"\u0061":1}}"#,
+            r#"{"features":{"b":2,"c":3,"a":1}}"#,
+            r#"{"features":{"c":3,"b":2,"a":1}}"#,
+        ] {
+            assert_eq!(
+                features(json).values_in(&layout()).unwrap(),
+                vec![1.0, 2.0, 3.0],
+                "{json}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_missing_null_or_oversized_value_names_the_feature() {
+        for (json, needle) in [
+            (r#"{"features":{"a":1,"b":2}}"#, "'c'"),
+            (r#"{"features":{"a":1,"b":null,"c":3}}"#, "'b'"),
+            (r#"{"features":{"a":1e39,"b":2,"c":3}}"#, "'a'"),
+            (r#"{"features":{"a":"1","b":2,"c":3}}"#, "invalid type"),
+            (r#"{"entity_id":"u1"}"#, "features"),
+            (r#"{"features":{"a":1,"b":2,"c":3}} trailing"#, "trailing"),
+            ("not json", "expected"),
+        ] {
+            let e = features(json).values_in(&layout()).unwrap_err();
+            assert_eq!(e.kind(), "invalid", "{json}");
+            assert!(e.to_string().contains(needle), "{json}: {e}");
+        }
+    }
+}
