@@ -11,6 +11,7 @@ use axum::http::HeaderValue;
 use bytes::Bytes;
 
 use super::error::invalid;
+use super::features::StoreColumns;
 use super::http::Endpoint;
 use super::{MODEL, UpstreamError};
 
@@ -50,6 +51,9 @@ pub(super) struct Layout {
     pub(super) feature_names: Vec<String>,
     /// Each feature's column.
     pub(super) columns: HashMap<Box<str>, usize>,
+    /// Each of the feature store's columns' column here, for the store order
+    /// last seen (worked out once, not per decision).
+    pub(super) store_columns: StoreColumns,
 }
 
 pub(super) struct ModelTarget {
@@ -194,6 +198,7 @@ impl Layout {
             joined: joined.to_owned(),
             feature_names,
             columns,
+            store_columns: StoreColumns::default(),
         }
     }
 

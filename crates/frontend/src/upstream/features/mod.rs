@@ -44,6 +44,33 @@ pub(super) struct KnownOrder {
 /// See [`KnownOrder::not_learning`].
 const RELEARN_AFTER: u32 = 1000;
 
+/// A layout's columns for each column of one store order: the map is worked
+/// out once per order, then each decision only copies values.
+#[derive(Debug, Default)]
+pub(super) struct StoreColumns(Mutex<Option<(Arc<StoreOrder>, ColumnMap)>>);
+
+/// For each store column, the layout's column (`None`: the model does not
+/// take that feature).
+type ColumnMap = Arc<[Option<usize>]>;
+
+impl StoreColumns {
+    fn for_order(&self, order: &Arc<StoreOrder>, layout: &Layout) -> ColumnMap {
+        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((seen, map)) = &*slot
+            && Arc::ptr_eq(seen, order)
+        {
+            return map.clone();
+        }
+        let map: ColumnMap = order
+            .names
+            .iter()
+            .map(|name| layout.columns.get(name).copied())
+            .collect();
+        *slot = Some((order.clone(), map.clone()));
+        map
+    }
+}
+
 /// What one answer of the feature store gives.
 #[derive(Debug)]
 pub(super) enum Read {
@@ -204,17 +231,10 @@ impl Features {
                 keyed::read(body, layout, &mut columns).map_err(|e| invalid(FEATURE_STORE, e))?
             }
             Row::Listed { values, order } => {
-                // Usually the model's order too: try the column after the
-                // last one found before hashing the name.
-                let mut next = 0;
-                for (name, value) in order.names.iter().zip(values) {
-                    let column = match layout.feature_names.get(next) {
-                        Some(expected) if **expected == **name => Some(next),
-                        _ => layout.columns.get(name).copied(),
-                    };
-                    if let Some(i) = column {
+                let map = layout.store_columns.for_order(order, layout);
+                for (column, value) in map.iter().zip(values) {
+                    if let Some(i) = *column {
                         columns[i] = *value;
-                        next = i + 1;
                     }
                 }
             }
