@@ -390,20 +390,7 @@ async fn a_model_rolled_out_with_another_feature_order_is_never_fed_the_old_one(
 /// read with names again: the scores never change.
 #[tokio::test]
 async fn the_store_is_read_with_names_once_then_listed_until_its_order_changes() {
-    mesh_kit::telemetry::init_for_tests();
-    let store = |csv: std::path::PathBuf| async move {
-        let args = feature_store::StoreArgs::for_seed_file(csv);
-        let (app, _state, health) = feature_store::app(&args, mesh_kit::ServerArgs::for_tests())
-            .await
-            .expect("feature store starts");
-        for _ in 0..200 {
-            if health.is_ready() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        app
-    };
+    let store = |csv| feature_store_app(csv, mesh_kit::ServerArgs::for_tests());
     // The same rows with the feature columns reversed: another schema order.
     let dir = std::env::temp_dir().join(format!("mlmesh-reordered-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

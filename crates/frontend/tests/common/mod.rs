@@ -35,8 +35,13 @@ pub async fn feature_store() -> Served {
 
 /// The feature store with `server`'s settings (e.g. a pod name).
 pub async fn feature_store_on(server: ServerArgs) -> Served {
+    serve(feature_store_app(models_dir().join("customers.csv"), server).await).await
+}
+
+/// The embedded feature store seeded from `seed_file`, once it is ready.
+pub async fn feature_store_app(seed_file: std::path::PathBuf, server: ServerArgs) -> Router {
     mesh_kit::telemetry::init_for_tests();
-    let args = feature_store::StoreArgs::for_seed_file(models_dir().join("customers.csv"));
+    let args = feature_store::StoreArgs::for_seed_file(seed_file);
     let (app, _state, health) = feature_store::app(&args, server)
         .await
         .expect("feature store starts");
@@ -48,7 +53,7 @@ pub async fn feature_store_on(server: ServerArgs) -> Served {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(health.is_ready(), "the embedded store turns ready");
-    serve(app).await
+    app
 }
 
 pub async fn model(version: &str, faults: FaultArgs) -> Served {
