@@ -14,8 +14,8 @@ mod trace;
 use std::convert::Infallible;
 
 use axum::extract::FromRequestParts;
-use axum::http::HeaderMap;
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderName};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 pub use trace::{extract_context, inject_context, new_propagator, propagator, trace_id_of};
@@ -65,6 +65,26 @@ pub const FORWARDED_HEADERS: &[&str] = &[
     ENVIRONMENT_HEADER,
 ];
 
+/// [`FORWARDED_HEADERS`] parsed once, at compile time: a name given as a
+/// `&str` is parsed again on every lookup, and every request of every
+/// service copies these (`the_forwarded_names_are_the_forwarded_headers`).
+static FORWARDED_NAMES: [HeaderName; 5] = [
+    HeaderName::from_static(REQUEST_ID_HEADER),
+    HeaderName::from_static(USER_ID_HEADER),
+    HeaderName::from_static(USER_GROUP_HEADER),
+    HeaderName::from_static(COHORT_HEADER),
+    HeaderName::from_static(ENVIRONMENT_HEADER),
+];
+
+/// `name` as a header name: the parsed one when it is forwarded.
+fn header_name(name: &'static str) -> HeaderName {
+    FORWARDED_NAMES
+        .iter()
+        .find(|n| n.as_str() == name)
+        .cloned()
+        .unwrap_or_else(|| HeaderName::from_static(name))
+}
+
 /// The inbound headers that must travel on to every outbound call.
 #[derive(Debug, Clone, Default)]
 pub struct Forwarded(HeaderMap);
@@ -72,9 +92,9 @@ pub struct Forwarded(HeaderMap);
 impl Forwarded {
     pub fn from_headers(inbound: &HeaderMap) -> Self {
         let mut kept = HeaderMap::new();
-        for name in FORWARDED_HEADERS {
-            for value in inbound.get_all(*name) {
-                kept.append(*name, value.clone());
+        for name in &FORWARDED_NAMES {
+            for value in inbound.get_all(name) {
+                kept.append(name.clone(), value.clone());
             }
         }
         Self(kept)
@@ -83,12 +103,12 @@ impl Forwarded {
     /// Sets (replacing) a header for every outbound call, e.g. the cohort the
     /// frontend chose or a user id that arrived in the query string.
     pub fn insert(&mut self, name: &'static str, value: axum::http::HeaderValue) {
-        self.0.insert(name, value);
+        self.0.insert(header_name(name), value);
     }
 
     /// Stops a header from travelling on (e.g. a group the caller left).
     pub fn remove(&mut self, name: &'static str) {
-        self.0.remove(name);
+        self.0.remove(header_name(name));
     }
 
     pub fn headers(&self) -> &HeaderMap {
@@ -125,6 +145,14 @@ mod tests {
             h.insert(*k, v.parse().unwrap());
         }
         h
+    }
+
+    #[test]
+    fn the_forwarded_names_are_the_forwarded_headers() {
+        let parsed: Vec<&str> = FORWARDED_NAMES.iter().map(HeaderName::as_str).collect();
+        assert_eq!(parsed, FORWARDED_HEADERS);
+        assert_eq!(header_name(COHORT_HEADER), COHORT_HEADER);
+        assert_eq!(header_name("x-not-forwarded"), "x-not-forwarded");
     }
 
     #[test]
