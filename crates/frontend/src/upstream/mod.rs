@@ -21,6 +21,7 @@ mod error;
 mod features;
 mod grpc;
 mod http;
+mod learnt;
 mod model;
 mod shadow;
 

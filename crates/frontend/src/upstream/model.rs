@@ -4,7 +4,7 @@
 //! `features.rs`).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::HeaderValue;
@@ -13,6 +13,7 @@ use bytes::Bytes;
 use super::error::invalid;
 use super::features::StoreColumns;
 use super::http::Endpoint;
+use super::learnt::Learnt;
 use super::{MODEL, UpstreamError};
 
 pub(super) type GrpcClient =
@@ -63,7 +64,7 @@ pub(super) struct ModelTarget {
     pub known_version: Option<&'static str>,
     /// Read from the model on first use, and again after the model refuses
     /// it (a new model version rolled out under this target).
-    layout: Mutex<Option<Arc<Layout>>>,
+    layout: Learnt<Layout>,
 }
 
 // === impl ModelTarget ===
@@ -112,7 +113,7 @@ impl ModelTarget {
             wire,
             model: model.to_owned(),
             known_version,
-            layout: Mutex::new(None),
+            layout: Learnt::default(),
         }
     }
 
@@ -125,22 +126,16 @@ impl ModelTarget {
     }
 
     pub fn cached(&self) -> Option<Arc<Layout>> {
-        self.layout
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.layout.get()
     }
 
     pub fn remember(&self, layout: Arc<Layout>) {
-        *self.layout.lock().unwrap_or_else(|e| e.into_inner()) = Some(layout);
+        self.layout.set(layout);
     }
 
     /// Drops `stale` unless another request already replaced it.
     pub fn forget(&self, stale: &Arc<Layout>) {
-        let mut slot = self.layout.lock().unwrap_or_else(|e| e.into_inner());
-        if slot.as_ref().is_some_and(|l| Arc::ptr_eq(l, stale)) {
-            *slot = None;
-        }
+        self.layout.forget(stale);
     }
 }
 

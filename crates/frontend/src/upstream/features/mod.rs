@@ -17,6 +17,7 @@ use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use super::FEATURE_STORE;
 use super::UpstreamError;
 use super::error::invalid;
+use super::learnt::Learnt;
 use super::model::Layout;
 
 mod keyed;
@@ -33,7 +34,7 @@ pub(super) struct StoreOrder {
 /// The order last learnt, shared by every request.
 #[derive(Debug, Default)]
 pub(super) struct KnownOrder {
-    order: Mutex<Option<Arc<StoreOrder>>>,
+    order: Learnt<StoreOrder>,
     /// Keyed answers still to read without trying to learn from them, after
     /// one that had no fingerprint (a store older than `names=false`): the
     /// names are parsed again only once per [`RELEARN_AFTER`] answers, not
@@ -104,11 +105,7 @@ enum Row {
 
 impl KnownOrder {
     pub(super) fn get(&self) -> Option<Arc<StoreOrder>> {
-        self.order.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn set(&self, order: Option<Arc<StoreOrder>>) {
-        *self.order.lock().unwrap_or_else(|e| e.into_inner()) = order;
+        self.order.get()
     }
 
     /// Learns the order from a keyed answer, unless a recent one had none.
@@ -121,7 +118,7 @@ impl KnownOrder {
         match StoreOrder::learn(body) {
             Some(order) => {
                 if self.get().as_deref() != Some(&order) {
-                    self.set(Some(Arc::new(order)));
+                    self.order.set(Arc::new(order));
                 }
             }
             None => self.not_learning.store(RELEARN_AFTER, Ordering::Relaxed),
@@ -146,7 +143,7 @@ impl KnownOrder {
                 let listed: Listed =
                     serde_json::from_slice(&body).map_err(|e| invalid(FEATURE_STORE, e))?;
                 if listed.fingerprint.as_deref() != Some(&*order.fingerprint) {
-                    self.set(None);
+                    self.order.forget(&order);
                     return Ok(Read::Reordered);
                 }
                 if listed.values.len() != order.names.len() {
@@ -336,13 +333,13 @@ mod tests {
             fingerprint: "old".into(),
             names: vec!["a".into(), "b".into(), "c".into()],
         });
-        known.set(Some(order.clone()));
+        known.order.set(order.clone());
         for stale in [
             serde_json::json!({"fingerprint": "new", "values": [1, 2, 3]}),
             // An older store behind a rollout: no fingerprint at all.
             serde_json::json!({"values": [1, 2, 3]}),
         ] {
-            known.set(Some(order.clone()));
+            known.order.set(order.clone());
             assert!(
                 matches!(
                     known.read(body(&stale), Some(order.clone()), None),
