@@ -25,16 +25,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderValue, Version, header};
 use axum::middleware::{self, Next};
 use axum::response::Response;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tower::ServiceBuilder;
 
 use crate::config::ServerArgs;
 use crate::health::Health;
@@ -100,10 +103,15 @@ pub async fn serve_on(
     signal: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let draining = health.clone();
-    let app = app.layer(middleware::from_fn(move |req: Request, next: Next| {
-        let draining = draining.clone();
-        close_when_draining(draining, req, next)
-    }));
+    // Around the router, not through `Router::layer`: no box per route and
+    // no clone of the routes' boxes per request, only the router's `Arc`.
+    let app = ServiceBuilder::new()
+        .map_request(|req: http::Request<Incoming>| req.map(Body::new))
+        .layer(middleware::from_fn(move |req: Request, next: Next| {
+            let draining = draining.clone();
+            close_when_draining(draining, req, next)
+        }))
+        .service(app);
 
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder

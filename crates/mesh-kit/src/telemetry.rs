@@ -100,6 +100,12 @@ impl Telemetry {
                     // globally active one.
                     .with_tracked_inactivity(false)
                     .with_context_activation(false)
+                    // Every request span was made at the same line of
+                    // mesh-kit or the frontend's client, on one of a pool's
+                    // threads: five attributes (one a thread name copied to
+                    // a `String`) per span that tell nothing.
+                    .with_location(false)
+                    .with_threads(false)
                     .with_filter(otel_filter),
             )
             .try_init()?;
