@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::model::typed::{TypedRunnableModel, TypedSimpleState};
+use xxhash_rust::xxh3::xxh3_64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -39,12 +40,25 @@ pub struct ModelSpec {
     /// `parameters.feature_names` carry them: every frontend call's check is
     /// one comparison with this.
     pub feature_order: String,
+    /// `feature_order`'s digest, [`oip::FEATURE_FINGERPRINT`]: what a caller
+    /// may state instead of the names.
+    pub feature_fingerprint: String,
 }
 
 impl ModelSpec {
     pub fn output_index(&self, name: &str) -> Option<usize> {
         self.outputs.iter().position(|(n, _)| n == name)
     }
+}
+
+/// The digest of a feature order: the names (which hold no commas or
+/// newlines: the metadata is split on commas) joined by newlines, xxh3, 16
+/// hex digits. A change detector, not a secret. Empty for no names.
+fn fingerprint(names: &[String]) -> String {
+    if names.is_empty() {
+        return String::new();
+    }
+    format!("{:016x}", xxh3_64(names.join("\n").as_bytes()))
 }
 
 /// Above this batch size requests run on the symbolic plan, so a huge
@@ -161,6 +175,7 @@ impl Engine {
                 input_name,
                 n_features,
                 outputs,
+                feature_fingerprint: fingerprint(&feature_names),
                 feature_order: feature_names.join(","),
                 feature_names,
             },

@@ -300,6 +300,10 @@ impl AppState {
                 oip::FEATURE_NAMES.into(),
                 Value::String(spec.feature_order.clone()),
             );
+            p.insert(
+                oip::FEATURE_FINGERPRINT.into(),
+                Value::String(spec.feature_fingerprint.clone()),
+            );
             p
         });
         fn tensor(name: &str, width: usize) -> TensorMetadata<'_> {
@@ -347,12 +351,19 @@ impl AppState {
             // no parameters, Triton's configuration does.
             parameters: (!spec.feature_names.is_empty())
                 .then(|| {
-                    let value = oip::ModelParameter {
-                        string_value: spec.feature_order.clone(),
+                    let param = |name: &str, value: &str| {
+                        let value = oip::ModelParameter {
+                            string_value: value.to_owned(),
+                        };
+                        (name.to_owned(), value)
                     };
-                    (oip::FEATURE_NAMES.to_owned(), value)
+                    [
+                        param(oip::FEATURE_NAMES, &spec.feature_order),
+                        param(oip::FEATURE_FINGERPRINT, &spec.feature_fingerprint),
+                    ]
                 })
                 .into_iter()
+                .flatten()
                 .collect(),
         }
     }

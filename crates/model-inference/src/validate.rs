@@ -4,7 +4,7 @@
 
 use axum::http::StatusCode;
 use mesh_kit::ApiError;
-use oip::{FEATURE_NAMES, FP32, InferRequest};
+use oip::{FEATURE_FINGERPRINT, FEATURE_NAMES, FP32, InferRequest};
 use serde_json::Value;
 
 use crate::engine::ModelSpec;
@@ -59,6 +59,28 @@ fn check_feature_order(names: &Value, spec: &ModelSpec) -> Result<(), ApiError> 
     ))
 }
 
+/// A caller that sends `parameters.feature_fingerprint` (the metadata's)
+/// states the column order by its digest: the same check as
+/// [`check_feature_order`] for 16 bytes instead of the names.
+fn check_feature_fingerprint(stated: &Value, spec: &ModelSpec) -> Result<(), ApiError> {
+    let Some(stated) = stated.as_str() else {
+        return Err(ApiError::bad_request(format!(
+            "parameters.{FEATURE_FINGERPRINT} must be a string, as in the model metadata"
+        )));
+    };
+    if spec.feature_names.is_empty() || stated == spec.feature_fingerprint {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::CONFLICT,
+        format!(
+            "the request's feature fingerprint ({stated:.32}) is not this model's ({}): \
+             its feature order differs; re-read the model metadata",
+            spec.feature_fingerprint
+        ),
+    ))
+}
+
 /// Checks a parsed request against the model; every failure is a 4xx that
 /// says what to change. `binary` is the body after the JSON part when the
 /// request came with an `Inference-Header-Content-Length` (`None` if not).
@@ -77,8 +99,13 @@ pub fn validate(
         outputs,
         parameters,
     } = req;
-    if let Some(names) = parameters.as_ref().and_then(|p| p.get(FEATURE_NAMES)) {
-        check_feature_order(names, spec)?;
+    if let Some(parameters) = &parameters {
+        if let Some(names) = parameters.get(FEATURE_NAMES) {
+            check_feature_order(names, spec)?;
+        }
+        if let Some(stated) = parameters.get(FEATURE_FINGERPRINT) {
+            check_feature_fingerprint(stated, spec)?;
+        }
     }
     let mut input = None;
     for tensor in inputs {

@@ -263,6 +263,32 @@ async fn raw_and_typed_tensors_equal_the_reference() {
     );
     let e = c.model_infer(stated).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    // And by its digest: the configuration's is taken, another is refused.
+    let config = c
+        .model_config(pb::ModelConfigRequest {
+            name: "propensity".into(),
+            version: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .config
+        .unwrap();
+    let fingerprint = &config.parameters[oip::FEATURE_FINGERPRINT].string_value;
+    assert_eq!(fingerprint.len(), 16, "{fingerprint}");
+    let digest = |value: &str| {
+        let mut stated = raw_request(&rows, 8);
+        stated.parameters.insert(
+            oip::FEATURE_FINGERPRINT.into(),
+            InferParameter {
+                parameter_choice: Some(ParameterChoice::StringParam(value.into())),
+            },
+        );
+        stated
+    };
+    c.model_infer(digest(fingerprint)).await.unwrap();
+    let e = c.model_infer(digest("0123456789abcdef")).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
 
     // Counted under protocol="grpc" in the same metrics as REST.
     let text = app
@@ -286,7 +312,7 @@ async fn raw_and_typed_tensors_equal_the_reference() {
         )
         .value
     };
-    assert_eq!((count("ok"), count("invalid")), (2.0, 1.0));
+    assert_eq!((count("ok"), count("invalid")), (3.0, 2.0));
 }
 
 #[tokio::test]

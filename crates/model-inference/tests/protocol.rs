@@ -691,6 +691,39 @@ async fn a_stated_feature_order_must_match_the_models() {
     let a = post_json(&app, INFER, &with(json!({ "feature_names": ["MOSTYPE"] }))).await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.json);
 
+    // The order's digest from the metadata stands for the names: 16 hex
+    // digits, accepted as they are, refused once anything else.
+    let fingerprint = meta.json["parameters"]["feature_fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(fingerprint.len(), 16, "{fingerprint}");
+    assert!(fingerprint.bytes().all(|b| b.is_ascii_hexdigit()));
+    let a = post_json(
+        &app,
+        INFER,
+        &with(json!({ "feature_fingerprint": fingerprint })),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.json);
+    let mut other = fingerprint.clone().into_bytes();
+    other[15] = if other[15] == b'0' { b'1' } else { b'0' };
+    let other = String::from_utf8(other).unwrap();
+    for stated in [
+        json!({ "feature_fingerprint": other }),
+        json!({ "feature_fingerprint": "" }),
+        // Both stated: each must hold.
+        json!({ "feature_names": names, "feature_fingerprint": other }),
+        json!({ "feature_names": swapped.join(","), "feature_fingerprint": fingerprint }),
+    ] {
+        let a = post_json(&app, INFER, &with(stated.clone())).await;
+        assert_eq!(a.status, StatusCode::CONFLICT, "{stated}: {}", a.json);
+        let error = a.json["error"].as_str().unwrap();
+        assert!(error.contains("metadata"), "{error}");
+    }
+    let a = post_json(&app, INFER, &with(json!({ "feature_fingerprint": 42 }))).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.json);
+
     // Other parameters are still ignored, as OIP allows.
     let a = post_json(&app, INFER, &with(json!({ "priority": 1 }))).await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.json);

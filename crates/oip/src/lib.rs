@@ -46,6 +46,13 @@ pub const FP32: &str = "FP32";
 /// comma-separated (OIP parameters are scalars).
 pub const FEATURE_NAMES: &str = "feature_names";
 
+/// Request and metadata parameter: a digest of the model's
+/// [`FEATURE_NAMES`] value (16 hex digits), given by the model's metadata
+/// and configuration. A caller that states it instead of the names sends 16
+/// bytes per call, not ~1 KB the model parses again; the model refuses
+/// (409) a request whose digest is not its own, as it refuses another order.
+pub const FEATURE_FINGERPRINT: &str = "feature_fingerprint";
+
 /// The binary tensor data extension's header: the length of the JSON part
 /// of a body (request or response) whose tensors follow it as raw bytes.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
