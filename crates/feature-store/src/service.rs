@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use mesh_kit::extract::{Path, Query};
+use mesh_kit::propagation::FEATURE_FINGERPRINT_HEADER;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -19,7 +20,7 @@ use mesh_kit::{ApiError, Health, ServerArgs, Service};
 
 use crate::config::StoreArgs;
 use crate::metrics::{LookupStatus, StoreMetrics};
-use crate::render::{Form, Renderer, Row, format_time};
+use crate::render::{self, Form, Renderer, Row, format_time};
 use crate::schema::{FeatureSchema, SeedError, SeedRow, read_seed_file};
 use crate::store::{Backend, MemoryStore, Record, RedisStore, StoreError};
 
@@ -261,6 +262,18 @@ struct SubsetQuery {
     statuses: Option<bool>,
     /// `false` lists the values instead of keying them by name (default `true`).
     names: Option<bool>,
+    /// `binary`: the listed values as raw doubles, the fingerprint in a
+    /// header (default `json`).
+    format: Option<Format>,
+}
+
+/// The body of a single read.
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum Format {
+    Json,
+    /// [`render::binary`]: the values only, listed.
+    Binary,
 }
 
 /// The answer's form as a read asked for it.
@@ -278,6 +291,11 @@ async fn get_one(
     Query(q): Query<SubsetQuery>,
 ) -> Result<Response, ApiError> {
     check_entity_id(&entity_id)?;
+    if q.format == Some(Format::Binary) && (q.names == Some(true) || q.statuses == Some(true)) {
+        return Err(ApiError::bad_request(
+            "format=binary lists the values alone: names=true and statuses=true need format=json",
+        ));
+    }
     let wanted = s.wanted(q.features.as_deref().map(|f| f.split(',').map(str::trim)))?;
     let record = s.lookup(&[&entity_id]).await?.pop().flatten();
     let row = s.row(&entity_id, record.as_ref(), now_ms());
@@ -286,10 +304,30 @@ async fn get_one(
             "entity '{entity_id}' not found"
         )));
     }
+    if q.format == Some(Format::Binary) {
+        return Ok(binary_body(render::binary(&row, &wanted), &s.0.schema));
+    }
     let form = form(q.statuses, q.names);
     let mut body = Vec::with_capacity(s.0.renderer.row_capacity(&wanted, form));
     s.0.renderer.row(&mut body, &row, &wanted, form);
     Ok(json_body(body))
+}
+
+/// The binary form's answer: the values, and in headers what the JSON would
+/// have said beside them that a caller of this form needs (the order's
+/// fingerprint).
+fn binary_body(body: Vec<u8>, schema: &FeatureSchema) -> Response {
+    (
+        [
+            (http::header::CONTENT_TYPE, "application/octet-stream"),
+            (
+                http::header::HeaderName::from_static(FEATURE_FINGERPRINT_HEADER),
+                schema.fingerprint(),
+            ),
+        ],
+        Bytes::from(body),
+    )
+        .into_response()
 }
 
 #[derive(Deserialize)]

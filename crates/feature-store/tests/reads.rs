@@ -6,7 +6,10 @@ mod common;
 use std::time::Duration;
 
 use axum::Router;
-use axum::http::StatusCode;
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, Request, StatusCode};
+use http_body_util::BodyExt;
+use tower::ServiceExt;
 use common::{RedisServer, app, get, post, put, seed, seed_rows, store_args};
 use feature_store::StoreArgs;
 use serde_json::{Value, json};
@@ -64,6 +67,23 @@ async fn every_seed_row_round_trips() {
         },
     )
     .await;
+}
+
+/// A GET's status, headers and raw body (the binary form is not JSON).
+async fn get_bytes(app: &Router, path: &str) -> (StatusCode, HeaderMap, Bytes) {
+    let req = Request::get(path).body(Body::empty()).unwrap();
+    let res = app.clone().oneshot(req).await.unwrap();
+    let (parts, body) = res.into_parts();
+    (parts.status, parts.headers, body.collect().await.unwrap().to_bytes())
+}
+
+/// The binary form's values: little-endian doubles.
+fn doubles_of(bytes: &[u8]) -> Vec<f64> {
+    assert_eq!(bytes.len() % 8, 0, "{} bytes", bytes.len());
+    bytes
+        .chunks_exact(8)
+        .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
+        .collect()
 }
 
 #[tokio::test]
@@ -139,6 +159,43 @@ async fn single_reads_subsets_and_unknown_entities() {
                 json!(["PRESENT", "PRESENT"]),
                 "{backend}"
             );
+
+            // Binary: the listed values as little-endian doubles, the
+            // fingerprint in a header; the same numbers, bit for bit.
+            let (status, headers, bytes) =
+                get_bytes(&app, "/v1/features/42?format=binary").await;
+            assert_eq!(status, StatusCode::OK, "{backend}");
+            assert_eq!(headers["content-type"], "application/octet-stream");
+            assert_eq!(
+                headers[mesh_kit::propagation::FEATURE_FINGERPRINT_HEADER],
+                fingerprint.as_str().unwrap(),
+                "{backend}"
+            );
+            let doubles = doubles_of(&bytes);
+            assert_eq!(doubles.len(), names.len(), "{backend}");
+            for (name, v) in names.iter().zip(&doubles) {
+                assert_eq!(Some(*v), all.json["features"][name].as_f64(), "{backend}: {name}");
+            }
+            // The same with the JSON form's flags said out loud, and a
+            // subset in the order asked.
+            let (_, _, same) = get_bytes(
+                &app,
+                "/v1/features/42?format=binary&names=false&statuses=false",
+            )
+            .await;
+            assert_eq!(same, bytes, "{backend}");
+            let (_, _, two) =
+                get_bytes(&app, "/v1/features/42?features=PPERSAUT,MOSTYPE&format=binary").await;
+            assert_eq!(
+                doubles_of(&two),
+                [all.json["features"]["PPERSAUT"].as_f64().unwrap(), 11.0],
+                "{backend}"
+            );
+            let (status, _, _) = get_bytes(&app, "/v1/features/999999?format=binary").await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{backend}");
+            // format=json is the default, said out loud.
+            let a = get(&app, "/v1/features/42?format=json").await;
+            assert_eq!(a.json, all.json, "{backend}");
 
             let a = get(&app, "/v1/features/999999").await;
             assert_eq!(a.status, StatusCode::NOT_FOUND, "{backend}");
@@ -306,6 +363,15 @@ async fn writes_update_only_the_given_features_and_create_new_entities() {
                 "{backend}: never written"
             );
             assert!(a.json["features"]["PPERSAUT"].is_null());
+            // In binary, a value never written is NaN.
+            let (_, _, bytes) = get_bytes(
+                &app,
+                "/v1/features/new-customer?features=MOSTYPE,PPERSAUT&format=binary",
+            )
+            .await;
+            let values = doubles_of(&bytes);
+            assert_eq!(values[0], 3.0, "{backend}");
+            assert!(values[1].is_nan(), "{backend}: {values:?}");
 
             // Fields stored out of schema order (the reader's slow path).
             let w = put(

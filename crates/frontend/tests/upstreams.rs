@@ -385,7 +385,7 @@ async fn a_model_rolled_out_with_another_feature_order_is_never_fed_the_old_one(
 }
 
 /// The store's column order is read once from an answer with names; then
-/// the values come listed (numbers, no names). A store redeployed with
+/// the values come listed, in binary (doubles, no names). A store redeployed with
 /// another order behind the same address is noticed by its fingerprint and
 /// read with names again: the scores never change.
 #[tokio::test]
@@ -446,12 +446,12 @@ async fn the_store_is_read_with_names_once_then_listed_until_its_order_changes()
         paths,
         [
             "/v1/features/42?statuses=false",
-            "/v1/features/42?statuses=false&names=false",
-            "/v1/features/7?statuses=false&names=false",
+            "/v1/features/42?statuses=false&names=false&format=binary",
+            "/v1/features/7?statuses=false&names=false&format=binary",
             // The old order asked for; the reordered store's fingerprint refused it.
-            "/v1/features/42?statuses=false&names=false",
+            "/v1/features/42?statuses=false&names=false&format=binary",
             "/v1/features/42?statuses=false",
-            "/v1/features/7?statuses=false&names=false",
+            "/v1/features/7?statuses=false&names=false&format=binary",
         ]
     );
     std::fs::remove_dir_all(&dir).ok();

@@ -62,8 +62,9 @@ pub(super) fn features_base(url: &str) -> Result<String, ConfigError> {
 const FEATURES_QUERY: &str = "?statuses=false";
 
 /// The same, listed in the store's order instead of keyed by name, once
-/// that order is known (`features.rs`).
-const LISTED_FEATURES_QUERY: &str = "?statuses=false&names=false";
+/// that order is known (`features.rs`), as raw doubles; a store older than
+/// `format` lists them in JSON, and one older than `names` keys them.
+const LISTED_FEATURES_QUERY: &str = "?statuses=false&names=false&format=binary";
 
 /// A user's features URI: the base and their id as one path segment; the
 /// values `listed` or keyed by name.
@@ -206,7 +207,7 @@ mod tests {
         ] {
             for (listed, query) in [
                 (false, "statuses=false"),
-                (true, "statuses=false&names=false"),
+                (true, "statuses=false&names=false&format=binary"),
             ] {
                 let url = features_url(&features_base(base).unwrap(), "42", listed).unwrap();
                 let want = format!("{}/v1/features/42?{query}", base.trim_end_matches('/'));

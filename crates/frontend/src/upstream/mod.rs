@@ -5,13 +5,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use bytes::Bytes;
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tracing::Instrument;
 
-use mesh_kit::propagation::{DEADLINE_HEADER, Forwarded, MODEL_VERSION_HEADER, SERVED_BY_HEADER};
+use mesh_kit::propagation::{
+    DEADLINE_HEADER, FEATURE_FINGERPRINT_HEADER, Forwarded, MODEL_VERSION_HEADER, SERVED_BY_HEADER,
+};
 
 use crate::cohort::Cohort;
 use crate::config::{FrontendArgs, RoutingMode};
@@ -157,7 +159,19 @@ impl Upstreams {
                 return Ok(None);
             }
             let served_by = served_by(&answer.headers);
-            match self.store_order.read(answer.body, order, served_by)? {
+            let answer = features::Answer {
+                binary: answer
+                    .headers
+                    .get(header::CONTENT_TYPE)
+                    .is_some_and(|v| v.as_bytes() == oip::OCTET_STREAM.as_bytes()),
+                fingerprint: answer
+                    .headers
+                    .get(FEATURE_FINGERPRINT_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned),
+                body: answer.body,
+            };
+            match self.store_order.read(answer, order, served_by)? {
                 Read::Features(f) => return Ok(Some(f)),
                 // Per request while replicas of two schemas serve side by
                 // side (a rollout), so debug.

@@ -51,6 +51,9 @@ pub const MODEL_VERSION_HEADER: &str = "x-model-version";
 /// `POD_NAME`), so a `curl` loop shows where each request went, e.g. that
 /// consistent hashing keeps a customer on one pod.
 pub const SERVED_BY_HEADER: &str = "x-mlmesh-served-by";
+/// The feature store's schema fingerprint, on an answer whose body cannot
+/// say it (`GET /v1/features/{id}?format=binary`).
+pub const FEATURE_FINGERPRINT_HEADER: &str = "x-mlmesh-feature-fingerprint";
 /// Envoy's remaining route timeout for this request, in milliseconds; callers
 /// set it so a callee can drop work nobody is waiting for any more.
 pub const DEADLINE_HEADER: &str = "x-envoy-expected-rq-timeout-ms";

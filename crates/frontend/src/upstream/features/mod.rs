@@ -3,7 +3,9 @@
 //! layout gives it. The store's first answer keys the values by name; it
 //! also says the store's column order (its `fingerprint` and the names in
 //! order), and from then on the values come listed in that order
-//! (`names=false`): numbers to parse, not 85 names per decision.
+//! (`names=false`), in binary (`format=binary`): 85 doubles to copy, not 85
+//! names or numbers to parse per decision. A store older than the binary
+//! form answers the listed JSON, which is read as well.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -130,38 +132,77 @@ impl KnownOrder {
     /// listed one in another order forgets it.
     pub(super) fn read(
         &self,
-        body: Bytes,
+        answer: Answer,
         asked: Option<Arc<StoreOrder>>,
         served_by: Option<String>,
     ) -> Result<Read, UpstreamError> {
         let row = match asked {
             None => {
-                self.learn_from(&body);
-                Row::Keyed(body)
+                self.learn_from(&answer.body);
+                Row::Keyed(answer.body)
             }
             Some(order) => {
-                let listed: Listed =
-                    serde_json::from_slice(&body).map_err(|e| invalid(FEATURE_STORE, e))?;
-                if listed.fingerprint.as_deref() != Some(&*order.fingerprint) {
+                let (fingerprint, values) = if answer.binary {
+                    (answer.fingerprint, binary_values(&answer.body)?)
+                } else {
+                    let listed: Listed = serde_json::from_slice(&answer.body)
+                        .map_err(|e| invalid(FEATURE_STORE, e))?;
+                    (listed.fingerprint.map(Cow::into_owned), listed.values)
+                };
+                if fingerprint.as_deref() != Some(&*order.fingerprint) {
                     self.order.forget(&order);
                     return Ok(Read::Reordered);
                 }
-                if listed.values.len() != order.names.len() {
+                if values.len() != order.names.len() {
                     let detail = format!(
                         "{} values listed for {} features",
-                        listed.values.len(),
+                        values.len(),
                         order.names.len()
                     );
                     return Err(invalid(FEATURE_STORE, detail));
                 }
-                Row::Listed {
-                    values: listed.values,
-                    order,
-                }
+                Row::Listed { values, order }
             }
         };
         Ok(Read::Features(Features { row, served_by }))
     }
+}
+
+/// One answer of the store as [`KnownOrder::read`] takes it.
+pub(super) struct Answer {
+    pub body: Bytes,
+    /// The body is the binary form (`application/octet-stream`).
+    pub binary: bool,
+    /// The binary form's fingerprint header.
+    pub fingerprint: Option<String>,
+}
+
+/// A JSON answer, as the tests write them.
+#[cfg(test)]
+impl From<Bytes> for Answer {
+    fn from(body: Bytes) -> Self {
+        Self {
+            body,
+            binary: false,
+            fingerprint: None,
+        }
+    }
+}
+
+/// The binary form's values: little-endian doubles, NaN for none.
+fn binary_values(body: &[u8]) -> Result<Vec<Option<f64>>, UpstreamError> {
+    const WIDTH: usize = std::mem::size_of::<f64>();
+    if body.len() % WIDTH != 0 {
+        let detail = format!("a binary answer of {} bytes is not doubles", body.len());
+        return Err(invalid(FEATURE_STORE, detail));
+    }
+    Ok(body
+        .chunks_exact(WIDTH)
+        .map(|b| {
+            let v = f64::from_le_bytes(b.try_into().expect("chunks of WIDTH"));
+            (!v.is_nan()).then_some(v)
+        })
+        .collect())
 }
 
 /// A listed answer: what the frontend reads of it.
@@ -268,7 +309,7 @@ mod tests {
 
     /// A keyed answer, read as the first answer is (no order known).
     fn features(json: &str) -> Features {
-        match KnownOrder::default().read(Bytes::from(json.to_owned()), None, None) {
+        match KnownOrder::default().read(Bytes::from(json.to_owned()).into(), None, None) {
             Ok(Read::Features(f)) => f,
             other => panic!("{json}: {other:?}"),
         }
@@ -283,7 +324,7 @@ mod tests {
         let known = KnownOrder::default();
         // Raw text: serde_json's own map would sort the names.
         let keyed = r#"{"entity_id":"1","found":true,"fingerprint":"f1","features":{"c":3,"z":9,"a":1,"b":2},"event_time":null}"#;
-        let Read::Features(f) = known.read(Bytes::from(keyed), None, None).unwrap() else {
+        let Read::Features(f) = known.read(Bytes::from(keyed).into(), None, None).unwrap() else {
             panic!("keyed answers are read")
         };
         assert_eq!(f.values_in(&layout()).unwrap(), vec![1.0, 2.0, 3.0]);
@@ -298,7 +339,7 @@ mod tests {
             "values": [3, 9, 1, 2], "event_time": null,
         });
         let Read::Features(f) = known
-            .read(body(&listed), Some(order.clone()), None)
+            .read(body(&listed).into(), Some(order.clone()), None)
             .unwrap()
         else {
             panic!("the same fingerprint is read")
@@ -310,14 +351,14 @@ mod tests {
             names: vec!["a".into(), "b".into(), "c".into()],
         });
         let listed = serde_json::json!({"fingerprint": "f2", "values": [1, 2, 3]});
-        let Read::Features(f) = known.read(body(&listed), Some(same), None).unwrap() else {
+        let Read::Features(f) = known.read(body(&listed).into(), Some(same), None).unwrap() else {
             panic!("read")
         };
         assert_eq!(f.values_in(&layout()).unwrap(), vec![1.0, 2.0, 3.0]);
         // A null or a missing model feature names it, as in a keyed answer.
         let listed = serde_json::json!({"fingerprint": "f1", "values": [3, 9, null, 2]});
         let Read::Features(f) = known
-            .read(body(&listed), Some(order.clone()), None)
+            .read(body(&listed).into(), Some(order.clone()), None)
             .unwrap()
         else {
             panic!("read")
@@ -342,7 +383,7 @@ mod tests {
             known.order.set(order.clone());
             assert!(
                 matches!(
-                    known.read(body(&stale), Some(order.clone()), None),
+                    known.read(body(&stale).into(), Some(order.clone()), None),
                     Ok(Read::Reordered)
                 ),
                 "{stale}"
@@ -355,21 +396,72 @@ mod tests {
         let old = body(&serde_json::json!({"features": {"a": 1, "b": 2, "c": 3}}));
         let new =
             body(&serde_json::json!({"fingerprint": "up", "features": {"a": 1, "b": 2, "c": 3}}));
-        assert!(matches!(known.read(old, None, None), Ok(Read::Features(_))));
+        assert!(matches!(known.read(old.into(), None, None), Ok(Read::Features(_))));
         assert!(known.get().is_none());
         for _ in 0..RELEARN_AFTER {
             assert!(matches!(
-                known.read(new.clone(), None, None),
+                known.read(new.clone().into(), None, None),
                 Ok(Read::Features(_))
             ));
             assert!(known.get().is_none(), "not learning yet");
         }
-        assert!(matches!(known.read(new, None, None), Ok(Read::Features(_))));
+        assert!(matches!(known.read(new.into(), None, None), Ok(Read::Features(_))));
         assert_eq!(
             known.get().unwrap().fingerprint.as_ref(),
             "up",
             "the upgraded store"
         );
+    }
+
+    /// The binary form: doubles in the store's order, NaN for no value, the
+    /// fingerprint in a header.
+    fn binary(values: &[f64], fingerprint: Option<&str>) -> Answer {
+        Answer {
+            body: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            binary: true,
+            fingerprint: fingerprint.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn a_binary_answer_is_read_like_a_listed_one() {
+        let known = KnownOrder::default();
+        let order = Arc::new(StoreOrder {
+            fingerprint: "f".into(),
+            names: vec!["c".into(), "z".into(), "a".into(), "b".into()],
+        });
+        known.order.set(order.clone());
+        let read = |answer| known.read(answer, Some(order.clone()), None);
+        let Ok(Read::Features(f)) = read(binary(&[3.0, 9.0, 1.5, -2.0], Some("f"))) else {
+            panic!("read")
+        };
+        assert_eq!(f.values_in(&layout()).unwrap(), vec![1.5, -2.0, 3.0]);
+        // NaN is no value: the model's feature is named; the others' NaN is no matter.
+        let Ok(Read::Features(f)) = read(binary(&[3.0, f64::NAN, f64::NAN, 2.0], Some("f"))) else {
+            panic!("read")
+        };
+        let e = f.values_in(&layout()).unwrap_err();
+        assert!(e.to_string().contains("'a'"), "{e}");
+        // Too few, too many, or not whole doubles.
+        for bad in [
+            binary(&[1.0, 2.0, 3.0], Some("f")),
+            binary(&[1.0; 5], Some("f")),
+            Answer {
+                body: Bytes::from_static(&[0; 31]),
+                binary: true,
+                fingerprint: Some("f".into()),
+            },
+        ] {
+            assert_eq!(read(bad).unwrap_err().kind(), "invalid");
+        }
+        assert!(known.get().is_some(), "an answer that does not add up forgets nothing");
+        // Another fingerprint, or none, is another order.
+        for other in [Some("g"), None] {
+            known.order.set(order.clone());
+            let answer = binary(&[3.0, 9.0, 1.5, -2.0], other);
+            assert!(matches!(read(answer), Ok(Read::Reordered)), "{other:?}");
+            assert!(known.get().is_none(), "{other:?}");
+        }
     }
 
     #[test]
@@ -388,7 +480,7 @@ mod tests {
             "not json",
         ] {
             let e = known
-                .read(Bytes::from(bad), Some(order.clone()), None)
+                .read(Bytes::from(bad).into(), Some(order.clone()), None)
                 .unwrap_err();
             assert_eq!(e.kind(), "invalid", "{bad}");
         }
