@@ -8,11 +8,11 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Request, StatusCode};
-use http_body_util::BodyExt;
-use tower::ServiceExt;
 use common::{RedisServer, app, get, post, put, seed, seed_rows, store_args};
 use feature_store::StoreArgs;
+use http_body_util::BodyExt;
 use serde_json::{Value, json};
+use tower::ServiceExt;
 
 /// Runs `case` against a seeded Redis-backed app and a memory-backed one.
 async fn on_both_backends<F, Fut>(mut tweak: impl FnMut(&mut StoreArgs), case: F)
@@ -74,7 +74,11 @@ async fn get_bytes(app: &Router, path: &str) -> (StatusCode, HeaderMap, Bytes) {
     let req = Request::get(path).body(Body::empty()).unwrap();
     let res = app.clone().oneshot(req).await.unwrap();
     let (parts, body) = res.into_parts();
-    (parts.status, parts.headers, body.collect().await.unwrap().to_bytes())
+    (
+        parts.status,
+        parts.headers,
+        body.collect().await.unwrap().to_bytes(),
+    )
 }
 
 /// The binary form's values: little-endian doubles.
@@ -162,8 +166,7 @@ async fn single_reads_subsets_and_unknown_entities() {
 
             // Binary: the listed values as little-endian doubles, the
             // fingerprint in a header; the same numbers, bit for bit.
-            let (status, headers, bytes) =
-                get_bytes(&app, "/v1/features/42?format=binary").await;
+            let (status, headers, bytes) = get_bytes(&app, "/v1/features/42?format=binary").await;
             assert_eq!(status, StatusCode::OK, "{backend}");
             assert_eq!(headers["content-type"], "application/octet-stream");
             assert_eq!(
@@ -174,7 +177,11 @@ async fn single_reads_subsets_and_unknown_entities() {
             let doubles = doubles_of(&bytes);
             assert_eq!(doubles.len(), names.len(), "{backend}");
             for (name, v) in names.iter().zip(&doubles) {
-                assert_eq!(Some(*v), all.json["features"][name].as_f64(), "{backend}: {name}");
+                assert_eq!(
+                    Some(*v),
+                    all.json["features"][name].as_f64(),
+                    "{backend}: {name}"
+                );
             }
             // The same with the JSON form's flags said out loud, and a
             // subset in the order asked.
@@ -184,8 +191,11 @@ async fn single_reads_subsets_and_unknown_entities() {
             )
             .await;
             assert_eq!(same, bytes, "{backend}");
-            let (_, _, two) =
-                get_bytes(&app, "/v1/features/42?features=PPERSAUT,MOSTYPE&format=binary").await;
+            let (_, _, two) = get_bytes(
+                &app,
+                "/v1/features/42?features=PPERSAUT,MOSTYPE&format=binary",
+            )
+            .await;
             assert_eq!(
                 doubles_of(&two),
                 [all.json["features"]["PPERSAUT"].as_f64().unwrap(), 11.0],

@@ -362,7 +362,10 @@ mod tests {
         let req: oip::InferRequest = serde_json::from_slice(&body).unwrap();
         let parameters = req.parameters.unwrap();
         assert_eq!(parameters[oip::FEATURE_FINGERPRINT], "00ff");
-        assert!(parameters.get(oip::FEATURE_NAMES).is_none(), "{parameters:?}");
+        assert!(
+            parameters.get(oip::FEATURE_NAMES).is_none(),
+            "{parameters:?}"
+        );
 
         let binary = Wire::Http {
             infer_url: url.clone(),

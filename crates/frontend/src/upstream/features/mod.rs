@@ -192,7 +192,7 @@ impl From<Bytes> for Answer {
 /// The binary form's values: little-endian doubles, NaN for none.
 fn binary_values(body: &[u8]) -> Result<Vec<Option<f64>>, UpstreamError> {
     const WIDTH: usize = std::mem::size_of::<f64>();
-    if body.len() % WIDTH != 0 {
+    if !body.len().is_multiple_of(WIDTH) {
         let detail = format!("a binary answer of {} bytes is not doubles", body.len());
         return Err(invalid(FEATURE_STORE, detail));
     }
@@ -396,7 +396,10 @@ mod tests {
         let old = body(&serde_json::json!({"features": {"a": 1, "b": 2, "c": 3}}));
         let new =
             body(&serde_json::json!({"fingerprint": "up", "features": {"a": 1, "b": 2, "c": 3}}));
-        assert!(matches!(known.read(old.into(), None, None), Ok(Read::Features(_))));
+        assert!(matches!(
+            known.read(old.into(), None, None),
+            Ok(Read::Features(_))
+        ));
         assert!(known.get().is_none());
         for _ in 0..RELEARN_AFTER {
             assert!(matches!(
@@ -405,7 +408,10 @@ mod tests {
             ));
             assert!(known.get().is_none(), "not learning yet");
         }
-        assert!(matches!(known.read(new.into(), None, None), Ok(Read::Features(_))));
+        assert!(matches!(
+            known.read(new.into(), None, None),
+            Ok(Read::Features(_))
+        ));
         assert_eq!(
             known.get().unwrap().fingerprint.as_ref(),
             "up",
@@ -454,7 +460,10 @@ mod tests {
         ] {
             assert_eq!(read(bad).unwrap_err().kind(), "invalid");
         }
-        assert!(known.get().is_some(), "an answer that does not add up forgets nothing");
+        assert!(
+            known.get().is_some(),
+            "an answer that does not add up forgets nothing"
+        );
         // Another fingerprint, or none, is another order.
         for other in [Some("g"), None] {
             known.order.set(order.clone());
