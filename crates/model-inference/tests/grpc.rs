@@ -41,6 +41,19 @@ fn input(rows: usize, contents: Option<Vec<f32>>) -> InferInputTensor {
     }
 }
 
+/// The model's Triton configuration over gRPC.
+async fn model_config(c: &mut Client) -> pb::ModelConfig {
+    c.model_config(pb::ModelConfigRequest {
+        name: "propensity".into(),
+        version: String::new(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .config
+    .unwrap()
+}
+
 fn raw_request(rows: &[f32], n: usize) -> pb::ModelInferRequest {
     pb::ModelInferRequest {
         model_name: "propensity".into(),
@@ -129,16 +142,7 @@ async fn metadata_readiness_health_config_and_statistics() {
     assert_eq!(meta.inputs[0].shape, [-1, N_FEATURES as i64]);
     assert_eq!(meta.outputs.len(), 2);
 
-    let config = c
-        .model_config(pb::ModelConfigRequest {
-            name: "propensity".into(),
-            version: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .config
-        .unwrap();
+    let config = model_config(&mut c).await;
     assert_eq!(config.input[0].dims, [N_FEATURES as i64]);
     assert_eq!(config.input[0].data_type, pb::DataType::TypeFp32 as i32);
     assert_eq!(config.max_batch_size, 64);
@@ -264,16 +268,7 @@ async fn raw_and_typed_tensors_equal_the_reference() {
     let e = c.model_infer(stated).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
     // And by its digest: the configuration's is taken, another is refused.
-    let config = c
-        .model_config(pb::ModelConfigRequest {
-            name: "propensity".into(),
-            version: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .config
-        .unwrap();
+    let config = model_config(&mut c).await;
     let fingerprint = &config.parameters[oip::FEATURE_FINGERPRINT].string_value;
     assert_eq!(fingerprint.len(), 16, "{fingerprint}");
     let digest = |value: &str| {
