@@ -6,13 +6,11 @@ mod common;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::{Body, Bytes};
-use axum::http::{HeaderMap, Request, StatusCode};
+use axum::http::StatusCode;
 use common::{RedisServer, app, get, post, put, seed, seed_rows, store_args};
 use feature_store::StoreArgs;
-use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use tower::ServiceExt;
+use test_support::http::get_bytes;
 
 /// Runs `case` against a seeded Redis-backed app and a memory-backed one.
 async fn on_both_backends<F, Fut>(mut tweak: impl FnMut(&mut StoreArgs), case: F)
@@ -67,18 +65,6 @@ async fn every_seed_row_round_trips() {
         },
     )
     .await;
-}
-
-/// A GET's status, headers and raw body (the binary form is not JSON).
-async fn get_bytes(app: &Router, path: &str) -> (StatusCode, HeaderMap, Bytes) {
-    let req = Request::get(path).body(Body::empty()).unwrap();
-    let res = app.clone().oneshot(req).await.unwrap();
-    let (parts, body) = res.into_parts();
-    (
-        parts.status,
-        parts.headers,
-        body.collect().await.unwrap().to_bytes(),
-    )
 }
 
 /// The binary form's values: little-endian doubles.

@@ -1,7 +1,7 @@
 //! Driving a router with `oneshot`, expecting JSON back.
 
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::Value;
@@ -65,14 +65,21 @@ pub async fn put_json(app: &Router, path: &str, body: &Value) -> Answer {
     call(app, "PUT", path, Some("application/json"), body.to_string()).await
 }
 
+/// A GET's status, headers and raw body (a body that is not JSON).
+pub async fn get_bytes(app: &Router, path: &str) -> (StatusCode, HeaderMap, Bytes) {
+    let req = Request::get(path).body(Body::empty()).unwrap();
+    let (parts, body) = app.clone().oneshot(req).await.unwrap().into_parts();
+    (
+        parts.status,
+        parts.headers,
+        body.collect().await.unwrap().to_bytes(),
+    )
+}
+
 /// The raw text of a GET (e.g. `/metrics`).
 pub async fn get_text(app: &Router, path: &str) -> String {
-    let res = app
-        .clone()
-        .oneshot(Request::get(path).body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+    let (_, _, body) = get_bytes(app, path).await;
+    String::from_utf8(body.to_vec()).unwrap()
 }
 
 /// GET over the network, the body as text (e.g. another process's `/metrics`).
