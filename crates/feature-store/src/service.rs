@@ -291,7 +291,8 @@ async fn get_one(
     Query(q): Query<SubsetQuery>,
 ) -> Result<Response, ApiError> {
     check_entity_id(&entity_id)?;
-    if q.format == Some(Format::Binary) && (q.names == Some(true) || q.statuses == Some(true)) {
+    let binary = q.format == Some(Format::Binary);
+    if binary && (q.names == Some(true) || q.statuses == Some(true)) {
         return Err(ApiError::bad_request(
             "format=binary lists the values alone: names=true and statuses=true need format=json",
         ));
@@ -304,7 +305,7 @@ async fn get_one(
             "entity '{entity_id}' not found"
         )));
     }
-    if q.format == Some(Format::Binary) {
+    if binary {
         return Ok(binary_body(render::binary(&row, &wanted), &s.0.schema));
     }
     let form = form(q.statuses, q.names);
