@@ -6,8 +6,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use xxhash_rust::xxh3::xxh3_64;
-
 /// Columns of the seed file before the features.
 const LEADING: [&str; 3] = ["user_id", "held_out", "purchase"];
 
@@ -42,9 +40,7 @@ impl FeatureSchema {
             .enumerate()
             .map(|(i, n)| (n.clone(), i))
             .collect();
-        // Names are CSV header cells: never a newline, so joined by one
-        // they hash unambiguously. Not a secret, only a change detector.
-        let fingerprint = format!("{:016x}", xxh3_64(names.join("\n").as_bytes()));
+        let fingerprint = mesh_kit::fingerprint::feature_order(&names);
         Self {
             names: names.into(),
             index: Arc::new(index),

@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::model::typed::{TypedRunnableModel, TypedSimpleState};
-use xxhash_rust::xxh3::xxh3_64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -51,14 +50,13 @@ impl ModelSpec {
     }
 }
 
-/// The digest of a feature order: the names (which hold no commas or
-/// newlines: the metadata is split on commas) joined by newlines, xxh3, 16
-/// hex digits. A change detector, not a secret. Empty for no names.
+/// The digest of a feature order, named as the feature store names its
+/// schema ([`mesh_kit::fingerprint`]). Empty for no names.
 fn fingerprint(names: &[String]) -> String {
     if names.is_empty() {
         return String::new();
     }
-    format!("{:016x}", xxh3_64(names.join("\n").as_bytes()))
+    mesh_kit::fingerprint::feature_order(names)
 }
 
 /// Above this batch size requests run on the symbolic plan, so a huge
