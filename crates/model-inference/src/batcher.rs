@@ -128,6 +128,11 @@ impl Batcher {
             .filter(|_| fault.is_active())
             .map(|cols| (fault, cols));
 
+        // crossbeam's blocking `recv` spins and yields a few times before it
+        // parks. Kept on purpose: on a core shared with the runtime thread the
+        // yields let it read more requests first, so batches fill (48 rows on
+        // average at c=64 pinned); a queue whose workers sleep at once ran
+        // batches of one at twice the CPU per request (BENCHMARKS.md, session 21).
         let (tx, rx) = crossbeam_channel::bounded::<Job>(cfg.queue_capacity);
         for i in 0..cfg.workers.max(1) {
             let mut session = engine.session()?;
