@@ -14,6 +14,15 @@ use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 
 static PROPAGATOR: LazyLock<TextMapCompositePropagator> = LazyLock::new(new_propagator);
 
+// The propagators' header names this module reads or writes itself.
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+const BAGGAGE: HeaderName = HeaderName::from_static("baggage");
+const B3: HeaderName = HeaderName::from_static("b3");
+const B3_TRACE_ID: HeaderName = HeaderName::from_static("x-b3-traceid");
+const B3_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-spanid");
+const B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
+
 /// A fresh composite W3C + B3 + baggage propagator (for installing globally).
 pub fn new_propagator() -> TextMapCompositePropagator {
     // Extraction folds left to right, each valid context replacing the last,
@@ -56,22 +65,15 @@ pub fn extract_context(headers: &HeaderMap) -> Context {
 /// it the rest (`tracestate`, `x-b3-spanid`, `x-b3-sampled`, …) are ignored.
 /// `traceparent` first: a traced request answers after one lookup.
 fn carries_trace_context(headers: &HeaderMap) -> bool {
-    const NEEDED: [HeaderName; 4] = [
-        HeaderName::from_static("traceparent"),
-        HeaderName::from_static("b3"),
-        HeaderName::from_static("x-b3-traceid"),
-        HeaderName::from_static("baggage"),
-    ];
-    NEEDED.iter().any(|name| headers.contains_key(name))
+    [TRACEPARENT, B3, B3_TRACE_ID, BAGGAGE]
+        .iter()
+        .any(|name| headers.contains_key(name))
 }
 
 /// `traceparent` in its version-00 form, when nothing else would change
 /// what the propagators make of it: W3C wins over B3 in the composite, so
 /// B3 headers beside it do not matter; a `tracestate` or `baggage` does.
 fn plain_traceparent(headers: &HeaderMap) -> Option<SpanContext> {
-    const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-    const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
-    const BAGGAGE: HeaderName = HeaderName::from_static("baggage");
     if headers.contains_key(BAGGAGE)
         || headers
             .get(TRACESTATE)
@@ -113,8 +115,8 @@ pub fn trace_id_of(headers: &HeaderMap) -> Option<String> {
             && id.bytes().any(|b| b != b'0')
     };
     let padded = |id: &str| format!("{id:0>32}");
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if let Some(tp) = header("traceparent") {
+    let header = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(tp) = header(&TRACEPARENT) {
         let mut parts = tp.trim().split('-');
         if let (Some(version), Some(id)) = (parts.next(), parts.next())
             && version.len() == 2
@@ -124,10 +126,10 @@ pub fn trace_id_of(headers: &HeaderMap) -> Option<String> {
             return Some(id.to_owned());
         }
     }
-    if let Some(id) = header("x-b3-traceid").map(str::trim).filter(|id| valid(id)) {
+    if let Some(id) = header(&B3_TRACE_ID).map(str::trim).filter(|id| valid(id)) {
         return Some(padded(id));
     }
-    header("b3")
+    header(&B3)
         .and_then(|b3| b3.trim().split('-').next())
         .filter(|id| valid(id))
         .map(padded)
@@ -159,14 +161,14 @@ pub fn inject_context(cx: &Context, headers: &mut HeaderMap) {
     traceparent[36..52].copy_from_slice(&span_id);
     traceparent[52..].copy_from_slice(if sampled { b"-01" } else { b"-00" });
     let value = |bytes: &[u8]| HeaderValue::from_bytes(bytes).expect("hex digits and dashes");
-    headers.insert(HeaderName::from_static("traceparent"), value(&traceparent));
+    headers.insert(TRACEPARENT, value(&traceparent));
     if let Ok(state) = HeaderValue::try_from(sc.trace_state().header()) {
-        headers.insert(HeaderName::from_static("tracestate"), state);
+        headers.insert(TRACESTATE, state);
     }
-    headers.insert(HeaderName::from_static("x-b3-traceid"), value(&trace));
-    headers.insert(HeaderName::from_static("x-b3-spanid"), value(&span_id));
+    headers.insert(B3_TRACE_ID, value(&trace));
+    headers.insert(B3_SPAN_ID, value(&span_id));
     headers.insert(
-        HeaderName::from_static("x-b3-sampled"),
+        B3_SAMPLED,
         HeaderValue::from_static(if sampled { "1" } else { "0" }),
     );
 }
