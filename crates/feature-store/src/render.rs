@@ -1,5 +1,5 @@
 //! Bodies of the read API, written straight into one buffer: JSON, and the
-//! binary form of one entity's values.
+//! binary form of one entity's values or of a batch's.
 //!
 //! A 100-entity batch answer is ~300 KB of 17,000 object keys; through serde
 //! every key is escaped again on every row. The keys are the schema's, so they
@@ -179,11 +179,29 @@ pub const BINARY_VALUE_BYTES: usize = 8;
 /// number is formatted here or parsed there.
 pub fn binary(row: &Row, wanted: &[usize]) -> Vec<u8> {
     let mut out = Vec::with_capacity(wanted.len() * BINARY_VALUE_BYTES);
+    write_binary(&mut out, row, wanted);
+    out
+}
+
+/// Many entities' values in the binary form: first one byte per entity in
+/// request order (1 found, 0 not), then each entity's [`binary`] row in the
+/// same order (all NaN for one not found). A caller that knows how many ids
+/// it asked and how many features each row has can check the length before
+/// it reads a byte.
+pub fn binary_batch(rows: &[Row], wanted: &[usize]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(rows.len() * (1 + wanted.len() * BINARY_VALUE_BYTES));
+    out.extend(rows.iter().map(|r| u8::from(r.record.is_some())));
+    for row in rows {
+        write_binary(&mut out, row, wanted);
+    }
+    out
+}
+
+fn write_binary(out: &mut Vec<u8>, row: &Row, wanted: &[usize]) {
     for &i in wanted {
         let v = value(row.record, i).unwrap_or(f64::NAN);
         out.extend_from_slice(&v.to_le_bytes());
     }
-    out
 }
 
 fn value(record: Option<&Record>, i: usize) -> Option<f64> {
@@ -303,6 +321,34 @@ mod tests {
         want.extend_from_slice(&f64::NAN.to_le_bytes());
         assert_eq!(bytes, want, "the order asked, NaN where no value is");
         assert!(binary(&row, &[]).is_empty());
+    }
+
+    #[test]
+    fn the_binary_batch_is_found_flags_then_each_rows_doubles() {
+        let rec = record();
+        let row = |record| Row {
+            entity_id: "1",
+            record,
+            stale: false,
+        };
+        let wanted = [2, 0, 1];
+        let bytes = binary_batch(&[row(None), row(Some(&rec)), row(None)], &wanted);
+        assert_eq!(bytes.len(), 3 + 3 * 3 * BINARY_VALUE_BYTES);
+        assert_eq!(&bytes[..3], &[0, 1, 0], "one flag per entity, in order");
+        let rows: Vec<&[u8]> = bytes[3..].chunks(3 * BINARY_VALUE_BYTES).collect();
+        assert_eq!(
+            rows[1],
+            binary(&row(Some(&rec)), &wanted),
+            "a found row as one read gives it"
+        );
+        for r in [rows[0], rows[2]] {
+            assert!(
+                r.chunks(BINARY_VALUE_BYTES)
+                    .all(|v| f64::from_le_bytes(v.try_into().unwrap()).is_nan()),
+                "an entity not found has no values"
+            );
+        }
+        assert!(binary_batch(&[], &wanted).is_empty());
     }
 
     #[test]

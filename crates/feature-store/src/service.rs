@@ -292,10 +292,8 @@ async fn get_one(
 ) -> Result<Response, ApiError> {
     check_entity_id(&entity_id)?;
     let binary = q.format == Some(Format::Binary);
-    if binary && (q.names == Some(true) || q.statuses == Some(true)) {
-        return Err(ApiError::bad_request(
-            "format=binary lists the values alone: names=true and statuses=true need format=json",
-        ));
+    if binary {
+        check_binary_form(q.names, q.statuses)?;
     }
     let wanted = s.wanted(q.features.as_deref().map(|f| f.split(',').map(str::trim)))?;
     let record = s.lookup(&[&entity_id]).await?.pop().flatten();
@@ -312,6 +310,16 @@ async fn get_one(
     let mut body = Vec::with_capacity(s.0.renderer.row_capacity(&wanted, form));
     s.0.renderer.row(&mut body, &row, &wanted, form);
     Ok(json_body(body))
+}
+
+/// The binary form lists the values alone: no names, no statuses.
+fn check_binary_form(names: Option<bool>, statuses: Option<bool>) -> Result<(), ApiError> {
+    if names == Some(true) || statuses == Some(true) {
+        return Err(ApiError::bad_request(
+            "format=binary lists the values alone: names=true and statuses=true need format=json",
+        ));
+    }
+    Ok(())
 }
 
 /// The binary form's answer: the values, and in headers what the JSON would
@@ -343,6 +351,9 @@ struct BatchRequest {
     /// `false` lists each row's values instead of keying them by name.
     #[serde(default)]
     names: Option<bool>,
+    /// `binary`: [`render::binary_batch`], the fingerprint in a header.
+    #[serde(default)]
+    format: Option<Format>,
 }
 
 async fn get_batch(
@@ -364,6 +375,10 @@ async fn get_batch(
     for id in &req.entity_ids {
         check_entity_id(id)?;
     }
+    let binary = req.format == Some(Format::Binary);
+    if binary {
+        check_binary_form(req.names, req.statuses)?;
+    }
     let wanted = s.wanted(req.features.as_ref().map(|f| f.iter().map(String::as_str)))?;
     let ids: Vec<&str> = req.entity_ids.iter().map(String::as_str).collect();
     s.0.metrics.batch_entities.observe(ids.len() as f64);
@@ -374,6 +389,12 @@ async fn get_batch(
         .zip(&records)
         .map(|(id, r)| s.row(id, r.as_ref(), now))
         .collect();
+    if binary {
+        return Ok(binary_body(
+            render::binary_batch(&rows, &wanted),
+            &s.0.schema,
+        ));
+    }
     Ok(json_body(s.0.renderer.batch(
         &rows,
         &wanted,

@@ -163,6 +163,22 @@ async fn bad_input_gets_4xx_json_errors_and_nothing_is_written() {
             400,
         ),
         (
+            "batch format neither json nor binary",
+            "POST",
+            batch.into(),
+            ct,
+            json!({"entity_ids": ["1"], "format": "xml"}).to_string(),
+            400,
+        ),
+        (
+            "binary batch with names",
+            "POST",
+            batch.into(),
+            ct,
+            json!({"entity_ids": ["1"], "format": "binary", "names": true}).to_string(),
+            400,
+        ),
+        (
             "bad id in batch",
             "POST",
             batch.into(),

@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use common::{RedisServer, app, get, post, put, seed, seed_rows, store_args};
 use feature_store::StoreArgs;
 use serde_json::{Value, json};
-use test_support::http::get_bytes;
+use test_support::http::{get_bytes, post_json_bytes};
 
 /// Runs `case` against a seeded Redis-backed app and a memory-backed one.
 async fn on_both_backends<F, Fut>(mut tweak: impl FnMut(&mut StoreArgs), case: F)
@@ -259,6 +259,41 @@ async fn batch_keeps_order_and_marks_missing_entities() {
             assert_eq!(rows[0]["statuses"], json!(["PRESENT", "PRESENT"]), "{backend}");
             assert_eq!(rows[1]["values"], json!([null, null]), "{backend}");
             assert_eq!(rows[1]["statuses"], json!(["NOT_FOUND", "NOT_FOUND"]));
+
+            // Binary: a found flag per entity, then each row's doubles, the
+            // same numbers bit for bit as the JSON rows above.
+            let asked = json!({ "entity_ids": ids, "features": ["MOSTYPE", "MAANTHUI"], "format": "binary" });
+            let (status, headers, bytes) = post_json_bytes(&app, "/v1/features:batch", &asked).await;
+            assert_eq!(status, StatusCode::OK, "{backend}: {bytes:?}");
+            assert_eq!(headers["content-type"], "application/octet-stream");
+            assert!(headers.contains_key(mesh_kit::propagation::FEATURE_FINGERPRINT_HEADER));
+            let (flags, values) = bytes.split_at(ids.len());
+            let values = doubles_of(values);
+            assert_eq!(values.len(), 2 * ids.len(), "{backend}");
+            let both = post(
+                &app,
+                "/v1/features:batch",
+                &json!({ "entity_ids": ids, "features": ["MOSTYPE", "MAANTHUI"], "names": false }),
+            )
+            .await;
+            let rows = both.json["rows"].as_array().unwrap();
+            for ((row, flag), got) in rows.iter().zip(flags).zip(values.chunks(2)) {
+                assert_eq!(*flag == 1, row["found"] == true, "{backend}: {row}");
+                for (want, got) in row["values"].as_array().unwrap().iter().zip(got) {
+                    match want.as_f64() {
+                        Some(want) => assert_eq!(want.to_bits(), got.to_bits(), "{backend}: {row}"),
+                        None => assert!(got.is_nan(), "{backend}: {row}"),
+                    }
+                }
+            }
+            // The binary form says values alone.
+            for flags in [json!({"names": true}), json!({"statuses": true})] {
+                let mut asked = asked.clone();
+                asked.as_object_mut().unwrap().extend(flags.as_object().unwrap().clone());
+                let a = post(&app, "/v1/features:batch", &asked).await;
+                assert_eq!(a.status, StatusCode::BAD_REQUEST, "{backend}: {asked}");
+                assert!(a.json["error"].as_str().unwrap().contains("format=binary"));
+            }
         },
     )
     .await;

@@ -67,7 +67,23 @@ pub async fn put_json(app: &Router, path: &str, body: &Value) -> Answer {
 
 /// A GET's status, headers and raw body (a body that is not JSON).
 pub async fn get_bytes(app: &Router, path: &str) -> (StatusCode, HeaderMap, Bytes) {
-    let req = Request::get(path).body(Body::empty()).unwrap();
+    raw(app, Request::get(path).body(Body::empty()).unwrap()).await
+}
+
+/// A JSON POST's status, headers and raw body (an answer that is not JSON).
+pub async fn post_json_bytes(
+    app: &Router,
+    path: &str,
+    body: &Value,
+) -> (StatusCode, HeaderMap, Bytes) {
+    let req = Request::post(path)
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    raw(app, req).await
+}
+
+async fn raw(app: &Router, req: Request<Body>) -> (StatusCode, HeaderMap, Bytes) {
     let (parts, body) = app.clone().oneshot(req).await.unwrap().into_parts();
     (
         parts.status,
