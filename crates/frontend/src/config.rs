@@ -16,6 +16,25 @@ pub enum RoutingMode {
     Direct,
 }
 
+/// How decisions read their users' features from the feature store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FeatureReads {
+    /// `batched` in `direct` mode, `single` in `mesh` mode.
+    Auto,
+    /// One `GET /v1/features/{id}` per decision. Under Istio each read is
+    /// then routed on its own user's headers (consistent hashing on
+    /// `x-user-id` keeps a customer on one feature-store pod), and faults,
+    /// retries and traces are per decision, as the labs show them.
+    Single,
+    /// Decisions that need the store at the same moment share one `POST
+    /// /v1/features:batch` (binary): under load one call serves dozens of
+    /// decisions, which saves each of them a loopback round trip and the
+    /// store's per-request work. At low load every read is alone, as with
+    /// `single`. The batch call is in the trace of the decision that led
+    /// it; the other decisions' spans link to that decision's span.
+    Batched,
+}
+
 /// The protocol the frontend speaks to model-inference unless told
 /// otherwise: the one that costs the whole chain least per decision in
 /// BENCHMARKS.md (session 19: binary tensors, 4% fewer instructions than
@@ -49,6 +68,11 @@ pub struct FrontendArgs {
     /// binary tensors, or gRPC (to the `*-grpc-url`s below).
     #[arg(long, env = "MODEL_PROTOCOL", value_enum, default_value_t = DEFAULT_MODEL_PROTOCOL)]
     pub model_protocol: oip::Protocol,
+
+    /// `batched` shares one feature-store call among concurrent decisions;
+    /// `auto` batches in `direct` mode only (see `FeatureReads`).
+    #[arg(long, env = "FEATURE_READS", value_enum, default_value_t = FeatureReads::Auto)]
+    pub feature_reads: FeatureReads,
 
     /// Base URL of model-inference's REST port in `mesh` mode (the mesh
     /// picks v1 or v2).
@@ -138,12 +162,22 @@ pub struct FrontendArgs {
 }
 
 impl FrontendArgs {
+    /// Whether concurrent decisions' feature reads share one call.
+    pub fn batches_feature_reads(&self) -> bool {
+        match self.feature_reads {
+            FeatureReads::Batched => true,
+            FeatureReads::Single => false,
+            FeatureReads::Auto => self.routing == RoutingMode::Direct,
+        }
+    }
+
     /// `direct` routing to the given model URLs, 10% canary; for tests and `mlmesh up`.
     pub fn direct(feature_store_url: String, v1: String, v2: String) -> Self {
         Self {
             routing: RoutingMode::Direct,
             feature_store_url,
             model_protocol: DEFAULT_MODEL_PROTOCOL,
+            feature_reads: FeatureReads::Auto,
             model_url: String::new(),
             model_grpc_url: None,
             model_v1_url: Some(v1),

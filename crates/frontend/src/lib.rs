@@ -15,5 +15,5 @@ pub mod metrics;
 pub mod service;
 pub mod upstream;
 
-pub use config::{FrontendArgs, RoutingMode};
+pub use config::{FeatureReads, FrontendArgs, RoutingMode};
 pub use service::{AppState, GROUP_COOKIE, app, build, router};

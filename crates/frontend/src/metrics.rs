@@ -14,6 +14,13 @@ use mesh_kit::metrics::{LATENCY_BUCKETS, names};
 /// response told us which version it reached).
 pub const UNKNOWN_VERSION: &str = "unknown";
 
+/// Histogram: users whose features one feature-store call read
+/// (`--feature-reads`), exposed as `mlmesh_frontend_feature_read_users`.
+pub const FEATURE_READ_USERS: &str = "frontend_feature_read_users";
+
+/// Users per feature-store call: powers of two up to a full round.
+const READ_USERS_BUCKETS: [f64; 8] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DecisionLabels {
     model_version: String,
@@ -66,6 +73,7 @@ pub struct FrontendMetrics {
     upstream_seconds: Family<UpstreamLabels, Histogram>,
     upstream_errors: Family<UpstreamErrorLabels, Counter>,
     shadow: Family<ShadowLabels, Counter>,
+    feature_read_users: Histogram,
 }
 
 impl FrontendMetrics {
@@ -83,6 +91,7 @@ impl FrontendMetrics {
             }),
             upstream_errors: Family::default(),
             shadow: Family::default(),
+            feature_read_users: Histogram::new(READ_USERS_BUCKETS.iter().copied()),
         };
         registry.register(
             names::FRONTEND_DECISIONS,
@@ -123,6 +132,11 @@ impl FrontendMetrics {
             "frontend_shadow_requests",
             "Mirrored inference calls: sent, failed, or dropped because too many were in flight",
             m.shadow.clone(),
+        );
+        registry.register(
+            FEATURE_READ_USERS,
+            "Users whose features one feature-store call read: 1 for a read of its own, more when concurrent decisions shared a batch (--feature-reads)",
+            m.feature_read_users.clone(),
         );
         let canary = Gauge::<i64>::default();
         canary.set(i64::from(canary_percent));
@@ -196,6 +210,11 @@ impl FrontendMetrics {
                 .get_or_create(&UpstreamErrorLabels { upstream, kind })
                 .inc();
         }
+    }
+
+    /// One feature-store call made, for `users` decisions.
+    pub fn feature_read(&self, users: usize) {
+        self.feature_read_users.observe(users as f64);
     }
 
     pub fn shadow(&self, result: &'static str) {

@@ -337,6 +337,130 @@ async fn a_grpc_hop_to_the_model_keeps_one_unbroken_trace() {
     assert!(stack.stop().success(), "Ctrl-C stops mlmesh up cleanly");
 }
 
+/// Under load `mlmesh up`'s frontend reads the features of the decisions
+/// that reach the store at the same moment in one batch call
+/// (`--feature-reads auto` in `direct` mode): the call sits in the trace of
+/// the decision that led it, and every other decision of the batch links to
+/// that decision's span, so each trace still leads to its read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batched_feature_read_is_in_its_leaders_trace_and_linked_from_the_others() {
+    const BURST: usize = 24;
+    let (endpoint, mut exports) = collector().await;
+    let stack = Stack::start(
+        Stack::ports(),
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.clone()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
+        ],
+    );
+    let client = reqwest::Client::new();
+    let frontend = stack.frontend.clone();
+    let decide = |trace: String, user: usize| {
+        let request = client
+            .get(format!("{frontend}/predict?user_id={user}"))
+            .header(
+                "traceparent",
+                format!("00-{trace}-{:016x}-01", 0xb0_0000 + user),
+            );
+        async move {
+            let res = request.send().await.unwrap();
+            assert_eq!(res.status(), 200);
+            let body: Value = res.json().await.unwrap();
+            assert_eq!(body["degraded"], false, "{body}");
+        }
+    };
+    // The first read learns the store's order; batches come after.
+    decide(format!("{:032x}", 0xfeed), 1).await;
+    let mut seen = Vec::new();
+    // Decisions sent at once overlap in the frontend; a burst whose reads
+    // all happened to go alone is sent again.
+    for burst in 0..5 {
+        let traces: Vec<String> = (0..BURST)
+            .map(|i| format!("{:032x}", 0xba7c_0000 + burst * 100 + i))
+            .collect();
+        let calls = traces
+            .iter()
+            .enumerate()
+            .map(|(i, t)| tokio::spawn(decide(t.clone(), 100 + burst * BURST + i)));
+        for call in calls.collect::<Vec<_>>() {
+            call.await.unwrap();
+        }
+        let mut servers = HashMap::new();
+        let (mut leaders, mut followers) = (Vec::new(), Vec::new());
+        for trace in &traces {
+            let decided = |spans: &[Got]| {
+                !find(spans, "frontend", "GET /predict", SPAN_KIND_SERVER).is_empty()
+                    && !find(spans, "model-inference", REST_HOP.1, SPAN_KIND_SERVER).is_empty()
+            };
+            let spans = collect_trace(&mut exports, &mut seen, trace, decided).await;
+            let server = find(&spans, "frontend", "GET /predict", SPAN_KIND_SERVER)[0].clone();
+            servers.insert(trace.clone(), server.span.span_id.clone());
+            let batch = find(&spans, "frontend", "POST feature-store", SPAN_KIND_CLIENT);
+            let alone = find(&spans, "frontend", "GET feature-store", SPAN_KIND_CLIENT);
+            match (batch.len(), alone.len()) {
+                (1, 0) => leaders.push((trace.clone(), batch[0].span.span_id.clone())),
+                (0, 1) => {}
+                (0, 0) => followers.push((trace.clone(), server)),
+                other => panic!("trace {trace}: feature-store calls {other:?}"),
+            }
+        }
+        if followers.is_empty() {
+            continue;
+        }
+        assert!(!leaders.is_empty(), "a follower's batch was led by someone");
+        for (trace, leader_call) in &leaders {
+            let spans = collect_trace(&mut exports, &mut seen, trace, |spans| {
+                !find(
+                    spans,
+                    "feature-store",
+                    "POST /v1/features:batch",
+                    SPAN_KIND_SERVER,
+                )
+                .is_empty()
+            })
+            .await;
+            let store = find(
+                &spans,
+                "feature-store",
+                "POST /v1/features:batch",
+                SPAN_KIND_SERVER,
+            );
+            assert_eq!(
+                &store[0].span.parent_span_id, leader_call,
+                "the store's span is the child of the leader's batch call"
+            );
+        }
+        for (trace, server) in &followers {
+            let links: Vec<(String, Vec<u8>)> = server
+                .span
+                .links
+                .iter()
+                .map(|l| (hex(&l.trace_id), l.span_id.clone()))
+                .collect();
+            assert_eq!(links.len(), 1, "trace {trace}: {links:?}");
+            let (to_trace, to_span) = &links[0];
+            assert!(
+                leaders.iter().any(|(t, _)| t == to_trace),
+                "trace {trace} links to {to_trace}, which led no batch"
+            );
+            assert_eq!(
+                &servers[to_trace], to_span,
+                "the link is to the leader's decision span"
+            );
+        }
+        println!(
+            "burst {burst}: {} decisions, {} batch leaders, {} followers",
+            BURST,
+            leaders.len(),
+            followers.len()
+        );
+        assert!(stack.stop().success());
+        return;
+    }
+    panic!("no burst of {BURST} decisions shared a feature read");
+}
+
 /// Model versions seen per user, from `x-model-version`.
 async fn versions_by_user(
     base: &str,

@@ -56,6 +56,13 @@ pub(super) fn features_base(url: &str) -> Result<String, ConfigError> {
     Ok(format!("http://{authority}{path}/v1/features/"))
 }
 
+/// `<feature store>/v1/features:batch`, checked once at startup.
+pub(super) fn features_batch_url(url: &str) -> Result<Endpoint, ConfigError> {
+    let base = features_base(url)?;
+    let batch = format!("{}:batch", base.trim_end_matches('/'));
+    Endpoint::parse(&batch).ok_or_else(|| ConfigError::Url("--feature-store-url", url.to_owned()))
+}
+
 /// What the frontend asks the feature store for: the values only. The
 /// per-feature `statuses` would double the answer and are never read (a
 /// value that is missing is `null` among the values).
@@ -169,6 +176,7 @@ pub(super) async fn exchange(
 pub(super) fn span_name(upstream: &'static str, method: &Method) -> std::borrow::Cow<'static, str> {
     let name = match (upstream, method.as_str()) {
         (FEATURE_STORE, "GET") => "GET feature-store",
+        (FEATURE_STORE, "POST") => "POST feature-store",
         (MODEL, "GET") => "GET model-inference",
         (MODEL, "POST") => "POST model-inference",
         (SHADOW, "POST") => "POST model-inference-shadow",

@@ -5,20 +5,19 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use bytes::Bytes;
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tracing::Instrument;
 
-use mesh_kit::propagation::{
-    DEADLINE_HEADER, FEATURE_FINGERPRINT_HEADER, Forwarded, MODEL_VERSION_HEADER, SERVED_BY_HEADER,
-};
+use mesh_kit::propagation::{DEADLINE_HEADER, Forwarded, MODEL_VERSION_HEADER, SERVED_BY_HEADER};
 
 use crate::cohort::Cohort;
 use crate::config::{FrontendArgs, RoutingMode};
 use crate::metrics::FrontendMetrics;
 
+mod coalesce;
 mod error;
 mod features;
 mod grpc;
@@ -26,19 +25,21 @@ mod http;
 mod learnt;
 mod model;
 mod shadow;
+mod store;
 
 use error::error_message;
 pub use error::{ConfigError, UpstreamError};
 use grpc::{grpc_error, grpc_request, grpc_span, grpc_url_of};
 use http::{
-    Endpoint, HttpClient, client_span, content_headers, exchange, features_base, features_url,
-    http_request,
+    Endpoint, HttpClient, client_span, content_headers, exchange, features_base,
+    features_batch_url, http_request,
 };
 
 pub use features::Features;
-use features::{KnownOrder, Read};
+use features::KnownOrder;
 use model::{GrpcClient, Layout, ModelTarget, Outbound, Wire};
 use shadow::Shadow;
+use store::Batching;
 
 pub const FEATURE_STORE: &str = "feature-store";
 pub const MODEL: &str = "model-inference";
@@ -73,8 +74,12 @@ pub struct Upstreams {
     /// `<feature store>/v1/features/`, checked once; a user's URI is it and
     /// their id (percent-encoded).
     features_base: String,
+    /// `<feature store>/v1/features:batch`.
+    features_batch_url: Endpoint,
     /// The feature store's column order, once an answer has said it.
     store_order: KnownOrder,
+    /// Concurrent decisions' feature reads share one call (`store.rs`).
+    batching: Option<Batching>,
     /// Baseline then candidate. In `mesh` mode both use the one model URL;
     /// each keeps its own layout because the mesh may send them to different
     /// versions.
@@ -116,7 +121,9 @@ impl Upstreams {
             http,
             timeout: args.upstream_timeout,
             features_base: features_base(&args.feature_store_url)?,
+            features_batch_url: features_batch_url(&args.feature_store_url)?,
             store_order: KnownOrder::default(),
+            batching: args.batches_feature_reads().then(Batching::default),
             targets,
             shadow,
             metrics,
@@ -127,60 +134,6 @@ impl Upstreams {
     pub fn budget_deadline(&self, inbound: Option<Instant>) -> Instant {
         let own = Instant::now() + self.timeout;
         inbound.map_or(own, |d| d.min(own))
-    }
-
-    /// The user's features; `None` when the feature store does not know the user.
-    pub async fn features(
-        &self,
-        user_id: &str,
-        fwd: &Forwarded,
-        deadline: Instant,
-    ) -> Result<Option<Features>, UpstreamError> {
-        let accept = |s: StatusCode| s == StatusCode::OK || s == StatusCode::NOT_FOUND;
-        // Listed values once the store's order is known; asked again with
-        // names if the store has changed its order since (so at most twice:
-        // an answer with names needs no order).
-        let mut listed = true;
-        loop {
-            let order = if listed { self.store_order.get() } else { None };
-            let url = features_url(&self.features_base, user_id, order.is_some())?;
-            let answer = self
-                .call(
-                    FEATURE_STORE,
-                    Method::GET,
-                    &url,
-                    fwd,
-                    None,
-                    deadline,
-                    accept,
-                )
-                .await?;
-            if answer.status == StatusCode::NOT_FOUND {
-                return Ok(None);
-            }
-            let served_by = served_by(&answer.headers);
-            let answer = features::Answer {
-                binary: answer
-                    .headers
-                    .get(header::CONTENT_TYPE)
-                    .is_some_and(|v| v.as_bytes() == oip::OCTET_STREAM.as_bytes()),
-                fingerprint: answer
-                    .headers
-                    .get(FEATURE_FINGERPRINT_HEADER)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned),
-                body: answer.body,
-            };
-            match self.store_order.read(answer, order, served_by)? {
-                Read::Features(f) => return Ok(Some(f)),
-                // Per request while replicas of two schemas serve side by
-                // side (a rollout), so debug.
-                Read::Reordered => {
-                    tracing::debug!("the feature store's column order changed; asking with names");
-                    listed = false;
-                }
-            }
-        }
     }
 
     /// Scores the user with the cohort's model (and mirrors the call when shadowing).

@@ -22,6 +22,7 @@ use super::error::invalid;
 use super::learnt::Learnt;
 use super::model::Layout;
 
+mod batch;
 mod keyed;
 
 /// The feature store's column order, learnt from an answer with names.
@@ -189,17 +190,19 @@ impl From<Bytes> for Answer {
     }
 }
 
+/// The binary form's bytes per value: a little-endian double.
+const VALUE_BYTES: usize = std::mem::size_of::<f64>();
+
 /// The binary form's values: little-endian doubles, NaN for none.
 fn binary_values(body: &[u8]) -> Result<Vec<Option<f64>>, UpstreamError> {
-    const WIDTH: usize = std::mem::size_of::<f64>();
-    if !body.len().is_multiple_of(WIDTH) {
+    if !body.len().is_multiple_of(VALUE_BYTES) {
         let detail = format!("a binary answer of {} bytes is not doubles", body.len());
         return Err(invalid(FEATURE_STORE, detail));
     }
     Ok(body
-        .chunks_exact(WIDTH)
+        .chunks_exact(VALUE_BYTES)
         .map(|b| {
-            let v = f64::from_le_bytes(b.try_into().expect("chunks of WIDTH"));
+            let v = f64::from_le_bytes(b.try_into().expect("chunks of VALUE_BYTES"));
             (!v.is_nan()).then_some(v)
         })
         .collect())
