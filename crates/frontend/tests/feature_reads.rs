@@ -193,16 +193,26 @@ async fn store_whose_batches_answer(
     test_support::serve::serve(app).await
 }
 
+/// A frontend (`mlmesh up`'s settings) whose store answers batches with
+/// `status`, after its first read has taught it the store's order; what
+/// it needs kept alive beside it.
+async fn frontend_whose_batches_answer(
+    status: StatusCode,
+) -> (Router, Upstreams, test_support::serve::Served) {
+    let up = Upstreams::start().await;
+    let store = store_whose_batches_answer(status, &up).await;
+    let mut args = up.args();
+    args.feature_store_url = store.base();
+    let app = frontend(&args);
+    get(&app, &format!("/predict?user_id={}", users()[0])).await;
+    (app, up, store)
+}
+
 #[tokio::test]
 async fn a_store_that_refuses_batches_is_read_one_by_one() {
-    let up = Upstreams::start().await;
     // A store from before the binary batch form refuses its fields: 400.
-    let old = store_whose_batches_answer(StatusCode::BAD_REQUEST, &up).await;
-    let mut args = up.args();
-    args.feature_store_url = old.base();
-    let app = frontend(&args);
+    let (app, _up, _store) = frontend_whose_batches_answer(StatusCode::BAD_REQUEST).await;
     let users = users();
-    get(&app, &format!("/predict?user_id={}", users[0])).await;
     let first = decide_at_once(&app, &users).await;
     let again = decide_at_once(&app, &users).await;
     assert_eq!(
@@ -219,13 +229,8 @@ async fn a_store_that_refuses_batches_is_read_one_by_one() {
 
 #[tokio::test]
 async fn a_failed_batch_degrades_each_of_its_decisions() {
-    let up = Upstreams::start().await;
-    let broken = store_whose_batches_answer(StatusCode::SERVICE_UNAVAILABLE, &up).await;
-    let mut args = up.args();
-    args.feature_store_url = broken.base();
-    let app = frontend(&args);
+    let (app, _up, _store) = frontend_whose_batches_answer(StatusCode::SERVICE_UNAVAILABLE).await;
     let users = users();
-    get(&app, &format!("/predict?user_id={}", users[0])).await;
     let mut tasks = JoinSet::new();
     for user in &users {
         let (app, user) = (app.clone(), user.clone());

@@ -65,33 +65,16 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::upstream::model::Layout;
-
-    fn layout() -> Layout {
-        Layout::new("features", "a,b,c")
-    }
+    use crate::upstream::features::tests::{binary_after, known_czab, layout};
 
     /// A binary batch answer: found flags, then each entity's doubles.
     fn batch(found: &[u8], rows: &[&[f64]], fingerprint: Option<&str>) -> Answer {
-        let mut body = found.to_vec();
-        for row in rows {
-            body.extend(row.iter().flat_map(|v| v.to_le_bytes()));
-        }
-        Answer {
-            body: body.into(),
-            binary: true,
-            fingerprint: fingerprint.map(str::to_owned),
-        }
+        binary_after(found, &rows.concat(), fingerprint)
     }
 
     #[test]
     fn a_batch_answer_gives_each_entity_its_row_or_none() {
-        let known = KnownOrder::default();
-        let order = Arc::new(StoreOrder {
-            fingerprint: "f".into(),
-            names: vec!["c".into(), "z".into(), "a".into(), "b".into()],
-        });
-        known.order.set(order.clone());
+        let (known, order) = known_czab();
         let nan = f64::NAN;
         let answer = batch(
             &[1, 0, 1],

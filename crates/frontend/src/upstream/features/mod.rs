@@ -306,7 +306,7 @@ impl Features {
 mod tests {
     use super::*;
 
-    fn layout() -> Layout {
+    pub(super) fn layout() -> Layout {
         Layout::new("features", "a,b,c")
     }
 
@@ -423,23 +423,35 @@ mod tests {
     }
 
     /// The binary form: doubles in the store's order, NaN for no value, the
-    /// fingerprint in a header.
-    fn binary(values: &[f64], fingerprint: Option<&str>) -> Answer {
+    /// fingerprint in a header; `prefix` before them (a batch's flags).
+    pub(super) fn binary_after(prefix: &[u8], values: &[f64], fingerprint: Option<&str>) -> Answer {
+        let mut body = prefix.to_vec();
+        body.extend(values.iter().flat_map(|v| v.to_le_bytes()));
         Answer {
-            body: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            body: body.into(),
             binary: true,
             fingerprint: fingerprint.map(str::to_owned),
         }
     }
 
-    #[test]
-    fn a_binary_answer_is_read_like_a_listed_one() {
+    fn binary(values: &[f64], fingerprint: Option<&str>) -> Answer {
+        binary_after(&[], values, fingerprint)
+    }
+
+    /// A store order `c, z, a, b` (fingerprint `f`), known to a new [`KnownOrder`].
+    pub(super) fn known_czab() -> (KnownOrder, Arc<StoreOrder>) {
         let known = KnownOrder::default();
         let order = Arc::new(StoreOrder {
             fingerprint: "f".into(),
             names: vec!["c".into(), "z".into(), "a".into(), "b".into()],
         });
         known.order.set(order.clone());
+        (known, order)
+    }
+
+    #[test]
+    fn a_binary_answer_is_read_like_a_listed_one() {
+        let (known, order) = known_czab();
         let read = |answer| known.read(answer, Some(order.clone()), None);
         let Ok(Read::Features(f)) = read(binary(&[3.0, 9.0, 1.5, -2.0], Some("f"))) else {
             panic!("read")
