@@ -3,7 +3,6 @@
 //! for the decisions that need the store at the same moment.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
 use axum::http::{HeaderMap, Method, StatusCode, header};
@@ -17,6 +16,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::coalesce::{Coalescer, Follower, Joined};
 use super::features::{self, Features, Read, StoreOrder};
+use super::learnt::Countdown;
 use super::{FEATURE_STORE, UpstreamError, Upstreams, served_by};
 
 /// A user's features, or `None` when the store does not know the user.
@@ -38,7 +38,7 @@ const RETRY_BATCH_AFTER: u32 = 1000;
 pub(super) struct Batching {
     rounds: Coalescer<Handed>,
     /// See [`RETRY_BATCH_AFTER`].
-    refused: AtomicU32,
+    refused: Countdown,
 }
 
 /// The batch request the frontend sends: listed values in binary.
@@ -56,7 +56,7 @@ impl Upstreams {
         if let Some(batching) = &self.batching
             // A batch answers listed values: only once the order is known.
             && let Some(order) = self.store_order.get()
-            && !batching.skip()
+            && !batching.refused.skip()
         {
             match batching.rounds.join(user_id, deadline) {
                 Joined::Lead(round) => {
@@ -182,7 +182,7 @@ impl Upstreams {
             Err(UpstreamError::Status { status, detail, .. }) if (400..500).contains(&status) => {
                 tracing::info!(status, %detail, "the feature store refused a batched read; reading one by one for a while");
                 if let Some(b) = &self.batching {
-                    b.refused.store(RETRY_BATCH_AFTER, Ordering::Relaxed);
+                    b.refused.start(RETRY_BATCH_AFTER);
                 }
                 Ok(None)
             }
@@ -214,20 +214,6 @@ impl Upstreams {
                 Err(e)
             }
         }
-    }
-}
-
-// === impl Batching ===
-
-impl Batching {
-    /// Whether this read goes alone because a batch was refused lately.
-    fn skip(&self) -> bool {
-        let left = self.refused.load(Ordering::Relaxed);
-        if left == 0 {
-            return false;
-        }
-        self.refused.store(left - 1, Ordering::Relaxed);
-        true
     }
 }
 

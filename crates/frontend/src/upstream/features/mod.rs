@@ -9,7 +9,6 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -19,7 +18,7 @@ use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use super::FEATURE_STORE;
 use super::UpstreamError;
 use super::error::invalid;
-use super::learnt::Learnt;
+use super::learnt::{Countdown, Learnt};
 use super::model::Layout;
 
 mod batch;
@@ -42,7 +41,7 @@ pub(super) struct KnownOrder {
     /// one that had no fingerprint (a store older than `names=false`): the
     /// names are parsed again only once per [`RELEARN_AFTER`] answers, not
     /// on every one, and an upgraded store is noticed soon after.
-    not_learning: AtomicU32,
+    not_learning: Countdown,
 }
 
 /// See [`KnownOrder::not_learning`].
@@ -113,9 +112,7 @@ impl KnownOrder {
 
     /// Learns the order from a keyed answer, unless a recent one had none.
     fn learn_from(&self, body: &[u8]) {
-        let skip = self.not_learning.load(Ordering::Relaxed);
-        if skip > 0 {
-            self.not_learning.store(skip - 1, Ordering::Relaxed);
+        if self.not_learning.skip() {
             return;
         }
         match StoreOrder::learn(body) {
@@ -124,7 +121,7 @@ impl KnownOrder {
                     self.order.set(Arc::new(order));
                 }
             }
-            None => self.not_learning.store(RELEARN_AFTER, Ordering::Relaxed),
+            None => self.not_learning.start(RELEARN_AFTER),
         }
     }
 
