@@ -69,8 +69,9 @@ pub struct FrontendArgs {
     #[arg(long, env = "MODEL_PROTOCOL", value_enum, default_value_t = DEFAULT_MODEL_PROTOCOL)]
     pub model_protocol: oip::Protocol,
 
-    /// `batched` shares one feature-store call among concurrent decisions;
-    /// `auto` batches in `direct` mode only (see `FeatureReads`).
+    /// How decisions read their users' features: `batched` shares one
+    /// feature-store call among concurrent decisions; `auto` batches in
+    /// `direct` mode only.
     #[arg(long, env = "FEATURE_READS", value_enum, default_value_t = FeatureReads::Auto)]
     pub feature_reads: FeatureReads,
 
