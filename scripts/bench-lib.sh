@@ -1,13 +1,14 @@
 # shellcheck shell=bash
 # What the chain benchmarks share, sourced after `cd` to the repository:
-# the release binaries (MLMESH_BIN runs another build of mlmesh), a scratch
+# the release binaries (MLMESH_BIN runs another build of mlmesh, LOADTEST_BIN
+# another build of the load tool), a scratch
 # directory, the pids to stop on exit, and a readiness wait.
 
 cargo build --release -p mlmesh -p loadtest >&2
 # shellcheck disable=SC2034 # bin and load are the sourcing script's
 bin=${MLMESH_BIN:-$PWD/target/release/mlmesh}
 # shellcheck disable=SC2034
-load=$PWD/target/release/mlmesh-loadtest
+load=${LOADTEST_BIN:-$PWD/target/release/mlmesh-loadtest}
 tmp=$(mktemp -d)
 pids=()
 cleanup() {

@@ -6,6 +6,11 @@ use anyhow::Context;
 use clap::Parser;
 use loadtest::{Config, Target, expect, run, users};
 
+// The tool shares the machine with what it measures: glibc malloc was a
+// tenth of its instructions per request (BENCHMARKS.md, "Load generator").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     match real_main() {
         Ok(code) => code,

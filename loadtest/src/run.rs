@@ -1,13 +1,14 @@
 //! The load loop: closed (N in flight) or open (a fixed start rate, latency
 //! from each request's scheduled start), over one keep-alive HTTP/1 pool.
 
+use std::borrow::Cow;
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Request, Uri, header};
+use http::{HeaderValue, Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -33,6 +34,8 @@ pub enum RunError {
     WorkerPanicked(usize, String),
     #[error("minting a demo token: {0}")]
     Token(#[from] identity::IdentityError),
+    #[error("user id {0:?} cannot go in a URL query or header as it is")]
+    UserId(String),
     #[error("reading the model's metadata at {url}: {detail}")]
     Metadata { url: String, detail: String },
 }
@@ -104,7 +107,10 @@ struct Plan {
     grpc: Vec<GrpcClient>,
     grpc_requests: Vec<oip::grpc::ModelInferRequest>,
     base: String,
-    infer_uri: String,
+    /// `--target frontend`: each user's `/predict` URI and `x-user-id`
+    /// value, built once (a URI parse per request was a tenth of the tool).
+    predict: Vec<(Uri, HeaderValue)>,
+    infer_uri: Uri,
     /// `--header`s, on every request.
     headers: Vec<(http::HeaderName, http::HeaderValue)>,
     /// `--demo-tokens`: each user's `Authorization` value (else empty).
@@ -123,15 +129,61 @@ struct Plan {
     shards: Vec<Mutex<Shard>>,
 }
 
-/// The parts of a frontend answer the report needs.
+/// The parts of a frontend answer the report needs, borrowed from it.
 #[derive(Deserialize)]
-struct Decision {
+struct Decision<'a> {
     #[serde(default)]
     degraded: bool,
-    #[serde(default)]
-    decision: Option<String>,
-    #[serde(default)]
-    decision_id: Option<String>,
+    #[serde(default, borrow)]
+    decision: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    decision_id: Option<Cow<'a, str>>,
+}
+
+/// What one request did, as the report counts it.
+struct Call {
+    status: Status,
+    /// The `x-model-version` that answered.
+    version: Option<HeaderValue>,
+    /// Counted as an error: no answer, not a success, or degraded.
+    error: bool,
+    degraded: bool,
+    /// An offer's decision id, for `--feedback`.
+    offer: Option<String>,
+}
+
+/// An HTTP status, a gRPC code's name, or why there was no answer.
+enum Status {
+    Http(StatusCode),
+    Other(Cow<'static, str>),
+}
+
+// === impl Call ===
+
+impl Call {
+    /// No answer at all (a timeout, a transport or gRPC error).
+    fn failed(status: impl Into<Cow<'static, str>>) -> Self {
+        Call {
+            status: Status::Other(status.into()),
+            version: None,
+            error: true,
+            degraded: false,
+            offer: None,
+        }
+    }
+
+    fn version(&self) -> Option<&str> {
+        self.version.as_ref().and_then(|v| v.to_str().ok())
+    }
+}
+
+impl Status {
+    fn as_str(&self) -> &str {
+        match self {
+            Status::Http(code) => code.as_str(),
+            Status::Other(s) => s,
+        }
+    }
 }
 
 impl Plan {
@@ -156,8 +208,8 @@ impl Plan {
             Target::Frontend => {
                 // The id in the header too, as a mesh client would: Envoy can
                 // only key routing and rate limits on headers, not the query.
-                let mut b = Request::get(format!("{}/predict?user_id={}", self.base, u.id))
-                    .header("x-user-id", u.id.as_str());
+                let (uri, id) = &self.predict[user];
+                let mut b = Request::get(uri.clone()).header("x-user-id", id.clone());
                 if u.beta {
                     b = b.header(USER_GROUP_HEADER, BETA_GROUP);
                 }
@@ -165,7 +217,7 @@ impl Plan {
             }
             Target::Infer => {
                 let body = &self.bodies[user % self.bodies.len()];
-                let b = Request::post(self.infer_uri.as_str());
+                let b = Request::post(self.infer_uri.clone());
                 match &body.json_len {
                     None => b.header(header::CONTENT_TYPE, "application/json"),
                     Some(len) => b
@@ -194,7 +246,7 @@ impl Plan {
     /// Sends request `i` (counting latency from `scheduled`) and records it.
     async fn execute(&self, i: u64, scheduled: Instant) {
         let user = ((i / self.per_user) % self.users.len() as u64) as usize;
-        let (status, version, error, degraded, offer) = if self.grpc.is_empty() {
+        let call = if self.grpc.is_empty() {
             self.http_call(user).await
         } else {
             self.grpc_call(i, user).await
@@ -202,26 +254,26 @@ impl Plan {
         let latency = scheduled.elapsed();
         let shard = &self.shards[(i as usize) % SHARDS];
         self.done.fetch_add(1, Ordering::Relaxed);
-        if error {
+        if call.error {
             self.errors.fetch_add(1, Ordering::Relaxed);
         }
         let uses_users = self.target != Target::Get;
         shard.lock().unwrap().record(&Observation {
             user: uses_users.then_some(user),
-            version: version.as_deref(),
-            status: &status,
+            version: call.version(),
+            status: call.status.as_str(),
             latency,
-            error,
-            degraded,
+            error: call.error,
+            degraded: call.degraded,
         });
-        if let (true, Some(decision_id), Some(v)) = (self.feedback, offer, version) {
-            self.send_feedback(user, &decision_id, &v, shard).await;
+        if let (true, Some(decision_id), Some(v)) = (self.feedback, &call.offer, call.version()) {
+            self.send_feedback(user, decision_id, v, shard).await;
         }
     }
 
     /// One HTTP request: its status, the version that answered, whether it
     /// failed, whether the decision was degraded, and the offer's id.
-    async fn http_call(&self, user: usize) -> CallResult {
+    async fn http_call(&self, user: usize) -> Call {
         let result = tokio::time::timeout(self.timeout, async {
             let res = self.client.request(self.request(user)).await?;
             let (parts, body) = res.into_parts();
@@ -229,42 +281,38 @@ impl Plan {
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>((parts, body))
         })
         .await;
-        match &result {
-            Err(_) => ("timeout".to_owned(), None, true, false, None),
-            Ok(Err(_)) => ("transport".to_owned(), None, true, false, None),
-            Ok(Ok((parts, body))) => {
-                let version = parts
-                    .headers
-                    .get("x-model-version")
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned);
+        match result {
+            Err(_) => Call::failed("timeout"),
+            Ok(Err(_)) => Call::failed("transport"),
+            Ok(Ok((mut parts, body))) => {
                 let ok = parts.status.is_success();
                 let (degraded, offer) = match self.target {
-                    Target::Frontend if ok => match serde_json::from_slice::<Decision>(body) {
+                    Target::Frontend if ok => match serde_json::from_slice::<Decision>(&body) {
                         Ok(d) => {
                             let offer = (d.decision.as_deref() == Some("offer"))
                                 .then_some(d.decision_id)
-                                .flatten();
+                                .flatten()
+                                .map(Cow::into_owned);
                             (d.degraded, offer)
                         }
                         Err(_) => (true, None),
                     },
                     _ => (false, None),
                 };
-                (
-                    parts.status.as_u16().to_string(),
-                    version,
-                    !ok || degraded,
+                Call {
+                    status: Status::Http(parts.status),
+                    version: parts.headers.remove("x-model-version"),
+                    error: !ok || degraded,
                     degraded,
                     offer,
-                )
+                }
             }
         }
     }
 
     /// One gRPC ModelInfer, as a stream on request `i`'s connection; the
     /// status is the gRPC code's name.
-    async fn grpc_call(&self, i: u64, user: usize) -> CallResult {
+    async fn grpc_call(&self, i: u64, user: usize) -> Call {
         let mut client = self.grpc[(i as usize) % self.grpc.len()].clone();
         let message = &self.grpc_requests[user % self.grpc_requests.len()];
         let mut req = tonic::Request::new(message.clone());
@@ -276,16 +324,18 @@ impl Plan {
             }
         }
         match tokio::time::timeout(self.timeout, client.model_infer(req)).await {
-            Err(_) => ("timeout".to_owned(), None, true, false, None),
-            Ok(Err(status)) => (format!("{:?}", status.code()), None, true, false, None),
-            Ok(Ok(res)) => {
-                let version = res
+            Err(_) => Call::failed("timeout"),
+            Ok(Err(status)) => Call::failed(format!("{:?}", status.code())),
+            Ok(Ok(res)) => Call {
+                status: Status::Other(Cow::Borrowed("Ok")),
+                version: res
                     .metadata()
                     .get("x-model-version")
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned);
-                ("Ok".to_owned(), version, false, false, None)
-            }
+                    .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok()),
+                error: false,
+                degraded: false,
+                offer: None,
+            },
         }
     }
 
@@ -343,8 +393,6 @@ impl Plan {
 }
 
 /// A call's status, answering version, failed, degraded, offer id.
-type CallResult = (String, Option<String>, bool, bool, Option<String>);
-
 /// Most feature values the encoded infer requests hold together (16 MiB as
 /// FP32; a few times that as JSON text).
 const MAX_PREBUILT_VALUES: usize = 4 << 20;
@@ -520,7 +568,14 @@ pub async fn run(cfg: &Config, users: Vec<User>) -> Result<Report, RunError> {
     let plan = Arc::new(Plan {
         target: cfg.target,
         client,
-        infer_uri: format!("{base}/v2/models/{}/infer", cfg.model_name),
+        infer_uri: format!("{base}/v2/models/{}/infer", cfg.model_name)
+            .parse()
+            .map_err(|_| RunError::BaseUrl(cfg.base_url.clone()))?,
+        predict: if cfg.target == Target::Frontend {
+            predict_requests(&base, &users)?
+        } else {
+            Vec::new()
+        },
         base: base.clone(),
         headers: cfg.headers.clone(),
         tokens,
@@ -597,6 +652,20 @@ pub async fn run(cfg: &Config, users: Vec<User>) -> Result<Report, RunError> {
     );
     report.overflow = plan.overflow.load(Ordering::Relaxed);
     Ok(report)
+}
+
+/// Each user's `/predict` URI and `x-user-id` value.
+fn predict_requests(base: &str, users: &[User]) -> Result<Vec<(Uri, HeaderValue)>, RunError> {
+    users
+        .iter()
+        .map(|u| {
+            let bad = || RunError::UserId(u.id.clone());
+            let uri = format!("{base}/predict?user_id={}", u.id)
+                .parse()
+                .map_err(|_| bad())?;
+            Ok((uri, HeaderValue::from_str(&u.id).map_err(|_| bad())?))
+        })
+        .collect()
 }
 
 /// Starts request `i` at `start + i / rate`, whatever earlier requests are

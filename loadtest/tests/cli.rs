@@ -163,6 +163,27 @@ fn bad_usage_exits_2_and_says_why() {
     }
 }
 
+/// A user id that cannot be put in the query and the `x-user-id` header as
+/// it is stops the run before any request, naming the id (it was a panic in
+/// a worker).
+#[test]
+fn a_user_id_no_request_can_carry_exits_2_naming_it() {
+    let csv = std::env::temp_dir().join(format!("loadtest-users-{}.csv", std::process::id()));
+    std::fs::write(&csv, "user_id,held_out,purchase,f1\nbad\tid,1,0,0.5\n").unwrap();
+    let out = loadtest(&[
+        "http://127.0.0.1:1",
+        "--users-file",
+        csv.to_str().unwrap(),
+        "-n",
+        "1",
+        "--quiet",
+    ]);
+    let _ = std::fs::remove_file(&csv);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(r#"user id "bad\tid""#), "{stderr}");
+}
+
 /// Open loop past its pool: `wait` counts the wait for a slot in the latency
 /// (wrk2's rule), `drop` sends nothing it cannot start on time and says how
 /// many it dropped, so the latencies are the server's.
