@@ -7,6 +7,7 @@
 //! [`expect::violations`] checks it.
 
 pub mod config;
+pub mod conn;
 pub mod expect;
 pub mod run;
 pub mod stats;

@@ -1,5 +1,5 @@
 //! The load loop: closed (N in flight) or open (a fixed start rate, latency
-//! from each request's scheduled start), over one keep-alive HTTP/1 pool.
+//! from each request's scheduled start), over keep-alive HTTP/1 connections.
 
 use std::borrow::Cow;
 use std::io::IsTerminal;
@@ -9,16 +9,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, StatusCode, Uri, header};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use http_body_util::Full;
 use serde::Deserialize;
 
 use frontend::cohort::BETA_GROUP;
 use mesh_kit::propagation::USER_GROUP_HEADER;
 
 use crate::config::{Config, Overflow, Protocol, Target};
+use crate::conn::Connections;
 use crate::stats::{Observation, Report, Shard, new_histogram};
 use crate::users::User;
 
@@ -92,13 +90,12 @@ fn panic_text(e: tokio::task::JoinError) -> String {
     }
 }
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
 type GrpcClient =
     oip::grpc::grpc_inference_service_client::GrpcInferenceServiceClient<tonic::transport::Channel>;
 
 struct Plan {
     target: Target,
-    client: HttpClient,
+    conns: Connections,
     users: Vec<User>,
     /// `--target infer`: each user's OIP request body, built once.
     bodies: Vec<InferBody>,
@@ -106,11 +103,12 @@ struct Plan {
     /// spread over them as streams, and each user's request message, built once.
     grpc: Vec<GrpcClient>,
     grpc_requests: Vec<oip::grpc::ModelInferRequest>,
-    base: String,
     /// `--target frontend`: each user's `/predict` URI and `x-user-id`
     /// value, built once (a URI parse per request was a tenth of the tool).
     predict: Vec<(Uri, HeaderValue)>,
     infer_uri: Uri,
+    /// `--target get`: the base URL's path and query.
+    get_uri: Uri,
     /// `--header`s, on every request.
     headers: Vec<(http::HeaderName, http::HeaderValue)>,
     /// `--demo-tokens`: each user's `Authorization` value (else empty).
@@ -226,7 +224,7 @@ impl Plan {
                 }
                 .body(Full::new(body.bytes.clone()))
             }
-            Target::Get => Request::get(self.base.as_str()).body(Full::default()),
+            Target::Get => Request::get(self.get_uri.clone()).body(Full::default()),
         };
         let mut req = builder.expect("request parts were validated up front");
         self.sign_in(user, &mut req);
@@ -274,17 +272,12 @@ impl Plan {
     /// One HTTP request: its status, the version that answered, whether it
     /// failed, whether the decision was degraded, and the offer's id.
     async fn http_call(&self, user: usize) -> Call {
-        let result = tokio::time::timeout(self.timeout, async {
-            let res = self.client.request(self.request(user)).await?;
-            let (parts, body) = res.into_parts();
-            let body = body.collect().await?.to_bytes();
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>((parts, body))
-        })
-        .await;
+        let result = tokio::time::timeout(self.timeout, self.conns.send(self.request(user))).await;
         match result {
             Err(_) => Call::failed("timeout"),
             Ok(Err(_)) => Call::failed("transport"),
-            Ok(Ok((mut parts, body))) => {
+            Ok(Ok(res)) => {
+                let (mut parts, body) = res.into_parts();
                 let ok = parts.status.is_success();
                 let (degraded, offer) = match self.target {
                     Target::Frontend if ok => match serde_json::from_slice::<Decision>(&body) {
@@ -355,14 +348,18 @@ impl Plan {
         // The user in the query too, as the page sends it: a gateway hashing
         // on user_id routes the feedback to the replica that decided.
         let id = self.users[user].id.as_str();
-        let mut req = Request::post(format!("{}/feedback?user_id={id}", self.base))
+        let Ok(uri) = self.conns.uri(&format!("/feedback?user_id={id}")) else {
+            shard.lock().unwrap().feedback_errors += 1;
+            return;
+        };
+        let mut req = Request::post(uri)
             .header(header::CONTENT_TYPE, "application/json")
             .header("x-user-id", id)
             .body(Full::new(Bytes::from(body.to_string())))
             .expect("valid feedback request");
         self.sign_in(user, &mut req);
         let ok = matches!(
-            tokio::time::timeout(self.timeout, self.client.request(req)).await,
+            tokio::time::timeout(self.timeout, self.conns.send(req)).await,
             Ok(Ok(res)) if res.status().is_success()
         );
         let mut s = shard.lock().unwrap();
@@ -474,26 +471,21 @@ fn oip_body(request: oip::Fp32Request<'_>, protocol: Protocol) -> InferBody {
 }
 
 /// The model's input name, from its OIP metadata, as a client should.
-async fn input_name(client: &HttpClient, base: &str, model: &str) -> Result<String, RunError> {
-    let url = format!("{base}/v2/models/{model}");
+async fn input_name(conns: &Connections, base: &str, model: &str) -> Result<String, RunError> {
+    let path = format!("/v2/models/{model}");
     let fail = |detail: String| RunError::Metadata {
-        url: url.clone(),
+        url: format!("{base}{path}"),
         detail,
     };
-    let req = Request::get(url.as_str())
+    let req = Request::get(conns.uri(&path).map_err(|e| fail(e.to_string()))?)
         .body(Full::default())
         .map_err(|e| fail(e.to_string()))?;
-    let res = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+    let res = tokio::time::timeout(Duration::from_secs(10), conns.send(req))
         .await
         .map_err(|_| fail("no answer within 10 s".into()))?
         .map_err(|e| fail(e.to_string()))?;
     let status = res.status();
-    let body = res
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| fail(e.to_string()))?
-        .to_bytes();
+    let body = res.into_body();
     if !status.is_success() {
         return Err(fail(format!("status {status}")));
     }
@@ -512,9 +504,6 @@ pub async fn run(cfg: &Config, users: Vec<User>) -> Result<Report, RunError> {
     let uri: Uri = base
         .parse()
         .map_err(|_| RunError::BaseUrl(cfg.base_url.clone()))?;
-    if uri.scheme_str() != Some("http") || uri.host().is_none() {
-        return Err(RunError::BaseUrl(cfg.base_url.clone()));
-    }
     // Open loop: up to --max-in-flight connections are busy at once, and all
     // of them must stay pooled. Fewer idle places (the closed loop's count)
     // close the excess on every lull and reopen it on the next burst: a new
@@ -523,12 +512,12 @@ pub async fn run(cfg: &Config, users: Vec<User>) -> Result<Report, RunError> {
         Some(_) => cfg.max_in_flight,
         None => cfg.connections(),
     };
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    let client = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(connections.max(64))
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build(connector);
+    let bad_base = || RunError::BaseUrl(cfg.base_url.clone());
+    let conns = Connections::new(&uri, connections.max(64)).ok_or_else(bad_base)?;
+    let get_uri = match uri.path_and_query().map(|p| p.as_str()) {
+        None | Some("") => Uri::from_static("/"),
+        Some(p) => p.parse().map_err(|_| bad_base())?,
+    };
     let per_user = u64::from(cfg.requests_per_user);
     let limit = match (cfg.requests, cfg.duration) {
         (Some(n), _) => Some(n),
@@ -553,7 +542,7 @@ pub async fn run(cfg: &Config, users: Vec<User>) -> Result<Report, RunError> {
                 .collect();
         }
         (Target::Infer, protocol) => {
-            let input = input_name(&client, &base, &cfg.model_name).await?;
+            let input = input_name(&conns, &base, &cfg.model_name).await?;
             bodies = (0..distinct)
                 .map(|u| oip_body(fp32_request(&users, u, rows, &input), protocol))
                 .collect();
@@ -567,16 +556,16 @@ pub async fn run(cfg: &Config, users: Vec<User>) -> Result<Report, RunError> {
     };
     let plan = Arc::new(Plan {
         target: cfg.target,
-        client,
-        infer_uri: format!("{base}/v2/models/{}/infer", cfg.model_name)
-            .parse()
-            .map_err(|_| RunError::BaseUrl(cfg.base_url.clone()))?,
+        infer_uri: conns
+            .uri(&format!("/v2/models/{}/infer", cfg.model_name))
+            .map_err(|_| bad_base())?,
+        get_uri,
         predict: if cfg.target == Target::Frontend {
-            predict_requests(&base, &users)?
+            predict_requests(&conns, &users)?
         } else {
             Vec::new()
         },
-        base: base.clone(),
+        conns,
         headers: cfg.headers.clone(),
         tokens,
         bodies,
@@ -655,13 +644,16 @@ pub async fn run(cfg: &Config, users: Vec<User>) -> Result<Report, RunError> {
 }
 
 /// Each user's `/predict` URI and `x-user-id` value.
-fn predict_requests(base: &str, users: &[User]) -> Result<Vec<(Uri, HeaderValue)>, RunError> {
+fn predict_requests(
+    conns: &Connections,
+    users: &[User],
+) -> Result<Vec<(Uri, HeaderValue)>, RunError> {
     users
         .iter()
         .map(|u| {
             let bad = || RunError::UserId(u.id.clone());
-            let uri = format!("{base}/predict?user_id={}", u.id)
-                .parse()
+            let uri = conns
+                .uri(&format!("/predict?user_id={}", u.id))
                 .map_err(|_| bad())?;
             Ok((uri, HeaderValue::from_str(&u.id).map_err(|_| bad())?))
         })
