@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use mesh_kit::extract::Path;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use events::{Event, EventLog, Prediction};
 use mesh_kit::propagation::{REQUEST_ID_HEADER, trace_id_of};
@@ -26,15 +26,16 @@ use crate::deadline::deadline_of;
 use crate::engine::{Engine, EngineError, ModelSpec};
 use crate::metrics::{InferenceMetrics, Outcome, Protocol, Traffic};
 use crate::validate::{self, Validated};
-use oip::{
-    FP32, FlatF32, InferRequest, InferResponse, ModelConfig, ModelMetadata, ModelTensorConfig,
-    OutputTensor, ServerMetadata, TensorMetadata,
-};
+use oip::{FP32, FlatF32, InferRequest, InferResponse, OutputTensor};
+
+mod metadata;
 
 pub use mesh_kit::propagation::{DEADLINE_HEADER, MODEL_VERSION_HEADER};
-
-/// What the metadata and configuration say runs the model.
-const PLATFORM: &str = "tract_onnx";
+pub(crate) use metadata::server_metadata_value;
+use metadata::{
+    all_stats, model_config, model_metadata, model_ready, model_stats, ready_response,
+    server_metadata,
+};
 
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
@@ -292,82 +293,6 @@ impl AppState {
             .ok_or_else(queue_full)
     }
 
-    pub(crate) fn model_metadata(&self) -> ModelMetadata<'_> {
-        let spec = &self.0.spec;
-        let parameters = (!spec.feature_names.is_empty()).then(|| {
-            let mut p = oip::Parameters::new();
-            p.insert(
-                oip::FEATURE_NAMES.into(),
-                Value::String(spec.feature_order.clone()),
-            );
-            p.insert(
-                oip::FEATURE_FINGERPRINT.into(),
-                Value::String(spec.feature_fingerprint.clone()),
-            );
-            p
-        });
-        fn tensor(name: &str, width: usize) -> TensorMetadata<'_> {
-            TensorMetadata {
-                name: Cow::Borrowed(name),
-                datatype: Cow::Borrowed(FP32),
-                shape: vec![-1, width as i64],
-            }
-        }
-        ModelMetadata {
-            name: Cow::Borrowed(&self.0.name),
-            versions: vec![Cow::Borrowed(&self.0.version)],
-            platform: Cow::Borrowed(PLATFORM),
-            inputs: vec![tensor(&spec.input_name, spec.n_features)],
-            outputs: spec
-                .outputs
-                .iter()
-                .map(|(name, width)| tensor(name, *width))
-                .collect(),
-            parameters,
-        }
-    }
-
-    /// Triton's model configuration: the batch dimension is `max_batch_size`,
-    /// not part of `dims`.
-    pub(crate) fn model_config(&self) -> ModelConfig {
-        let spec = &self.0.spec;
-        let tensor = |name: &str, width: usize| ModelTensorConfig {
-            name: name.to_owned(),
-            data_type: "TYPE_FP32".to_owned(),
-            dims: vec![width as i64],
-        };
-        ModelConfig {
-            name: self.0.name.to_string(),
-            platform: PLATFORM.to_owned(),
-            backend: "tract".to_owned(),
-            max_batch_size: self.0.max_rows as u64,
-            input: vec![tensor(&spec.input_name, spec.n_features)],
-            output: spec
-                .outputs
-                .iter()
-                .map(|(name, width)| tensor(name, *width))
-                .collect(),
-            // The column order, for gRPC clients: gRPC's model metadata has
-            // no parameters, Triton's configuration does.
-            parameters: (!spec.feature_names.is_empty())
-                .then(|| {
-                    let param = |name: &str, value: &str| {
-                        let value = oip::ModelParameter {
-                            string_value: value.to_owned(),
-                        };
-                        (name.to_owned(), value)
-                    };
-                    [
-                        param(oip::FEATURE_NAMES, &spec.feature_order),
-                        param(oip::FEATURE_FINGERPRINT, &spec.feature_fingerprint),
-                    ]
-                })
-                .into_iter()
-                .flatten()
-                .collect(),
-        }
-    }
-
     /// This model's statistics extension figures, now.
     pub(crate) fn statistics(&self) -> oip::ModelStatistics {
         self.0.metrics.stats.snapshot(&self.0.name, &self.0.version)
@@ -440,68 +365,6 @@ async fn infer(
         .stats
         .request(res.status().is_success(), started.elapsed());
     res
-}
-
-async fn model_metadata(
-    State(s): State<AppState>,
-    Path(p): Path<ModelPath>,
-) -> Result<Response, ApiError> {
-    s.check_model(&p)?;
-    Ok(Json(s.model_metadata()).into_response())
-}
-
-/// The server metadata, the same over REST and gRPC.
-pub(crate) fn server_metadata_value() -> ServerMetadata<'static> {
-    ServerMetadata {
-        name: Cow::Borrowed("mlmesh-model-inference"),
-        version: Cow::Borrowed(env!("CARGO_PKG_VERSION")),
-        extensions: oip::EXTENSIONS.into_iter().map(Cow::Borrowed).collect(),
-    }
-}
-
-async fn server_metadata() -> Json<ServerMetadata<'static>> {
-    Json(server_metadata_value())
-}
-
-async fn model_config(
-    State(s): State<AppState>,
-    Path(p): Path<ModelPath>,
-) -> Result<Json<ModelConfig>, ApiError> {
-    s.check_model(&p)?;
-    Ok(Json(s.model_config()))
-}
-
-/// `/v2/models/stats`: every model's statistics, which is this one's.
-async fn all_stats(State(s): State<AppState>) -> Json<oip::InferStatistics> {
-    Json(oip::InferStatistics {
-        model_stats: vec![s.statistics()],
-    })
-}
-
-async fn model_stats(
-    State(s): State<AppState>,
-    Path(p): Path<ModelPath>,
-) -> Result<Json<oip::InferStatistics>, ApiError> {
-    s.check_model(&p)?;
-    Ok(all_stats(State(s)).await)
-}
-
-async fn model_ready(
-    State(s): State<AppState>,
-    Path(p): Path<ModelPath>,
-) -> Result<Response, ApiError> {
-    s.check_model(&p)?;
-    Ok(ready_response(&s.0.health))
-}
-
-fn ready_response(health: &Health) -> Response {
-    let ready = health.is_ready();
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, Json(json!({ "ready": ready }))).into_response()
 }
 
 /// Business routes: metadata and inference.
