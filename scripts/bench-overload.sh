@@ -33,7 +33,7 @@ command -v taskset >/dev/null || { echo "bench-overload.sh: needs taskset (util-
 [ "$(nproc)" -ge 2 ] || { echo "bench-overload.sh: needs 2 CPUs" >&2; exit 1; }
 cargo build --release -p mlmesh -p loadtest >&2
 bin=${MLMESH_BIN:-target/release/mlmesh} # another build, e.g. to compare before and after
-load=target/release/mlmesh-loadtest
+load=${LOADTEST_BIN:-target/release/mlmesh-loadtest} # the same for the generator
 tmp=$(mktemp -d)
 pid=
 trap 'kill "$pid" 2>/dev/null || true; rm -rf "$tmp"' EXIT
