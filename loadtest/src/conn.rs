@@ -12,6 +12,7 @@ use std::sync::Mutex;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, Uri, header};
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -82,28 +83,28 @@ impl Connections {
         if let header::Entry::Vacant(host) = req.headers_mut().entry(header::HOST) {
             host.insert(self.authority.clone());
         }
-        let (mut conn, res) = match self.checkout() {
+        let req = match self.checkout() {
             Some(mut conn) => match conn.try_send_request(req).await {
-                Ok(res) => (conn, res),
-                Err(mut e) => match e.take_message() {
-                    Some(req) => {
-                        let mut conn = self.connect().await?;
-                        let res = conn.send_request(req).await?;
-                        (conn, res)
-                    }
-                    None => return Err(e.into_error().into()),
-                },
+                Ok(res) => return self.read(conn, res).await,
+                Err(mut e) => e.take_message().ok_or_else(|| e.into_error())?,
             },
-            None => {
-                let mut conn = self.connect().await?;
-                let res = conn.send_request(req).await?;
-                (conn, res)
-            }
+            None => req,
         };
+        let mut conn = self.connect().await?;
+        let res = conn.send_request(req).await?;
+        self.read(conn, res).await
+    }
+
+    /// Reads `res` to its end, then keeps `conn` for the next request once
+    /// it is ready again, unless the server said `Connection: close` or
+    /// went away.
+    async fn read(
+        &self,
+        mut conn: SendRequest<Full<Bytes>>,
+        res: Response<Incoming>,
+    ) -> Result<Answer, ConnError> {
         let (parts, body) = res.into_parts();
         let body = body.collect().await?.to_bytes();
-        // Ready again once the answer is read, unless the server said
-        // `Connection: close` or went away.
         if conn.ready().await.is_ok() {
             self.checkin(conn);
         }

@@ -13,7 +13,7 @@ use http_body_util::Full;
 use serde::Deserialize;
 
 use frontend::cohort::BETA_GROUP;
-use mesh_kit::propagation::USER_GROUP_HEADER;
+use mesh_kit::propagation::{MODEL_VERSION_HEADER, USER_GROUP_HEADER, USER_ID_HEADER};
 
 use crate::config::{Config, Overflow, Protocol, Target};
 use crate::conn::Connections;
@@ -207,7 +207,7 @@ impl Plan {
                 // The id in the header too, as a mesh client would: Envoy can
                 // only key routing and rate limits on headers, not the query.
                 let (uri, id) = &self.predict[user];
-                let mut b = Request::get(uri.clone()).header("x-user-id", id.clone());
+                let mut b = Request::get(uri.clone()).header(USER_ID_HEADER, id.clone());
                 if u.beta {
                     b = b.header(USER_GROUP_HEADER, BETA_GROUP);
                 }
@@ -294,7 +294,7 @@ impl Plan {
                 };
                 Call {
                     status: Status::Http(parts.status),
-                    version: parts.headers.remove("x-model-version"),
+                    version: parts.headers.remove(MODEL_VERSION_HEADER),
                     error: !ok || degraded,
                     degraded,
                     offer,
@@ -323,7 +323,7 @@ impl Plan {
                 status: Status::Other(Cow::Borrowed("Ok")),
                 version: res
                     .metadata()
-                    .get("x-model-version")
+                    .get(MODEL_VERSION_HEADER)
                     .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok()),
                 error: false,
                 degraded: false,
@@ -354,7 +354,7 @@ impl Plan {
         };
         let mut req = Request::post(uri)
             .header(header::CONTENT_TYPE, "application/json")
-            .header("x-user-id", id)
+            .header(USER_ID_HEADER, id)
             .body(Full::new(Bytes::from(body.to_string())))
             .expect("valid feedback request");
         self.sign_in(user, &mut req);
