@@ -7,6 +7,8 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
+use mesh_kit::feature_wire;
+
 use crate::schema::FeatureSchema;
 use crate::store::Record;
 
@@ -169,28 +171,21 @@ impl Renderer {
     }
 }
 
-/// The binary form's bytes per value.
-pub const BINARY_VALUE_BYTES: usize = 8;
-
-/// One entity's values in the order of `wanted`, each an IEEE 754 double,
-/// little-endian, NaN for a value the store does not have (stored values are
-/// always finite, so NaN says nothing else). For a caller that already knows
-/// the order (by the schema's `fingerprint`, sent beside this body): no
-/// number is formatted here or parsed there.
+/// One entity's values in the order of `wanted`, in the binary form
+/// ([`feature_wire`]): for a caller that already knows the order (by the
+/// schema's `fingerprint`, sent beside this body), no number is formatted
+/// here or parsed there.
 pub fn binary(row: &Row, wanted: &[usize]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(wanted.len() * BINARY_VALUE_BYTES);
+    let mut out = Vec::with_capacity(wanted.len() * feature_wire::VALUE_BYTES);
     write_binary(&mut out, row, wanted);
     out
 }
 
-/// Many entities' values in the binary form: first one byte per entity in
-/// request order (1 found, 0 not), then each entity's [`binary`] row in the
-/// same order (all NaN for one not found). A caller that knows how many ids
-/// it asked and how many features each row has can check the length before
-/// it reads a byte.
+/// Many entities' values in the binary batch form ([`feature_wire`]): the
+/// found flags, then each entity's [`binary`] row in request order.
 pub fn binary_batch(rows: &[Row], wanted: &[usize]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(rows.len() * (1 + wanted.len() * BINARY_VALUE_BYTES));
-    out.extend(rows.iter().map(|r| u8::from(r.record.is_some())));
+    let mut out = Vec::with_capacity(feature_wire::batch_len(rows.len(), wanted.len()));
+    feature_wire::push_found(&mut out, rows.iter().map(|r| r.record.is_some()));
     for row in rows {
         write_binary(&mut out, row, wanted);
     }
@@ -198,10 +193,7 @@ pub fn binary_batch(rows: &[Row], wanted: &[usize]) -> Vec<u8> {
 }
 
 fn write_binary(out: &mut Vec<u8>, row: &Row, wanted: &[usize]) {
-    for &i in wanted {
-        let v = value(row.record, i).unwrap_or(f64::NAN);
-        out.extend_from_slice(&v.to_le_bytes());
-    }
+    feature_wire::push_row(out, wanted.iter().map(|&i| value(row.record, i)));
 }
 
 fn value(record: Option<&Record>, i: usize) -> Option<f64> {
@@ -314,7 +306,7 @@ mod tests {
             stale: true,
         };
         let bytes = binary(&row, &[2, 0, 1]);
-        assert_eq!(bytes.len(), 3 * BINARY_VALUE_BYTES);
+        assert_eq!(bytes.len(), 3 * feature_wire::VALUE_BYTES);
         let mut want = Vec::new();
         want.extend_from_slice(&(0.1f64 + 0.2).to_le_bytes());
         want.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0x26, 0x40]); // 11.0
@@ -333,21 +325,26 @@ mod tests {
         };
         let wanted = [2, 0, 1];
         let bytes = binary_batch(&[row(None), row(Some(&rec)), row(None)], &wanted);
-        assert_eq!(bytes.len(), 3 + 3 * 3 * BINARY_VALUE_BYTES);
         assert_eq!(&bytes[..3], &[0, 1, 0], "one flag per entity, in order");
-        let rows: Vec<&[u8]> = bytes[3..].chunks(3 * BINARY_VALUE_BYTES).collect();
+        let rows = feature_wire::split_batch(&bytes, 3, wanted.len()).expect("the reader's form");
+        assert_eq!(rows[0], None, "an entity not found");
         assert_eq!(
             rows[1],
-            binary(&row(Some(&rec)), &wanted),
+            Some(&binary(&row(Some(&rec)), &wanted)[..]),
             "a found row as one read gives it"
         );
-        for r in [rows[0], rows[2]] {
-            assert!(
-                r.chunks(BINARY_VALUE_BYTES)
-                    .all(|v| f64::from_le_bytes(v.try_into().unwrap()).is_nan()),
-                "an entity not found has no values"
-            );
-        }
+        assert_eq!(
+            feature_wire::read_row(rows[1].unwrap()).unwrap(),
+            [Some(0.1 + 0.2), Some(11.0), None]
+        );
+        assert_eq!(rows[2], None);
+        assert!(
+            bytes[3..]
+                .chunks(feature_wire::VALUE_BYTES)
+                .take(3)
+                .all(|v| { f64::from_le_bytes(v.try_into().unwrap()).is_nan() }),
+            "an entity not found has no values"
+        );
         assert!(binary_batch(&[], &wanted).is_empty());
     }
 

@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use mesh_kit::extract::{Path, Query};
+use mesh_kit::feature_wire;
 use mesh_kit::propagation::FEATURE_FINGERPRINT_HEADER;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -328,7 +329,7 @@ fn check_binary_form(names: Option<bool>, statuses: Option<bool>) -> Result<(), 
 fn binary_body(body: Vec<u8>, schema: &FeatureSchema) -> Response {
     (
         [
-            (http::header::CONTENT_TYPE, "application/octet-stream"),
+            (http::header::CONTENT_TYPE, feature_wire::CONTENT_TYPE),
             (
                 http::header::HeaderName::from_static(FEATURE_FINGERPRINT_HEADER),
                 schema.fingerprint(),

@@ -13,6 +13,7 @@ pub mod conn;
 pub mod error;
 pub mod extract;
 pub mod fault;
+pub mod feature_wire;
 pub mod fingerprint;
 pub mod health;
 pub mod metrics;

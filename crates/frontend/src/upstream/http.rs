@@ -56,9 +56,9 @@ pub(super) fn features_base(url: &str) -> Result<String, ConfigError> {
     Ok(format!("http://{authority}{path}/v1/features/"))
 }
 
-/// `<feature store>/v1/features:batch`, checked once at startup.
-pub(super) fn features_batch_url(url: &str) -> Result<Endpoint, ConfigError> {
-    let base = features_base(url)?;
+/// `<feature store>/v1/features:batch` beside [`features_base`]'s answer
+/// (`url` is the flag, named in the error).
+pub(super) fn features_batch_url(base: &str, url: &str) -> Result<Endpoint, ConfigError> {
     let batch = format!("{}:batch", base.trim_end_matches('/'));
     Endpoint::parse(&batch).ok_or_else(|| ConfigError::Url("--feature-store-url", url.to_owned()))
 }

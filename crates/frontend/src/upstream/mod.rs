@@ -117,11 +117,12 @@ impl Upstreams {
             }
         };
         let shadow = Shadow::configure(args, |url, grpc| target(url, grpc, None))?;
+        let features_base = features_base(&args.feature_store_url)?;
         Ok(Self {
             http,
             timeout: args.upstream_timeout,
-            features_base: features_base(&args.feature_store_url)?,
-            features_batch_url: features_batch_url(&args.feature_store_url)?,
+            features_batch_url: features_batch_url(&features_base, &args.feature_store_url)?,
+            features_base,
             store_order: KnownOrder::default(),
             batching: args.batches_feature_reads().then(Batching::default),
             targets,

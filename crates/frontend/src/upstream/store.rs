@@ -5,10 +5,11 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::http::{Method, StatusCode, header};
 use bytes::Bytes;
 use serde::Serialize;
 
+use mesh_kit::feature_wire;
 use mesh_kit::propagation::{COHORT_HEADER, FEATURE_FINGERPRINT_HEADER, Forwarded, USER_ID_HEADER};
 
 use opentelemetry::trace::{SpanContext, TraceContextExt};
@@ -17,7 +18,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use super::coalesce::{Coalescer, Follower, Joined};
 use super::features::{self, Features, Read, StoreOrder};
 use super::learnt::Countdown;
-use super::{FEATURE_STORE, UpstreamError, Upstreams, served_by};
+use super::{Answer, FEATURE_STORE, UpstreamError, Upstreams, served_by};
 
 /// A user's features, or `None` when the store does not know the user.
 pub(super) type Lookup = Result<Option<Features>, UpstreamError>;
@@ -115,9 +116,7 @@ impl Upstreams {
             if answer.status == StatusCode::NOT_FOUND {
                 return Ok(None);
             }
-            let served_by = served_by(&answer.headers);
-            let answer = store_answer(&answer.headers, answer.body);
-            match self.store_order.read(answer, order, served_by)? {
+            match self.store_order.read(store_answer(answer), order)? {
                 Read::Features(f) => return Ok(Some(f)),
                 // Per request while replicas of two schemas serve side by
                 // side (a rollout), so debug.
@@ -173,12 +172,9 @@ impl Upstreams {
             )
             .await;
         let rows = match result {
-            Ok(answer) => {
-                let served_by = served_by(&answer.headers);
-                let answer = store_answer(&answer.headers, answer.body);
-                self.store_order
-                    .read_batch(answer, ids.len(), &order, served_by.as_deref())
-            }
+            Ok(answer) => self
+                .store_order
+                .read_batch(store_answer(answer), ids.len(), &order),
             Err(UpstreamError::Status { status, detail, .. }) if (400..500).contains(&status) => {
                 tracing::info!(status, %detail, "the feature store refused a batched read; reading one by one for a while");
                 if let Some(b) = &self.batching {
@@ -227,15 +223,17 @@ fn leader_span() -> SpanContext {
 }
 
 /// One answer of the store in the form [`features::KnownOrder`] reads.
-fn store_answer(headers: &HeaderMap, body: Bytes) -> features::Answer {
+fn store_answer(answer: Answer) -> features::Answer {
+    let headers = &answer.headers;
     features::Answer {
         binary: headers
             .get(header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes() == oip::OCTET_STREAM.as_bytes()),
+            .is_some_and(|v| v.as_bytes() == feature_wire::CONTENT_TYPE.as_bytes()),
         fingerprint: headers
             .get(FEATURE_FINGERPRINT_HEADER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned),
-        body,
+        served_by: served_by(headers),
+        body: answer.body,
     }
 }

@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use super::{Answer, Features, KnownOrder, Row, StoreOrder, VALUE_BYTES, binary_values};
+use mesh_kit::feature_wire;
+
+use super::{Answer, Features, KnownOrder, Row, StoreOrder};
 use crate::upstream::error::invalid;
 use crate::upstream::{FEATURE_STORE, UpstreamError};
 
@@ -18,7 +20,6 @@ impl KnownOrder {
         answer: Answer,
         count: usize,
         asked: &Arc<StoreOrder>,
-        served_by: Option<&str>,
     ) -> Result<Option<Vec<Option<Features>>>, UpstreamError> {
         if !answer.binary {
             return Err(invalid(FEATURE_STORE, "a batch answer that is not binary"));
@@ -27,33 +28,19 @@ impl KnownOrder {
             self.order.forget(asked);
             return Ok(None);
         }
-        let row_bytes = asked.names.len() * VALUE_BYTES;
-        let want = count + count * row_bytes;
-        if answer.body.len() != want {
-            let detail = format!(
-                "a batch answer of {} bytes for {count} entities of {} features ({want} expected)",
-                answer.body.len(),
-                asked.names.len()
-            );
-            return Err(invalid(FEATURE_STORE, detail));
-        }
-        let (found, rows) = answer.body.split_at(count);
-        found
-            .iter()
-            .enumerate()
-            .map(|(n, flag)| match flag {
-                0 => Ok(None),
-                1 => Ok(Some(Features {
+        let wire = |e| invalid(FEATURE_STORE, e);
+        feature_wire::split_batch(&answer.body, count, asked.names.len())
+            .map_err(wire)?
+            .into_iter()
+            .map(|row| {
+                let Some(row) = row else { return Ok(None) };
+                Ok(Some(Features {
                     row: Row::Listed {
-                        values: binary_values(&rows[n * row_bytes..(n + 1) * row_bytes])?,
+                        values: feature_wire::read_row(row).map_err(wire)?,
                         order: asked.clone(),
                     },
-                    served_by: served_by.map(str::to_owned),
-                })),
-                other => Err(invalid(
-                    FEATURE_STORE,
-                    format!("entity {n}'s found flag is {other}, neither 0 nor 1"),
-                )),
+                    served_by: answer.served_by.clone(),
+                }))
             })
             .collect::<Result<_, _>>()
             .map(Some)
@@ -76,13 +63,14 @@ mod tests {
     fn a_batch_answer_gives_each_entity_its_row_or_none() {
         let (known, order) = known_czab();
         let nan = f64::NAN;
-        let answer = batch(
+        let mut answer = batch(
             &[1, 0, 1],
             &[&[3.0, 9.0, 1.0, 2.0], &[nan; 4], &[30.0, 9.0, 10.0, 20.0]],
             Some("f"),
         );
+        answer.served_by = Some("store-0".into());
         let rows = known
-            .read_batch(answer, 3, &order, Some("store-0"))
+            .read_batch(answer, 3, &order)
             .unwrap()
             .expect("the same order");
         assert_eq!(rows.len(), 3);
@@ -101,7 +89,7 @@ mod tests {
             batch(&[1, 2, 1], &[&[1.0; 4], &[1.0; 4], &[1.0; 4]], Some("f")),
             Answer::from(Bytes::from_static(b"{\"rows\":[]}")),
         ] {
-            let e = known.read_batch(bad, 3, &order, None).unwrap_err();
+            let e = known.read_batch(bad, 3, &order).unwrap_err();
             assert_eq!(e.kind(), "invalid", "{e}");
         }
         assert!(known.get().is_some(), "a broken answer forgets nothing");
@@ -109,7 +97,7 @@ mod tests {
         for other in [Some("g"), None] {
             known.order.set(order.clone());
             let answer = batch(&[1], &[&[1.0; 4]], other);
-            assert!(known.read_batch(answer, 1, &order, None).unwrap().is_none());
+            assert!(known.read_batch(answer, 1, &order).unwrap().is_none());
             assert!(known.get().is_none(), "{other:?}");
         }
     }

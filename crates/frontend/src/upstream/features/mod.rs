@@ -12,6 +12,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use mesh_kit::feature_wire;
 use serde::Deserialize;
 use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 
@@ -132,8 +133,8 @@ impl KnownOrder {
         &self,
         answer: Answer,
         asked: Option<Arc<StoreOrder>>,
-        served_by: Option<String>,
     ) -> Result<Read, UpstreamError> {
+        let served_by = answer.served_by;
         let row = match asked {
             None => {
                 self.learn_from(&answer.body);
@@ -141,7 +142,9 @@ impl KnownOrder {
             }
             Some(order) => {
                 let (fingerprint, values) = if answer.binary {
-                    (answer.fingerprint, binary_values(&answer.body)?)
+                    let values = feature_wire::read_row(&answer.body)
+                        .map_err(|e| invalid(FEATURE_STORE, e))?;
+                    (answer.fingerprint, values)
                 } else {
                     let listed: Listed = serde_json::from_slice(&answer.body)
                         .map_err(|e| invalid(FEATURE_STORE, e))?;
@@ -173,6 +176,8 @@ pub(super) struct Answer {
     pub binary: bool,
     /// The binary form's fingerprint header.
     pub fingerprint: Option<String>,
+    /// The replica that answered (its `x-mlmesh-served-by`).
+    pub served_by: Option<String>,
 }
 
 /// A JSON answer, as the tests write them.
@@ -183,26 +188,9 @@ impl From<Bytes> for Answer {
             body,
             binary: false,
             fingerprint: None,
+            served_by: None,
         }
     }
-}
-
-/// The binary form's bytes per value: a little-endian double.
-const VALUE_BYTES: usize = std::mem::size_of::<f64>();
-
-/// The binary form's values: little-endian doubles, NaN for none.
-fn binary_values(body: &[u8]) -> Result<Vec<Option<f64>>, UpstreamError> {
-    if !body.len().is_multiple_of(VALUE_BYTES) {
-        let detail = format!("a binary answer of {} bytes is not doubles", body.len());
-        return Err(invalid(FEATURE_STORE, detail));
-    }
-    Ok(body
-        .chunks_exact(VALUE_BYTES)
-        .map(|b| {
-            let v = f64::from_le_bytes(b.try_into().expect("chunks of VALUE_BYTES"));
-            (!v.is_nan()).then_some(v)
-        })
-        .collect())
 }
 
 /// A listed answer: what the frontend reads of it.
@@ -309,7 +297,7 @@ mod tests {
 
     /// A keyed answer, read as the first answer is (no order known).
     fn features(json: &str) -> Features {
-        match KnownOrder::default().read(Bytes::from(json.to_owned()).into(), None, None) {
+        match KnownOrder::default().read(Bytes::from(json.to_owned()).into(), None) {
             Ok(Read::Features(f)) => f,
             other => panic!("{json}: {other:?}"),
         }
@@ -324,7 +312,7 @@ mod tests {
         let known = KnownOrder::default();
         // Raw text: serde_json's own map would sort the names.
         let keyed = r#"{"entity_id":"1","found":true,"fingerprint":"f1","features":{"c":3,"z":9,"a":1,"b":2},"event_time":null}"#;
-        let Read::Features(f) = known.read(Bytes::from(keyed).into(), None, None).unwrap() else {
+        let Read::Features(f) = known.read(Bytes::from(keyed).into(), None).unwrap() else {
             panic!("keyed answers are read")
         };
         assert_eq!(f.values_in(&layout()).unwrap(), vec![1.0, 2.0, 3.0]);
@@ -339,7 +327,7 @@ mod tests {
             "values": [3, 9, 1, 2], "event_time": null,
         });
         let Read::Features(f) = known
-            .read(body(&listed).into(), Some(order.clone()), None)
+            .read(body(&listed).into(), Some(order.clone()))
             .unwrap()
         else {
             panic!("the same fingerprint is read")
@@ -351,14 +339,14 @@ mod tests {
             names: vec!["a".into(), "b".into(), "c".into()],
         });
         let listed = serde_json::json!({"fingerprint": "f2", "values": [1, 2, 3]});
-        let Read::Features(f) = known.read(body(&listed).into(), Some(same), None).unwrap() else {
+        let Read::Features(f) = known.read(body(&listed).into(), Some(same)).unwrap() else {
             panic!("read")
         };
         assert_eq!(f.values_in(&layout()).unwrap(), vec![1.0, 2.0, 3.0]);
         // A null or a missing model feature names it, as in a keyed answer.
         let listed = serde_json::json!({"fingerprint": "f1", "values": [3, 9, null, 2]});
         let Read::Features(f) = known
-            .read(body(&listed).into(), Some(order.clone()), None)
+            .read(body(&listed).into(), Some(order.clone()))
             .unwrap()
         else {
             panic!("read")
@@ -383,7 +371,7 @@ mod tests {
             known.order.set(order.clone());
             assert!(
                 matches!(
-                    known.read(body(&stale).into(), Some(order.clone()), None),
+                    known.read(body(&stale).into(), Some(order.clone())),
                     Ok(Read::Reordered)
                 ),
                 "{stale}"
@@ -397,19 +385,19 @@ mod tests {
         let new =
             body(&serde_json::json!({"fingerprint": "up", "features": {"a": 1, "b": 2, "c": 3}}));
         assert!(matches!(
-            known.read(old.into(), None, None),
+            known.read(old.into(), None),
             Ok(Read::Features(_))
         ));
         assert!(known.get().is_none());
         for _ in 0..RELEARN_AFTER {
             assert!(matches!(
-                known.read(new.clone().into(), None, None),
+                known.read(new.clone().into(), None),
                 Ok(Read::Features(_))
             ));
             assert!(known.get().is_none(), "not learning yet");
         }
         assert!(matches!(
-            known.read(new.into(), None, None),
+            known.read(new.into(), None),
             Ok(Read::Features(_))
         ));
         assert_eq!(
@@ -428,6 +416,7 @@ mod tests {
             body: body.into(),
             binary: true,
             fingerprint: fingerprint.map(str::to_owned),
+            served_by: None,
         }
     }
 
@@ -449,7 +438,7 @@ mod tests {
     #[test]
     fn a_binary_answer_is_read_like_a_listed_one() {
         let (known, order) = known_czab();
-        let read = |answer| known.read(answer, Some(order.clone()), None);
+        let read = |answer| known.read(answer, Some(order.clone()));
         let Ok(Read::Features(f)) = read(binary(&[3.0, 9.0, 1.5, -2.0], Some("f"))) else {
             panic!("read")
         };
@@ -468,6 +457,7 @@ mod tests {
                 body: Bytes::from_static(&[0; 31]),
                 binary: true,
                 fingerprint: Some("f".into()),
+                served_by: None,
             },
         ] {
             assert_eq!(read(bad).unwrap_err().kind(), "invalid");
@@ -501,7 +491,7 @@ mod tests {
             "not json",
         ] {
             let e = known
-                .read(Bytes::from(bad).into(), Some(order.clone()), None)
+                .read(Bytes::from(bad).into(), Some(order.clone()))
                 .unwrap_err();
             assert_eq!(e.kind(), "invalid", "{bad}");
         }
