@@ -7,7 +7,6 @@
 //! [`expect::violations`] checks it.
 
 pub mod config;
-pub mod conn;
 pub mod expect;
 pub mod run;
 pub mod stats;

@@ -16,9 +16,9 @@ use frontend::cohort::BETA_GROUP;
 use mesh_kit::propagation::{MODEL_VERSION_HEADER, USER_GROUP_HEADER, USER_ID_HEADER};
 
 use crate::config::{Config, Overflow, Protocol, Target};
-use crate::conn::Connections;
 use crate::stats::{Observation, Report, Shard, new_histogram};
 use crate::users::User;
+use mesh_kit::client::Connections;
 
 const SHARDS: usize = 64;
 
@@ -513,7 +513,9 @@ pub async fn run(cfg: &Config, users: Vec<User>) -> Result<Report, RunError> {
         None => cfg.connections(),
     };
     let bad_base = || RunError::BaseUrl(cfg.base_url.clone());
-    let conns = Connections::new(&uri, connections.max(64)).ok_or_else(bad_base)?;
+    let conns = Connections::new(&uri)
+        .ok_or_else(bad_base)?
+        .max_idle(connections.max(64));
     let get_uri = match uri.path_and_query().map(|p| p.as_str()) {
         None | Some("") => Uri::from_static("/"),
         Some(p) => p.parse().map_err(|_| bad_base())?,

@@ -1,6 +1,7 @@
-//! The tool's own HTTP/1 connections, against a raw TCP server that counts
-//! what it accepts: kept alive and reused, a fresh one where the server
-//! closed the last, and `Host` and the base URL's path as a gateway needs.
+//! The tool's HTTP/1 connections (`mesh_kit::client`) as a run uses them,
+//! against a raw TCP server that counts what it accepts: kept alive and
+//! reused, a fresh one where the server closed the last, and `Host` and the
+//! base URL's path as a gateway needs.
 
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};

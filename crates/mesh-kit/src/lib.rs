@@ -7,6 +7,7 @@
 //! [`Service::serve`] (the binary). Everything cross-cutting is layered on here,
 //! once, so no service can forget part of it.
 
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod conn;

@@ -6,13 +6,12 @@ use tracing::field;
 
 use super::answered_version;
 use super::error::{UpstreamError, with_causes};
-use super::http::Endpoint;
+use super::http::absolute;
 use crate::config::DEFAULT_GRPC_PORT;
 
 /// `rest`'s scheme and host on model-inference's default gRPC port.
 pub(super) fn grpc_url_of(rest: &str) -> Option<String> {
-    let url = Endpoint::parse(rest)?;
-    let host = url.uri.host()?;
+    let host = absolute(rest)?.host()?.to_owned();
     Some(format!("http://{host}:{DEFAULT_GRPC_PORT}"))
 }
 

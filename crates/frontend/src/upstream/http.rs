@@ -1,13 +1,14 @@
-//! Upstream HTTP/1.1: hyper's pooled client itself, URIs built once, one
-//! deadline around send and read, answers read to a bound, a client span
-//! per call.
+//! Upstream HTTP/1.1: keep-alive connections per upstream host
+//! ([`mesh_kit::client`]), URIs built once, one deadline around send and
+//! read, answers read to a bound, a client span per call.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri, header};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use http_body_util::Full;
+use mesh_kit::client::{ClientError, Connections};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use tracing::field;
 
@@ -26,11 +27,6 @@ const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'.')
     .remove(b'~');
 
-/// Upstream HTTP: hyper's pooled client itself. reqwest on top of it cost
-/// the decision path a `Url` → `Uri` conversion, a timer and header merges
-/// per call (issue 17's profile); the deadline is one `tokio::time::timeout`.
-pub(super) type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
 /// The content type of an infer body, and its JSON part's length when
 /// tensors follow in binary.
 pub(super) fn content_headers(headers: &mut HeaderMap, json_len: Option<HeaderValue>) {
@@ -45,22 +41,24 @@ pub(super) fn content_headers(headers: &mut HeaderMap, json_len: Option<HeaderVa
 }
 
 /// `<feature store>/v1/features/`, checked once at startup.
-pub(super) fn features_base(url: &str) -> Result<String, ConfigError> {
+pub(super) fn features_base(url: &str) -> Result<Endpoint, ConfigError> {
     let bad = || ConfigError::Url("--feature-store-url", url.to_owned());
-    let base = Endpoint::parse(url).ok_or_else(bad)?;
-    if base.uri.query().is_some() {
+    let base = absolute(url).ok_or_else(bad)?;
+    if base.query().is_some() {
         return Err(bad());
     }
-    let authority = base.uri.authority().ok_or_else(bad)?;
-    let path = base.uri.path().trim_end_matches('/');
-    Ok(format!("http://{authority}{path}/v1/features/"))
+    let authority = base.authority().ok_or_else(bad)?;
+    let path = base.path().trim_end_matches('/');
+    Endpoint::parse(&format!("http://{authority}{path}/v1/features/")).ok_or_else(bad)
 }
 
-/// `<feature store>/v1/features:batch` beside [`features_base`]'s answer
-/// (`url` is the flag, named in the error).
-pub(super) fn features_batch_url(base: &str, url: &str) -> Result<Endpoint, ConfigError> {
-    let batch = format!("{}:batch", base.trim_end_matches('/'));
-    Endpoint::parse(&batch).ok_or_else(|| ConfigError::Url("--feature-store-url", url.to_owned()))
+/// `<feature store>/v1/features:batch` beside [`features_base`]'s answer,
+/// on the same connections (`url` is the flag, named in the error).
+pub(super) fn features_batch_url(base: &Endpoint, url: &str) -> Result<Endpoint, ConfigError> {
+    let bad = || ConfigError::Url("--feature-store-url", url.to_owned());
+    let text = format!("{}:batch", base.text.trim_end_matches('/'));
+    let path = format!("{}:batch", base.uri.path().trim_end_matches('/'));
+    base.beside(text, &path).ok_or_else(bad)
 }
 
 /// What the frontend asks the feature store for: the values only. The
@@ -76,7 +74,7 @@ const LISTED_FEATURES_QUERY: &str = "?statuses=false&names=false&format=binary";
 /// A user's features URI: the base and their id as one path segment; the
 /// values `listed` or keyed by name.
 pub(super) fn features_url(
-    base: &str,
+    base: &Endpoint,
     user_id: &str,
     listed: bool,
 ) -> Result<Endpoint, UpstreamError> {
@@ -85,38 +83,66 @@ pub(super) fn features_url(
     } else {
         FEATURES_QUERY
     };
-    let text = format!(
-        "{base}{}{query}",
-        utf8_percent_encode(user_id, PATH_SEGMENT)
-    );
-    let uri = Uri::try_from(text.as_str()).map_err(|e| invalid(FEATURE_STORE, e))?;
-    Ok(Endpoint {
-        uri,
-        text: text.into(),
-    })
+    let id = utf8_percent_encode(user_id, PATH_SEGMENT);
+    let text = format!("{}{id}{query}", base.text);
+    let path = format!("{}{id}{query}", base.uri.path());
+    base.beside(text, &path)
+        .ok_or_else(|| invalid(FEATURE_STORE, format!("no URI for user id {user_id:?}")))
 }
 
-/// An upstream URL parsed once: the `Uri` requests go to and its text for
-/// spans and logs.
-#[derive(Debug, Clone)]
+/// An absolute `http://` URL with a host (the client speaks plain HTTP:
+/// under a mesh the sidecar adds the TLS).
+pub(super) fn absolute(url: &str) -> Option<Uri> {
+    let uri = Uri::try_from(url).ok()?;
+    if uri.scheme_str() != Some("http") || uri.host().is_none_or(str::is_empty) {
+        return None;
+    }
+    Some(uri)
+}
+
+/// An upstream URL parsed once: the origin-form `Uri` requests carry, the
+/// connections to its host, and its whole text for spans and logs.
+#[derive(Clone)]
 pub(super) struct Endpoint {
     pub(super) uri: Uri,
     text: Box<str>,
+    conns: Arc<Connections>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Endpoint").field(&self.text).finish()
+    }
 }
 
 // === impl Endpoint ===
 
 impl Endpoint {
-    /// `None` unless `url` is an absolute `http://` URL with a host (the
-    /// client speaks plain HTTP: under a mesh the sidecar adds the TLS).
+    /// `None` unless `url` is [`absolute`] and has no credentials. Each
+    /// parsed URL gets its own connections; URLs built [`Endpoint::beside`]
+    /// it share them.
     pub(super) fn parse(url: &str) -> Option<Self> {
-        let uri = Uri::try_from(url).ok()?;
-        if uri.scheme_str() != Some("http") || uri.host().is_none_or(str::is_empty) {
-            return None;
-        }
+        let uri = absolute(url)?;
+        let conns = Connections::new(&uri)?.max_answer_bytes(MAX_ANSWER_BYTES);
+        let origin = uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .parse()
+            .ok()?;
         Some(Self {
             text: uri.to_string().into(),
-            uri,
+            uri: origin,
+            conns: Arc::new(conns),
+        })
+    }
+
+    /// Another URL on the same host and connections: its whole `text` and
+    /// its origin-form `path`.
+    fn beside(&self, text: String, path: &str) -> Option<Self> {
+        Some(Self {
+            uri: Uri::try_from(path).ok()?,
+            text: text.into(),
+            conns: Arc::clone(&self.conns),
         })
     }
 
@@ -138,38 +164,31 @@ pub(super) fn http_request(
     request
 }
 
-/// Sends `request` and reads the whole answer (at most
+/// Sends `request` to `url`'s host and reads the whole answer (at most
 /// [`MAX_ANSWER_BYTES`]) within `budget`; records the status on the
 /// current span.
 pub(super) async fn exchange(
-    http: &HttpClient,
+    url: &Endpoint,
     upstream: &'static str,
     request: Request<Full<Bytes>>,
     budget: Duration,
 ) -> Result<(StatusCode, HeaderMap, Bytes), UpstreamError> {
-    let call = async {
-        let res = http
-            .request(request)
-            .await
-            .map_err(|e| transport_error(upstream, &e))?;
-        let (parts, body) = res.into_parts();
-        tracing::Span::current().record("http.response.status_code", parts.status.as_u16());
-        let body = Limited::new(body, MAX_ANSWER_BYTES)
-            .collect()
-            .await
-            .map_err(|e| match e.downcast::<http_body_util::LengthLimitError>() {
-                Ok(_) => invalid(upstream, format!("an answer over {MAX_ANSWER_BYTES} bytes")),
-                Err(e) => transport_error(upstream, &*e),
-            })?
-            .to_bytes();
-        Ok((parts.status, parts.headers, body))
+    let answer = match tokio::time::timeout(budget, url.conns.send(request)).await {
+        Err(_) => {
+            return Err(UpstreamError::Timeout {
+                upstream,
+                after: budget,
+            });
+        }
+        Ok(Err(ClientError::TooLarge { limit })) => {
+            return Err(invalid(upstream, format!("an answer over {limit} bytes")));
+        }
+        Ok(Err(e)) => return Err(transport_error(upstream, &e)),
+        Ok(Ok(answer)) => answer,
     };
-    tokio::time::timeout(budget, call)
-        .await
-        .unwrap_or(Err(UpstreamError::Timeout {
-            upstream,
-            after: budget,
-        }))
+    let (parts, body) = answer.into_parts();
+    tracing::Span::current().record("http.response.status_code", parts.status.as_u16());
+    Ok((parts.status, parts.headers, body))
 }
 
 /// A client span's name, `METHOD upstream`, without a `format!` per call.
@@ -220,11 +239,31 @@ mod tests {
                 let url = features_url(&features_base(base).unwrap(), "42", listed).unwrap();
                 let want = format!("{}/v1/features/42?{query}", base.trim_end_matches('/'));
                 assert_eq!(url.as_str(), want);
-                assert!(url.uri.path().ends_with("/v1/features/42"), "{base}");
+                let path = base
+                    .split_once("://")
+                    .unwrap()
+                    .1
+                    .split_once('/')
+                    .map_or("", |p| p.1);
+                let path = path.trim_end_matches('/');
+                let want_path = if path.is_empty() {
+                    String::new()
+                } else {
+                    format!("/{path}")
+                };
+                assert_eq!(
+                    url.uri.path(),
+                    format!("{want_path}/v1/features/42"),
+                    "origin form"
+                );
+                let batch = features_batch_url(&features_base(base).unwrap(), base).unwrap();
+                assert_eq!(batch.uri.path(), format!("{want_path}/v1/features:batch"));
+                assert!(batch.as_str().ends_with("/v1/features:batch"));
             }
         }
         // Ids are checked to be unreserved characters; anything else is escaped, not spliced.
-        let url = features_url("http://fs/v1/features/", "a/b?c d", false).unwrap();
+        let base = features_base("http://fs").unwrap();
+        let url = features_url(&base, "a/b?c d", false).unwrap();
         assert_eq!(url.uri.path(), "/v1/features/a%2Fb%3Fc%20d");
         // The id's `?` is escaped: the only query is the frontend's own.
         assert_eq!(url.uri.query(), Some("statuses=false"));

@@ -7,8 +7,6 @@ use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use bytes::Bytes;
-use hyper_util::client::legacy::{Client, connect::HttpConnector};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tracing::Instrument;
 
 use mesh_kit::propagation::{DEADLINE_HEADER, Forwarded, MODEL_VERSION_HEADER, SERVED_BY_HEADER};
@@ -31,8 +29,8 @@ use error::error_message;
 pub use error::{ConfigError, UpstreamError};
 use grpc::{grpc_error, grpc_request, grpc_span, grpc_url_of};
 use http::{
-    Endpoint, HttpClient, client_span, content_headers, exchange, features_base,
-    features_batch_url, http_request,
+    Endpoint, client_span, content_headers, exchange, features_base, features_batch_url,
+    http_request,
 };
 
 pub use features::Features;
@@ -69,11 +67,10 @@ pub struct ScoreFailure {
 }
 
 pub struct Upstreams {
-    http: HttpClient,
     timeout: Duration,
     /// `<feature store>/v1/features/`, checked once; a user's URI is it and
     /// their id (percent-encoded).
-    features_base: String,
+    features_base: Endpoint,
     /// `<feature store>/v1/features:batch`.
     features_batch_url: Endpoint,
     /// The feature store's column order, once an answer has said it.
@@ -90,14 +87,6 @@ pub struct Upstreams {
 
 impl Upstreams {
     pub fn new(args: &FrontendArgs, metrics: FrontendMetrics) -> Result<Self, ConfigError> {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(args.upstream_timeout));
-        let http = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            // Without a timer the pool never expires idle connections.
-            .pool_timer(TokioTimer::new())
-            .build(connector);
         let target = |rest: &str, grpc: Option<&String>, known| {
             new_target(args, rest, grpc.map(String::as_str), known)
         };
@@ -119,7 +108,6 @@ impl Upstreams {
         let shadow = Shadow::configure(args, |url, grpc| target(url, grpc, None))?;
         let features_base = features_base(&args.feature_store_url)?;
         Ok(Self {
-            http,
             timeout: args.upstream_timeout,
             features_batch_url: features_batch_url(&features_base, &args.feature_store_url)?,
             features_base,
@@ -330,7 +318,7 @@ impl Upstreams {
                 None => Bytes::new(),
             };
             let request = http_request(method, url, headers, body);
-            let (status, headers, body) = exchange(&self.http, upstream, request, budget).await?;
+            let (status, headers, body) = exchange(url, upstream, request, budget).await?;
             if !accept(status) {
                 return Err(UpstreamError::Status {
                     upstream,

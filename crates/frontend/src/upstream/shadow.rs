@@ -11,7 +11,7 @@ use tracing::Instrument;
 use mesh_kit::propagation::Forwarded;
 
 use super::grpc::{grpc_error, grpc_request, grpc_span};
-use super::http::{Endpoint, client_span, content_headers, exchange, http_request};
+use super::http::{absolute, client_span, content_headers, exchange, http_request};
 use super::model::{ModelTarget, Outbound, Wire};
 use super::{ConfigError, SHADOW, Upstreams};
 use crate::config::{FrontendArgs, RoutingMode};
@@ -82,11 +82,11 @@ impl Upstreams {
                     headers.insert(header::HOST, shadow.host.clone());
                     content_headers(&mut headers, json_len);
                     let request = http_request(Method::POST, infer_url, headers, body);
-                    let http = self.http.clone();
+                    let url = infer_url.clone();
                     Box::pin(
                         async move {
                             // One classification of failures for live and mirrored calls.
-                            match exchange(&http, SHADOW, request, timeout).await {
+                            match exchange(&url, SHADOW, request, timeout).await {
                                 Ok((status, ..)) if status.is_success() => None,
                                 Ok(_) => Some("status"),
                                 Err(e) => Some(e.kind()),
@@ -128,9 +128,9 @@ impl Upstreams {
 
 /// Envoy's mirror Host: `-shadow` appended to the host name, before any port.
 fn shadow_host(url: &str) -> Option<HeaderValue> {
-    let url = Endpoint::parse(url)?;
-    let host = url.uri.host()?;
-    let value = match url.uri.port() {
+    let url = absolute(url)?;
+    let host = url.host()?;
+    let value = match url.port() {
         Some(port) => format!("{host}-shadow:{port}"),
         None => format!("{host}-shadow"),
     };
