@@ -5,57 +5,18 @@
 
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use test_support::raw_http::{RawAnswer, raw_http_server};
 
-/// What the server saw: connections accepted, and each request's head.
-#[derive(Default)]
-struct Seen {
-    connections: AtomicUsize,
-    heads: Mutex<Vec<String>>,
-}
-
-/// Answers every GET `200 ok` as v1; with `close`, closes the connection
-/// after each answer without saying so (as an idle timeout does).
-async fn raw_server(close: bool) -> (String, Arc<Seen>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let seen = Arc::new(Seen::default());
-    let s = Arc::clone(&seen);
-    tokio::spawn(async move {
-        loop {
-            let (mut sock, _) = listener.accept().await.unwrap();
-            s.connections.fetch_add(1, Ordering::Relaxed);
-            let s = Arc::clone(&s);
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        match sock.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                        continue;
-                    };
-                    let head: Vec<u8> = buf.drain(..end + 4).collect();
-                    s.heads
-                        .lock()
-                        .unwrap()
-                        .push(String::from_utf8_lossy(&head).into_owned());
-                    let answer =
-                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-model-version: v1\r\n\r\nok";
-                    if sock.write_all(answer).await.is_err() || close {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (format!("http://{addr}"), seen)
+/// The raw server; with `close`, it closes the connection after each answer.
+async fn raw_server(close: bool) -> (String, std::sync::Arc<test_support::raw_http::Seen>) {
+    raw_http_server(if close {
+        RawAnswer::OkThenClose
+    } else {
+        RawAnswer::Ok
+    })
+    .await
 }
 
 fn loadtest(args: Vec<String>) -> Output {

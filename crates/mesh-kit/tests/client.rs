@@ -3,80 +3,14 @@
 //! and reused, a fresh one where the server closed the last, idle ones let
 //! go, answers bounded, `Host` set as a gateway needs.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Full;
 use mesh_kit::client::{ClientError, Connections};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-
-/// What the server saw: connections accepted, and each request's head.
-#[derive(Default)]
-struct Seen {
-    connections: AtomicUsize,
-    heads: Mutex<Vec<String>>,
-}
-
-/// How the server answers each request.
-#[derive(Clone, Copy)]
-enum Answer {
-    /// `200 ok`, the connection kept.
-    Ok,
-    /// `200 ok`, then the connection closed without a word (as an idle
-    /// timeout does).
-    OkThenClose,
-    /// `200` with a body of this many bytes.
-    Body(usize),
-}
-
-async fn raw_server(answer: Answer) -> (String, Arc<Seen>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let seen = Arc::new(Seen::default());
-    let s = Arc::clone(&seen);
-    tokio::spawn(async move {
-        loop {
-            let (mut sock, _) = listener.accept().await.unwrap();
-            s.connections.fetch_add(1, Ordering::Relaxed);
-            let s = Arc::clone(&s);
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        match sock.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                        continue;
-                    };
-                    let head: Vec<u8> = buf.drain(..end + 4).collect();
-                    s.heads
-                        .lock()
-                        .unwrap()
-                        .push(String::from_utf8_lossy(&head).into_owned());
-                    let body = match answer {
-                        Answer::Ok | Answer::OkThenClose => b"ok".to_vec(),
-                        Answer::Body(n) => vec![b'x'; n],
-                    };
-                    let mut out =
-                        format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len())
-                            .into_bytes();
-                    out.extend_from_slice(&body);
-                    if sock.write_all(&out).await.is_err() || matches!(answer, Answer::OkThenClose)
-                    {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (format!("http://{addr}"), seen)
-}
+use test_support::raw_http::{RawAnswer as Answer, raw_http_server as raw_server};
 
 fn conns(base: &str) -> Connections {
     Connections::new(&base.parse().unwrap()).unwrap()
@@ -97,11 +31,7 @@ async fn connections_are_kept_and_reused_up_to_the_concurrency() {
         assert_eq!(res.status(), StatusCode::OK);
         assert_eq!(res.body().as_ref(), b"ok");
     }
-    assert_eq!(
-        seen.connections.load(Ordering::Relaxed),
-        1,
-        "one after another: one"
-    );
+    assert_eq!(seen.connections(), 1, "one after another: one");
     let workers: Vec<_> = (0..4)
         .map(|_| {
             let c = Arc::clone(&c);
@@ -115,7 +45,7 @@ async fn connections_are_kept_and_reused_up_to_the_concurrency() {
     for w in workers {
         w.await.unwrap();
     }
-    let opened = seen.connections.load(Ordering::Relaxed);
+    let opened = seen.connections();
     assert!(
         opened <= 4,
         "4 at a time need at most 4 connections, opened {opened}"
@@ -133,7 +63,7 @@ async fn a_connection_the_server_closed_is_replaced_not_failed() {
         // Let the close arrive, as it would between a client's requests.
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert_eq!(seen.connections.load(Ordering::Relaxed), 20);
+    assert_eq!(seen.connections(), 20);
 }
 
 #[tokio::test]
@@ -142,14 +72,10 @@ async fn a_connection_idle_too_long_is_closed_not_reused() {
     let c = conns(&base).idle_timeout(Duration::from_millis(50));
     c.send(get(&c, "/")).await.unwrap();
     c.send(get(&c, "/")).await.unwrap();
-    assert_eq!(seen.connections.load(Ordering::Relaxed), 1);
+    assert_eq!(seen.connections(), 1);
     tokio::time::sleep(Duration::from_millis(120)).await;
     c.send(get(&c, "/")).await.unwrap();
-    assert_eq!(
-        seen.connections.load(Ordering::Relaxed),
-        2,
-        "the idle one was let go"
-    );
+    assert_eq!(seen.connections(), 2, "the idle one was let go");
     assert_eq!(c.idle_count(), 1);
 }
 
@@ -168,7 +94,7 @@ async fn an_answer_over_the_bound_is_refused_and_its_connection_dropped() {
     );
     let big = conns(&base).max_answer_bytes(4096);
     assert_eq!(big.send(get(&big, "/")).await.unwrap().body().len(), 4096);
-    assert_eq!(seen.connections.load(Ordering::Relaxed), 2);
+    assert_eq!(seen.connections(), 2);
 }
 
 #[tokio::test]

@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod otlp;
 pub mod proxy;
 pub mod python;
+pub mod raw_http;
 pub mod redis_server;
 pub mod serve;
 
