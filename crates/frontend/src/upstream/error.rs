@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use mesh_kit::config::redact_url;
 use serde::Deserialize;
 
 use super::FEATURE_STORE;
@@ -66,11 +67,23 @@ impl UpstreamError {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("--shadow-url {0:?} is not an absolute http URL")]
+    // URLs are shown redacted: one given with credentials (refused) must not
+    // print its password.
+    #[error(
+        "--shadow-url {:?} is not an absolute http URL without credentials",
+        redact_url(.0)
+    )]
     ShadowUrl(String),
-    #[error("{0} {1:?} is not an absolute http URL")]
+    #[error(
+        "{flag} {url:?} is not an absolute http URL without credentials",
+        flag = .0,
+        url = redact_url(.1)
+    )]
     Url(&'static str, String),
-    #[error("no gRPC URL for the model at {0:?}: give the *-grpc-url flag an absolute http URL")]
+    #[error(
+        "no gRPC URL for the model at {:?}: give the *-grpc-url flag an absolute http URL",
+        redact_url(.0)
+    )]
     GrpcUrl(String),
     #[error("--routing direct needs --model-v1-url and --model-v2-url")]
     MissingModelUrl,
@@ -128,6 +141,20 @@ pub(super) fn error_message(body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_url_is_named_without_its_password() {
+        let url = "http://svc:hunter2@feature-store:8080";
+        for e in [
+            ConfigError::Url("--feature-store-url", url.into()),
+            ConfigError::ShadowUrl(url.into()),
+            ConfigError::GrpcUrl(url.into()),
+        ] {
+            let shown = e.to_string();
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(shown.contains("***@feature-store:8080"), "{shown}");
+        }
+    }
 
     #[test]
     fn error_messages_come_from_json_or_an_excerpt() {

@@ -274,6 +274,7 @@ mod tests {
             "not a url",
             "",
             "http://fs/?a=b",
+            "http://user:pw@fs:8080",
         ] {
             assert!(features_base(bad).is_err(), "{bad}");
         }
