@@ -1,6 +1,9 @@
 //! What every mlmesh service shares so that each one behaves the same under a mesh:
 //! flags, server bootstrap with graceful drain, health probes, OpenTelemetry
-//! tracing with W3C + B3 propagation, RED metrics, and fault knobs.
+//! tracing with W3C + B3 propagation, RED metrics, and fault knobs; and what
+//! two services or a service and the load tool must agree on: the HTTP/1
+//! client for upstream calls ([`client`]) and the feature store's binary
+//! answer ([`feature_wire`]).
 //!
 //! A service builds its business [`axum::Router`], registers its own metrics in
 //! [`Service::registry_mut`], and hands both to [`Service::router`] (tests) or
