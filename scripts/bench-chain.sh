@@ -9,6 +9,13 @@
 # even though absolute figures move between runs. Nothing is pinned: every
 # process shares the machine's cores, as under `mlmesh up`.
 #
+# The machine can change speed within a run (a shared host: seen here, the
+# lone model's cost doubling between one minute and the next), and a ratio
+# across such a change means nothing. So the lone model is measured before
+# and after every chain run; the ratio is against their mean, and the last
+# column says how far apart they were: past DRIFT_LIMIT percent (default 15)
+# the row is marked drifted and should not be read as a figure.
+#
 #   scripts/bench-chain.sh [seconds per step]
 #
 # MODEL_PROTOCOLS="http-json http-binary grpc" runs the chain once per
@@ -24,13 +31,15 @@ c=${CONCURRENCY:-64}
 protocols=${MODEL_PROTOCOLS:-"http-json http-binary grpc"}
 stores=${STORES:-embedded}
 port=${BENCH_PORT:-18280}
+drift_limit=${DRIFT_LIMIT:-15}
 
 # shellcheck source=scripts/bench-lib.sh
 . scripts/bench-lib.sh
 hz=$(getconf CLK_TCK)
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
-# The lone model: CPU per single-row JSON infer request at the same load.
+# The lone model: CPU per single-row JSON infer request at the same load,
+# written to $tmp/lone.us as "µs req/s".
 lone_model() {
     start_lone_model "$port"
     local pid=$!
@@ -95,14 +104,21 @@ chain() {
     if [ -n "$redis_pid" ]; then kill "$redis_pid"; wait "$redis_pid" 2>/dev/null || true; fi
     local deltas=()
     for i in "${!watch[@]}"; do deltas+=($((after[i] - before[i]))); done
-    python3 - "$tmp/chain.json" "$hz" "$protocol" "$store" "$(cat "$tmp/lone.us")" \
-        $((lt_ticks - lt_before)) "${deltas[@]}" <<'PY'
+    local lone_before
+    lone_before=$(cat "$tmp/lone.us")
+    lone_model
+    python3 - "$tmp/chain.json" "$hz" "$protocol" "$store" "$lone_before" "$(cat "$tmp/lone.us")" \
+        "$drift_limit" $((lt_ticks - lt_before)) "${deltas[@]}" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
 hz, protocol, store = int(sys.argv[2]), sys.argv[3], sys.argv[4]
-lone_us, lone_rps = (float(x) for x in sys.argv[5].split())
-load_ticks = int(sys.argv[6])
-d = [int(x) for x in sys.argv[7:]]
+lone_a, lone_b = (float(x.split()[0]) for x in sys.argv[5:7])
+drift_limit = float(sys.argv[7])
+lone_us = (lone_a + lone_b) / 2
+drift = abs(lone_a - lone_b) / min(lone_a, lone_b) * 100
+steady = f"{drift:.0f}%" if drift <= drift_limit else f"{drift:.0f}%, **drifted**"
+load_ticks = int(sys.argv[8])
+d = [int(x) for x in sys.argv[9:]]
 n = r["requests"]
 us = lambda t: t / hz * 1e6 / n
 per = [us(t) for t in d]
@@ -111,14 +127,14 @@ l = r["all"]["latency"]
 redis = f"{per[4]:.0f}" if len(per) > 4 else "–"
 print(f"| {protocol} | {store} | {r['throughput_rps']:,.0f} | {l['p50_ms']:.2f} ms | {l['p99_ms']:.2f} ms "
       f"| {r['all']['errors']} | {per[0]:.0f} | {per[1]:.0f} | {per[2]:.0f} | {per[3]:.0f} | {redis} "
-      f"| **{total:.0f}** | {us(load_ticks):.0f} | {lone_us:.1f} | **{total / lone_us:.2f}x** |")
+      f"| **{total:.0f}** | {us(load_ticks):.0f} | {lone_a:.1f} / {lone_b:.1f} | **{total / lone_us:.2f}x** | {steady} |")
 PY
 }
 
 lone_model
-echo "mlmesh-loadtest -c $c, ${secs}s per run; lone model-inference (JSON, -c $c): $(cut -d' ' -f1 "$tmp/lone.us") µs of CPU per request at $(cut -d' ' -f2 "$tmp/lone.us") req/s" >&2
-echo "| model protocol | features | decisions/s | p50 | p99 | errors | frontend µs | feature store µs | v1 µs | v2 µs | redis µs | chain µs/decision | load tool µs | lone model µs/infer | ratio |"
-echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "mlmesh-loadtest -c $c, ${secs}s per run; lone model-inference (JSON, -c $c) before the first chain: $(cut -d' ' -f1 "$tmp/lone.us") µs of CPU per request at $(cut -d' ' -f2 "$tmp/lone.us") req/s" >&2
+echo "| model protocol | features | decisions/s | p50 | p99 | errors | frontend µs | feature store µs | v1 µs | v2 µs | redis µs | chain µs/decision | load tool µs | lone model µs/infer before / after | ratio | lone drift |"
+echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for store in $stores; do
     for protocol in $protocols; do
         chain "$protocol" "$store"
