@@ -10,7 +10,7 @@ use std::time::Duration;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use tracing_subscriber::filter::{self, FilterExt, LevelFilter};
+use tracing_subscriber::filter::{self, FilterExt, LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -85,9 +85,7 @@ impl Telemetry {
         };
         // Its own filter: quieting logs with RUST_LOG must not drop request spans,
         // and the exporter's own HTTP client must not trace itself.
-        let otel_filter = EnvFilter::new(
-            "info,h2=off,hyper=off,hyper_util=off,reqwest=off,tower=off,opentelemetry=off",
-        );
+        let otel_filter = otel_filter();
         tracing_subscriber::registry()
             .with(fmt.with_filter(log_filter))
             .with(
@@ -139,6 +137,26 @@ fn log_filter<S>(env: EnvFilter) -> impl tracing_subscriber::layer::Filter<S> {
     env.and(filter::filter_fn(|meta| meta.is_event()).with_max_level_hint(hint))
 }
 
+/// The OpenTelemetry layer's filter: spans and events at INFO and above,
+/// except the HTTP stack's and the exporter's own. Fixed targets, so a
+/// `Targets` rather than an `EnvFilter`: an `EnvFilter` also answers
+/// span-field directives, and to do so takes a lock and looks the span up
+/// in a map at every enter and exit of every request span (each poll of a
+/// request's future), for directives this filter never has.
+fn otel_filter() -> Targets {
+    Targets::new().with_default(LevelFilter::INFO).with_targets(
+        [
+            "h2",
+            "hyper",
+            "hyper_util",
+            "reqwest",
+            "tower",
+            "opentelemetry",
+        ]
+        .map(|t| (t, LevelFilter::OFF)),
+    )
+}
+
 /// For test binaries: installs the subscriber once (no exporter unless the
 /// environment configures one), so spans get real trace contexts and
 /// exemplars can be checked. Later calls are no-ops.
@@ -173,6 +191,23 @@ mod tests {
                 Some(level),
                 "{directives}"
             );
+        }
+    }
+
+    #[test]
+    fn spans_of_the_http_stack_and_exporter_are_not_traced() {
+        let f = otel_filter();
+        for target in ["mesh_kit::server", "frontend::upstream", "model_inference"] {
+            assert!(f.would_enable(target, &tracing::Level::INFO), "{target}");
+            assert!(!f.would_enable(target, &tracing::Level::DEBUG), "{target}");
+        }
+        for target in [
+            "hyper::proto::h1",
+            "h2::codec",
+            "reqwest::connect",
+            "opentelemetry_sdk",
+        ] {
+            assert!(!f.would_enable(target, &tracing::Level::ERROR), "{target}");
         }
     }
 }
