@@ -15,6 +15,14 @@ fn features(json: &str) -> Features {
     }
 }
 
+/// The store's order when it serves the model's columns as they are.
+fn abc_order(fingerprint: &str) -> Arc<StoreOrder> {
+    Arc::new(StoreOrder {
+        fingerprint: fingerprint.into(),
+        names: vec!["a".into(), "b".into(), "c".into()],
+    })
+}
+
 fn body(json: &serde_json::Value) -> Bytes {
     Bytes::from(json.to_string())
 }
@@ -46,10 +54,7 @@ fn a_keyed_answer_teaches_the_order_and_a_listed_one_uses_it() {
     };
     assert_eq!(f.values_in(&layout()).unwrap(), vec![1.0, 2.0, 3.0]);
     // In the model's own order (the fast path) as well.
-    let same = Arc::new(StoreOrder {
-        fingerprint: "f2".into(),
-        names: vec!["a".into(), "b".into(), "c".into()],
-    });
+    let same = abc_order("f2");
     let listed = serde_json::json!({"fingerprint": "f2", "values": [1, 2, 3]});
     let Read::Features(f) = known.read(body(&listed).into(), Some(same)).unwrap() else {
         panic!("read")
@@ -70,10 +75,7 @@ fn a_keyed_answer_teaches_the_order_and_a_listed_one_uses_it() {
 #[test]
 fn another_fingerprint_forgets_the_order_and_asks_again() {
     let known = KnownOrder::default();
-    let order = Arc::new(StoreOrder {
-        fingerprint: "old".into(),
-        names: vec!["a".into(), "b".into(), "c".into()],
-    });
+    let order = abc_order("old");
     known.order.set(order.clone());
     for stale in [
         serde_json::json!({"fingerprint": "new", "values": [1, 2, 3]}),
@@ -189,10 +191,7 @@ fn a_binary_answer_is_read_like_a_listed_one() {
 #[test]
 fn a_listed_answer_that_does_not_add_up_is_an_error() {
     let known = KnownOrder::default();
-    let order = Arc::new(StoreOrder {
-        fingerprint: "f".into(),
-        names: vec!["a".into(), "b".into(), "c".into()],
-    });
+    let order = abc_order("f");
     for bad in [
         r#"{"fingerprint":"f","values":[1,2]}"#,
         r#"{"fingerprint":"f","values":[1,2,3,4]}"#,
