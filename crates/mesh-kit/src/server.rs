@@ -29,7 +29,7 @@ pub use crate::conn::{ServeOptions, connection_capacity, serve_on};
 use crate::error;
 use crate::health::Health;
 use crate::metrics::{self, HttpMetrics};
-use crate::propagation::{REQUEST_ID_HEADER, SERVED_BY_HEADER, extract_context};
+use crate::propagation::{REQUEST_ID_HEADER, SERVED_BY_HEADER, extract_context, never_indexed};
 
 /// One service being assembled: its flags, health, and metrics registry.
 pub struct Service {
@@ -258,9 +258,19 @@ fn stamp(
     app.layer(
         ServiceBuilder::new()
             .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
+            .map_response(never_indexed_request_id)
             .layer(PropagateRequestIdLayer::new(request_id))
             .layer(set_headers),
     )
+}
+
+/// The echoed request id, unique to one answer, kept out of HTTP/2's header
+/// table (see [`never_indexed`]).
+fn never_indexed_request_id(mut res: Response) -> Response {
+    if let Some(id) = res.headers_mut().get_mut(REQUEST_ID_HEADER) {
+        never_indexed(id);
+    }
+    res
 }
 
 /// Resolves on SIGTERM (Kubernetes, docker stop) or SIGINT (Ctrl-C).

@@ -15,13 +15,24 @@ use tower::ServiceExt;
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT_SPAN: &str = "00f067aa0ba902b7";
 
-/// A business route that reports the headers it would send upstream.
+/// The key under which `echo_outbound` lists the never-indexed headers.
+const NEVER_INDEXED: &str = "(never indexed)";
+
+/// A business route that reports the headers it would send upstream, and
+/// which of them HTTP/2 would keep out of its header table.
 async fn echo_outbound(fwd: Forwarded) -> axum::Json<Value> {
     let h = fwd.outbound_headers();
-    let map: serde_json::Map<String, Value> = h
+    let mut map: serde_json::Map<String, Value> = h
         .iter()
         .map(|(k, v)| (k.as_str().to_owned(), json!(v.to_str().unwrap())))
         .collect();
+    let mut never: Vec<&str> = h
+        .iter()
+        .filter(|(_, v)| v.is_sensitive())
+        .map(|(k, _)| k.as_str())
+        .collect();
+    never.sort_unstable();
+    map.insert(NEVER_INDEXED.into(), json!(never));
     axum::Json(Value::Object(map))
 }
 
@@ -96,6 +107,12 @@ async fn b3_in_becomes_w3c_and_b3_out_under_the_server_span() {
         out.get("cookie").is_none(),
         "only the listed headers travel"
     );
+    // What is new on every call stays out of HTTP/2's header table; what
+    // repeats (the user, the group, the sampling flag) may be indexed.
+    assert_eq!(
+        out[NEVER_INDEXED],
+        json!(["traceparent", "x-b3-spanid", "x-b3-traceid", "x-request-id"])
+    );
 }
 
 #[tokio::test]
@@ -117,8 +134,14 @@ async fn request_id_is_created_when_missing_and_echoed() {
         out["x-request-id"], id,
         "the generated id is what travels upstream"
     );
-    let (_, headers, _) = send(&app, get_req("/work", &[("x-request-id", "mine")])).await;
-    assert_eq!(headers["x-request-id"], "mine");
+    let (_, mine, _) = send(&app, get_req("/work", &[("x-request-id", "mine")])).await;
+    assert_eq!(mine["x-request-id"], "mine");
+    for echoed in [&headers["x-request-id"], &mine["x-request-id"]] {
+        assert!(
+            echoed.is_sensitive(),
+            "an answer's request id is unique: HTTP/2 must not index it"
+        );
+    }
 }
 
 #[tokio::test]
