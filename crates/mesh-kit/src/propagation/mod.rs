@@ -15,7 +15,7 @@ use std::convert::Infallible;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::http::{HeaderMap, HeaderName};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 pub use trace::{extract_context, inject_context, new_propagator, propagator, trace_id_of};
@@ -88,17 +88,6 @@ fn header_name(name: &'static str) -> HeaderName {
         .unwrap_or_else(|| HeaderName::from_static(name))
 }
 
-/// Marks a header value that is unique to one request or answer (a request
-/// id, a span id) as an HTTP/2 literal never put in the HPACK table. h2
-/// indexes every header by default: each message on a connection then adds
-/// one more entry of that name, and the encoder compares the next value with
-/// every entry of the name before adding it too (~3k instructions per gRPC
-/// answer with the request id alone), for entries no later message can use.
-/// HTTP/1 ignores the mark; `Debug` prints such a value as `Sensitive`.
-pub fn never_indexed(value: &mut HeaderValue) {
-    value.set_sensitive(true);
-}
-
 /// The inbound headers that must travel on to every outbound call.
 #[derive(Debug, Clone, Default)]
 pub struct Forwarded(HeaderMap);
@@ -110,9 +99,6 @@ impl Forwarded {
             for value in inbound.get_all(name) {
                 kept.append(name.clone(), value.clone());
             }
-        }
-        if let Some(id) = kept.get_mut(REQUEST_ID_HEADER) {
-            never_indexed(id);
         }
         Self(kept)
     }

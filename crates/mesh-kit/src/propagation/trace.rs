@@ -160,12 +160,7 @@ pub fn inject_context(cx: &Context, headers: &mut HeaderMap) {
     traceparent[35] = b'-';
     traceparent[36..52].copy_from_slice(&span_id);
     traceparent[52..].copy_from_slice(if sampled { b"-01" } else { b"-00" });
-    // Each call's span id is new, so its headers are never worth indexing.
-    let value = |bytes: &[u8]| {
-        let mut v = HeaderValue::from_bytes(bytes).expect("hex digits and dashes");
-        super::never_indexed(&mut v);
-        v
-    };
+    let value = |bytes: &[u8]| HeaderValue::from_bytes(bytes).expect("hex digits and dashes");
     headers.insert(TRACEPARENT, value(&traceparent));
     if let Ok(state) = HeaderValue::try_from(sc.trace_state().header()) {
         headers.insert(TRACESTATE, state);
