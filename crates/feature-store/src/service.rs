@@ -3,13 +3,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use mesh_kit::Json;
 use mesh_kit::extract::{Path, Query};
 use mesh_kit::feature_wire;
 use mesh_kit::propagation::FEATURE_FINGERPRINT_HEADER;
@@ -247,15 +248,6 @@ impl AppState {
 /// How far in the future a written `event_time` may lie (clock skew).
 pub const MAX_FUTURE_EVENT_TIME: std::time::Duration = std::time::Duration::from_secs(3600);
 
-/// A JSON body written by the renderer.
-fn json_body(body: Vec<u8>) -> Response {
-    (
-        [(http::header::CONTENT_TYPE, "application/json")],
-        Bytes::from(body),
-    )
-        .into_response()
-}
-
 #[derive(Deserialize)]
 struct SubsetQuery {
     features: Option<String>,
@@ -310,7 +302,7 @@ async fn get_one(
     let form = form(q.statuses, q.names);
     let mut body = Vec::with_capacity(s.0.renderer.row_capacity(&wanted, form));
     s.0.renderer.row(&mut body, &row, &wanted, form);
-    Ok(json_body(body))
+    Ok(mesh_kit::json::serialized(body))
 }
 
 /// The binary form lists the values alone: no names, no statuses.
@@ -396,7 +388,7 @@ async fn get_batch(
             &s.0.schema,
         ));
     }
-    Ok(json_body(s.0.renderer.batch(
+    Ok(mesh_kit::json::serialized(s.0.renderer.batch(
         &rows,
         &wanted,
         form(req.statuses, req.names),

@@ -1,6 +1,6 @@
 //! The one error shape every service answers with: a status and `{"error": "..."}`.
 
-use axum::Json;
+use crate::Json;
 use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};

@@ -33,7 +33,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -41,6 +40,7 @@ use axum::routing::get;
 use clap::Args;
 use experiment::source::{Prometheus, Scrape, Source, SourceArgs, SourceError};
 use experiment::{Analysis, Plan, Report, Snapshot, Verdict};
+use mesh_kit::Json;
 use mesh_kit::error::{ApiError, clip};
 use mesh_kit::extract::Query;
 use mesh_kit::{Health, ServerArgs, Service};

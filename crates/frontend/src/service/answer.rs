@@ -1,9 +1,9 @@
 //! The `/predict` answer: its JSON body and headers (model version, the
 //! group cookie).
 
-use axum::Json;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
+use mesh_kit::Json;
 use opentelemetry::trace::TraceContextExt;
 use serde::Serialize;
 use tracing_opentelemetry::OpenTelemetrySpanExt;

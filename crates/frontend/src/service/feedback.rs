@@ -1,13 +1,13 @@
 //! `POST /feedback`: a customer's answer to an offer, checked against its
 //! signed decision id and counted once per decision.
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use mesh_kit::ApiError;
+use mesh_kit::Json;
 use mesh_kit::clock::unix_now;
 use mesh_kit::error::parse_json;
 use mesh_kit::extract::Query;

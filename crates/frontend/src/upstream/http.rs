@@ -35,7 +35,7 @@ pub(super) fn content_headers(headers: &mut HeaderMap, json_len: Option<HeaderVa
             headers.insert(oip::HEADER_LENGTH, len);
             oip::OCTET_STREAM
         }
-        None => "application/json",
+        None => mesh_kit::json::APPLICATION_JSON,
     };
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
 }

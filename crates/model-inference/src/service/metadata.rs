@@ -4,10 +4,10 @@
 
 use std::borrow::Cow;
 
-use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use mesh_kit::Json;
 use mesh_kit::extract::Path;
 use serde_json::{Value, json};
 
