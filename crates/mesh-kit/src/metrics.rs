@@ -6,11 +6,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderValue, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use opentelemetry::trace::TraceContextExt;
-use prometheus_client::encoding::EncodeLabelSet;
+use std::fmt::Write as _;
+
+use opentelemetry::trace::{TraceContextExt, TraceId};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::exemplar::HistogramWithExemplars;
 use prometheus_client::metrics::family::Family;
@@ -58,14 +60,27 @@ pub const LATENCY_BUCKETS: [f64; 16] = [
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
     pub route: String,
-    pub method: String,
+    /// One of a fixed set (see [`HttpMetrics::track`]): no copy per request.
+    pub method: &'static str,
     pub status: u16,
 }
 
 /// Links a latency observation to its trace in Jaeger.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TraceExemplar {
-    pub trace_id: String,
+    pub trace_id: TraceIdLabel,
+}
+
+/// A trace id kept as its 16 bytes and written in hex only when `/metrics`
+/// is scraped: every request records an exemplar, few are ever read.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub struct TraceIdLabel(pub TraceId);
+
+impl EncodeLabelValue for TraceIdLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        // W3C's form: 32 lowercase hex digits, as Jaeger and Tempo search for it.
+        write!(encoder, "{}", self.0)
+    }
 }
 
 type DurationFamily = Family<RouteLabels, HistogramWithExemplars<TraceExemplar>>;
@@ -107,11 +122,16 @@ impl HttpMetrics {
             .to_owned();
         // Bounded: a client can send any token as a method, and each one
         // would otherwise become a new time series.
-        let method = match req.method().as_str() {
-            m @ ("GET" | "HEAD" | "POST" | "PUT" | "DELETE" | "PATCH" | "OPTIONS") => m,
+        let method = match *req.method() {
+            Method::GET => "GET",
+            Method::HEAD => "HEAD",
+            Method::POST => "POST",
+            Method::PUT => "PUT",
+            Method::DELETE => "DELETE",
+            Method::PATCH => "PATCH",
+            Method::OPTIONS => "OPTIONS",
             _ => "other",
-        }
-        .to_owned();
+        };
         let start = Instant::now();
         let res = next.run(req).await;
         let labels = RouteLabels {
@@ -135,7 +155,7 @@ pub fn current_trace_exemplar() -> Option<TraceExemplar> {
     let span = cx.span();
     let sc = span.span_context();
     (sc.is_valid() && sc.is_sampled()).then(|| TraceExemplar {
-        trace_id: sc.trace_id().to_string(),
+        trace_id: TraceIdLabel(sc.trace_id()),
     })
 }
 
