@@ -2,6 +2,7 @@
 //! route for every service, and the `/metrics` endpoint in OpenMetrics text so
 //! latency histograms can carry trace-id exemplars.
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -9,8 +10,6 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use std::fmt::Write as _;
-
 use opentelemetry::trace::{TraceContextExt, TraceId};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
