@@ -11,10 +11,10 @@
 # servers stay up side by side (idle but the one under load) and each
 # protocol is measured in ROUNDS rounds, the servers alternated within a
 # round: every ratio compares steps seconds apart, never a server measured
-# before another was even started. Prints a markdown table per round and
-# one of medians: throughput, latency, errors, the server's CPU per request,
-# and mlmesh's throughput as a multiple of each peer's on the same protocol
-# in the same round.
+# before another was even started. Prints two markdown tables, every step
+# and the medians over the rounds: throughput, latency, errors, the
+# server's CPU per request, and mlmesh's throughput as a multiple of each
+# peer's on the same protocol in the same round.
 #
 # The peers come from PyPI into a venv (PEERS_VENV, default
 # target/peers-venv; versions pinned below). Bench-only: nothing of it ships.
@@ -153,7 +153,8 @@ for protocol in http-json http-binary grpc; do
 done
 
 python3 - "$tmp/rows" "$hz" <<'PY'
-import json, statistics, sys
+import json, sys
+from statistics import median
 hz = int(sys.argv[2])
 rows = []
 for line in open(sys.argv[1]):
@@ -162,6 +163,7 @@ for line in open(sys.argv[1]):
 good = lambda r: r["all"]["statuses"].get("200", r["all"]["statuses"].get("Ok", 0)) / r["elapsed_secs"]
 ours = {(n, p): good(r) for n, s, p, _, r in rows if s == "mlmesh" and r}
 ms = lambda v: f"{v * 1000:.0f} µs" if v < 1 else f"{v:.2f} ms"
+cpu_us = lambda ticks, r: ticks / hz * 1e6 / max(r["requests"], 1)
 
 def ratio(n, protocol, g):
     mine = ours.get((n, protocol))
@@ -178,26 +180,21 @@ for n, server, protocol, ticks, r in rows:
     x = None if server == "mlmesh" else ratio(n, protocol, g)
     shown = "—" if server == "mlmesh" else (f"{x:.1f}x" if x else "?")
     print(f"| {n} | {server} | {protocol} | {g:,.0f} | {ms(a['latency']['p50_ms'])} | {ms(a['latency']['p99_ms'])} "
-          f"| {a['errors']} | {ticks / hz * 1e6 / max(r['requests'], 1):.0f} | {shown} |")
+          f"| {a['errors']} | {cpu_us(ticks, r):.0f} | {shown} |")
 
 print("\nMedians over the rounds (the ratio: the median of the rounds' ratios, and their range):\n")
 print("| server | protocol | ok req/s | p99 | server CPU µs/req | mlmesh ÷ this | range |")
 print("|---|---|---:|---:|---:|---:|---:|")
-seen = []
-for _, s, p, _, _ in rows:
-    if (s, p) not in seen:
-        seen.append((s, p))
-for s, p in seen:
-    mine = [(n, t, r) for n, s2, p2, t, r in rows if (s2, p2) == (s, p) and r]
-    if not mine:
+for s, p in dict.fromkeys((s, p) for _, s, p, _, _ in rows):
+    steps = [(n, t, r) for n, s2, p2, t, r in rows if (s2, p2) == (s, p) and r]
+    if not steps:
         print(f"| {s} | {p} | failed | | | | |")
         continue
-    med = lambda xs: statistics.median(xs)
-    gs = [good(r) for _, _, r in mine]
-    cpu = [t / hz * 1e6 / max(r["requests"], 1) for _, t, r in mine]
-    p99 = [r["all"]["latency"]["p99_ms"] for _, _, r in mine]
-    xs = [x for x in (ratio(n, p, good(r)) for n, _, r in mine) if x] if s != "mlmesh" else []
-    shown = f"**{med(xs):.1f}x**" if xs else "—"
+    gs = [good(r) for _, _, r in steps]
+    cpu = [cpu_us(t, r) for _, t, r in steps]
+    p99 = [r["all"]["latency"]["p99_ms"] for _, _, r in steps]
+    xs = [x for x in (ratio(n, p, good(r)) for n, _, r in steps) if x] if s != "mlmesh" else []
+    shown = f"**{median(xs):.1f}x**" if xs else "—"
     span = f"{min(xs):.1f}–{max(xs):.1f}x" if xs else ""
-    print(f"| {s} | {p} | {med(gs):,.0f} | {ms(med(p99))} | {med(cpu):.0f} | {shown} | {span} |")
+    print(f"| {s} | {p} | {median(gs):,.0f} | {ms(median(p99))} | {median(cpu):.0f} | {shown} | {span} |")
 PY
