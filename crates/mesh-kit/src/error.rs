@@ -137,7 +137,8 @@ pub fn require_json(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
         .unwrap_or_default()
         .trim()
         .to_ascii_lowercase();
-    if mime != "application/json" && !(mime.starts_with("application/") && mime.ends_with("+json"))
+    if mime != crate::json::APPLICATION_JSON
+        && !(mime.starts_with("application/") && mime.ends_with("+json"))
     {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
