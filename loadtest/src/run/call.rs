@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, StatusCode, Uri, header};
 use http_body_util::Full;
 use mesh_kit::client::Connections;
+use mesh_kit::json::APPLICATION_JSON;
 use mesh_kit::propagation::{MODEL_VERSION_HEADER, USER_GROUP_HEADER, USER_ID_HEADER};
 use serde::Deserialize;
 
@@ -149,7 +150,7 @@ impl Plan {
                 let body = &self.bodies[user % self.bodies.len()];
                 let b = Request::post(self.infer_uri.clone());
                 match &body.json_len {
-                    None => b.header(header::CONTENT_TYPE, "application/json"),
+                    None => b.header(header::CONTENT_TYPE, APPLICATION_JSON),
                     Some(len) => b
                         .header(header::CONTENT_TYPE, oip::OCTET_STREAM)
                         .header(oip::HEADER_LENGTH, len.clone()),
@@ -285,7 +286,7 @@ impl Plan {
             return;
         };
         let mut req = Request::post(uri)
-            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::CONTENT_TYPE, APPLICATION_JSON)
             .header(USER_ID_HEADER, id)
             .body(Full::new(Bytes::from(body.to_string())))
             .expect("valid feedback request");
